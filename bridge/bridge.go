@@ -1,0 +1,257 @@
+// Package bridge wires containers to a Linux bridge with netlink: the
+// bridge itself, the veth pair, and the container's side of it.
+package bridge
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// Bridge is a bridge as found or created.
+type Bridge struct {
+	Name  string
+	Index int
+	MTU   int
+}
+
+// Ensure returns the bridge called name, creating it with address gw (the
+// gateway, with the subnet's prefix length) and MTU mtu if it is missing
+// (mtu 0 means 1500). A present bridge is reused as it is, unless it
+// carries some other IPv4 address: two networks on one bridge would share a
+// broadcast domain without knowing it. created says whether this call made
+// it, so that a failed setup can undo it with Remove.
+func Ensure(name string, gw netip.Prefix, mtu int) (br Bridge, created bool, err error) {
+	link, err := netlink.LinkByName(name)
+	var notFound netlink.LinkNotFoundError
+	if errors.As(err, &notFound) {
+		link, created, err = create(name, gw, mtu)
+	}
+	if err != nil {
+		return Bridge{}, false, fmt.Errorf("bridge %s: %w", name, err)
+	}
+	defer func() {
+		if err != nil && created {
+			netlink.LinkDel(link)
+		}
+	}()
+	if link.Type() != "bridge" {
+		return Bridge{}, false, fmt.Errorf("%s exists and is a %s, not a bridge (choose another --bridge)", name, link.Type())
+	}
+	if err := ensureAddr(link, gw); err != nil {
+		return Bridge{}, false, err
+	}
+	if link.Attrs().Flags&net.FlagUp == 0 {
+		if err := netlink.LinkSetUp(link); err != nil {
+			return Bridge{}, false, fmt.Errorf("bring up bridge %s: %w", name, err)
+		}
+	}
+	return Bridge{Name: name, Index: link.Attrs().Index, MTU: link.Attrs().MTU}, created, nil
+}
+
+func create(name string, gw netip.Prefix, mtu int) (netlink.Link, bool, error) {
+	attrs := netlink.NewLinkAttrs()
+	attrs.Name = name
+	attrs.MTU = mtu
+	// A bridge takes the lowest MAC of its ports unless given one, so its
+	// MAC would change as containers come and go and stale every
+	// container's ARP entry for the gateway. Pin it.
+	attrs.HardwareAddr = MAC(gw.Addr())
+	err := netlink.LinkAdd(&netlink.Bridge{LinkAttrs: attrs})
+	created := err == nil
+	if err != nil && !errors.Is(err, unix.EEXIST) {
+		return nil, false, fmt.Errorf("create: %w", err)
+	}
+	// Another hook may have created it first: either way, use what is there.
+	link, err := netlink.LinkByName(name)
+	if err != nil {
+		return nil, false, err
+	}
+	return link, created, nil
+}
+
+func ensureAddr(link netlink.Link, gw netip.Prefix) error {
+	name := link.Attrs().Name
+	addrs, err := netlink.AddrList(link, netlink.FAMILY_V4)
+	if err != nil {
+		return fmt.Errorf("addresses of bridge %s: %w", name, err)
+	}
+	want := ipNet(gw)
+	for _, a := range addrs {
+		if a.IPNet.String() == want.String() {
+			return nil
+		}
+	}
+	if len(addrs) > 0 {
+		return fmt.Errorf("bridge %s has address %s, not %s (use the bridge's own subnet, or another --bridge)",
+			name, addrs[0].IPNet, want)
+	}
+	if err := netlink.AddrAdd(link, &netlink.Addr{IPNet: want}); err != nil && !errors.Is(err, unix.EEXIST) {
+		return fmt.Errorf("add %s to bridge %s: %w", want, name, err)
+	}
+	return nil
+}
+
+// Remove deletes the bridge called name; a missing bridge is not an error.
+func Remove(name string) error {
+	link, err := netlink.LinkByName(name)
+	var notFound netlink.LinkNotFoundError
+	if errors.As(err, &notFound) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("bridge %s: %w", name, err)
+	}
+	if err := netlink.LinkDel(link); err != nil {
+		return fmt.Errorf("delete bridge %s: %w", name, err)
+	}
+	return nil
+}
+
+// MAC derives a locally administered unicast MAC from an IPv4 address, as
+// CNI does, so a reused address keeps its MAC and neighbours' caches stay
+// right.
+func MAC(ip netip.Addr) net.HardwareAddr {
+	a := ip.As4()
+	return net.HardwareAddr{0x0a, 0x58, a[0], a[1], a[2], a[3]}
+}
+
+func ipNet(p netip.Prefix) *net.IPNet {
+	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), 32)}
+}
+
+// Endpoint is one container's interface on the bridge.
+type Endpoint struct {
+	Host    string       // host end of the veth pair, on the bridge
+	Alias   string       // set on the host end, to recognise it as ours later
+	Iface   string       // name of the container end, inside its netns
+	Addr    netip.Prefix // container address, with the subnet's prefix length
+	Gateway netip.Addr   // default route via this address; invalid for none
+	MTU     int
+}
+
+// Attach creates the veth pair with its host end on bridge br and its
+// other end directly inside the network namespace ns, then configures that
+// end: address, up, lo up, default route. If any step fails the pair is
+// deleted again, which takes both ends with it.
+func Attach(br Bridge, ns netns.NsHandle, ep Endpoint) (err error) {
+	attrs := netlink.NewLinkAttrs()
+	attrs.Name = ep.Host
+	attrs.MTU = ep.MTU
+	attrs.MasterIndex = br.Index
+	attrs.Flags = net.FlagUp
+	veth := &netlink.Veth{
+		LinkAttrs:        attrs,
+		PeerName:         ep.Iface,
+		PeerHardwareAddr: MAC(ep.Addr.Addr()),
+		PeerNamespace:    netlink.NsFd(ns),
+		PeerTxQLen:       -1,
+	}
+	// Creating the peer inside the container saves the move and the rename
+	// of the classic recipe: one netlink call instead of three.
+	if err := netlink.LinkAdd(veth); err != nil {
+		if errors.Is(err, unix.EEXIST) {
+			return fmt.Errorf("create veth %s: %s or the container's %s already exists: %w", ep.Host, ep.Host, ep.Iface, err)
+		}
+		return fmt.Errorf("create veth %s: %w", ep.Host, err)
+	}
+	defer func() {
+		if err != nil {
+			netlink.LinkDel(veth)
+		}
+	}()
+	if ep.Alias != "" {
+		if err := netlink.LinkSetAlias(veth, ep.Alias); err != nil {
+			return fmt.Errorf("label veth %s: %w", ep.Host, err)
+		}
+	}
+	return configure(ns, ep)
+}
+
+// configure sets up the container's side through a netlink handle bound to
+// its namespace, so this thread never leaves the host's namespace.
+func configure(ns netns.NsHandle, ep Endpoint) error {
+	h, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
+	if err != nil {
+		return fmt.Errorf("enter container netns: %w", err)
+	}
+	defer h.Close()
+	link, err := h.LinkByName(ep.Iface)
+	if err != nil {
+		return fmt.Errorf("find %s in container: %w", ep.Iface, err)
+	}
+	if err := h.AddrAdd(link, &netlink.Addr{IPNet: ipNet(ep.Addr)}); err != nil {
+		return fmt.Errorf("add %s to container %s: %w", ep.Addr, ep.Iface, err)
+	}
+	if err := h.LinkSetUp(link); err != nil {
+		return fmt.Errorf("bring up container %s: %w", ep.Iface, err)
+	}
+	lo, err := h.LinkByName("lo")
+	if err != nil {
+		return fmt.Errorf("find lo in container: %w", err)
+	}
+	if lo.Attrs().Flags&net.FlagUp == 0 {
+		if err := h.LinkSetUp(lo); err != nil {
+			return fmt.Errorf("bring up container lo: %w", err)
+		}
+	}
+	if !ep.Gateway.IsValid() {
+		return nil
+	}
+	route := &netlink.Route{LinkIndex: link.Attrs().Index, Gw: ep.Gateway.AsSlice()}
+	if err := h.RouteAdd(route); err != nil {
+		return fmt.Errorf("add default route via %s in container: %w", ep.Gateway, err)
+	}
+	return nil
+}
+
+// Present reports whether the container's namespace ns already has iface
+// with address addr: a second setup of the same container is then a no-op.
+func Present(ns netns.NsHandle, iface string, addr netip.Prefix) bool {
+	h, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
+	if err != nil {
+		return false
+	}
+	defer h.Close()
+	link, err := h.LinkByName(iface)
+	if err != nil {
+		return false
+	}
+	addrs, err := h.AddrList(link, netlink.FAMILY_V4)
+	if err != nil {
+		return false
+	}
+	for _, a := range addrs {
+		if a.IPNet.String() == ipNet(addr).String() {
+			return true
+		}
+	}
+	return false
+}
+
+// Detach deletes the host end of a container's veth pair, which takes the
+// container's end with it. It acts only on a link carrying alias, so a
+// veth of the same name that belongs to a newer container (the pid in the
+// name may have been reused) is left alone. A missing link is not an error.
+func Detach(host, alias string) (bool, error) {
+	link, err := netlink.LinkByName(host)
+	var notFound netlink.LinkNotFoundError
+	if errors.As(err, &notFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("find veth %s: %w", host, err)
+	}
+	if link.Attrs().Alias != alias {
+		return false, nil
+	}
+	if err := netlink.LinkDel(link); err != nil && !errors.As(err, &notFound) {
+		return false, fmt.Errorf("delete veth %s: %w", host, err)
+	}
+	return true, nil
+}

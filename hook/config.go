@@ -1,0 +1,100 @@
+// Package hook turns an OCI container state into a wired-up container:
+// it is the only package that knows the runtime-spec, and the only one that
+// orchestrates the lease store (ipam), the bridge and the firewall (nat).
+package hook
+
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+
+	"github.com/bridgehook/bridgehook/nat"
+)
+
+// Config is one network and how containers join it, from the hook's flags.
+type Config struct {
+	Bridge   string
+	Subnet   netip.Prefix
+	MTU      int // 0: the bridge's own, 1500 for a new bridge
+	Iface    string
+	StateDir string
+
+	// Firewall runs iptables; nil means the host's.
+	Firewall nat.Runner
+}
+
+// Defaults are those of the netns hook of the runc networking write-up, so
+// its users feel at home.
+func Defaults() Config {
+	return Config{
+		Bridge:   "netns0",
+		Subnet:   netip.MustParsePrefix("172.19.0.0/16"),
+		Iface:    "eth0",
+		StateDir: "/run/bridgehook",
+	}
+}
+
+// ParseSubnet parses a --subnet value.
+func ParseSubnet(s string) (netip.Prefix, error) {
+	p, err := netip.ParsePrefix(s)
+	if err != nil || !p.Addr().Is4() {
+		return netip.Prefix{}, inputErr("--subnet %q: want an IPv4 network such as 172.19.0.0/16", s)
+	}
+	if p.Bits() > 30 {
+		return netip.Prefix{}, inputErr("--subnet %s: too small; want /30 or larger to leave room for a gateway and a container", s)
+	}
+	if p != p.Masked() {
+		return netip.Prefix{}, inputErr("--subnet %s: not a network address; did you mean %s?", s, p.Masked())
+	}
+	return p, nil
+}
+
+// Check validates c.
+func (c Config) Check() error {
+	if err := checkIfName("--bridge", c.Bridge); err != nil {
+		return err
+	}
+	if err := checkIfName("--iface", c.Iface); err != nil {
+		return err
+	}
+	if !c.Subnet.IsValid() {
+		return inputErr("--subnet: missing")
+	}
+	if c.MTU != 0 && (c.MTU < 576 || c.MTU > 65535) {
+		return inputErr("--mtu %d: want 576 to 65535, or 0 for the bridge's", c.MTU)
+	}
+	if c.StateDir == "" || !strings.HasPrefix(c.StateDir, "/") {
+		return inputErr("--state-dir %q: want an absolute path", c.StateDir)
+	}
+	return nil
+}
+
+// checkIfName accepts names the kernel accepts and that are safe in file
+// names and iptables chain names: 1 to 15 bytes of letters, digits, '_',
+// '-', '.'.
+func checkIfName(flag, s string) error {
+	if s == "" || len(s) > 15 {
+		return inputErr("%s %q: want an interface name of 1 to 15 bytes", flag, s)
+	}
+	if s == "." || s == ".." {
+		return inputErr("%s %q: not a valid interface name", flag, s)
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '_' || c == '-' || c == '.') {
+			return inputErr("%s %q: %q not allowed; use letters, digits, '_', '-', '.'", flag, s, c)
+		}
+	}
+	return nil
+}
+
+// gateway is the bridge's address: the subnet's first host address, with
+// the subnet's prefix length.
+func (c Config) gateway() netip.Prefix {
+	return netip.PrefixFrom(c.Subnet.Addr().Next(), c.Subnet.Bits())
+}
+
+func (c Config) network() nat.Network { return nat.Network{Bridge: c.Bridge, Subnet: c.Subnet} }
+
+// vethName is the host end's name, as the netns hook names it.
+func vethName(pid int) string { return fmt.Sprintf("netnsv0-%d", pid) }

@@ -1,0 +1,370 @@
+// Package ipam is the lease store: one directory per network under the state
+// directory, every read-modify-write under one file lock.
+//
+// The layout is private to this package. A lease is a file named for its
+// address, so taking an address is one stat and one write whatever the number
+// of leases, and an index file named for the container id makes release by id
+// two reads instead of a scan.
+package ipam
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/gofrs/flock"
+)
+
+// ErrExhausted is returned by Allocate when every usable address is leased.
+var ErrExhausted = errors.New("no free address")
+
+// ErrCorrupt marks a store file that cannot be read back.
+var ErrCorrupt = errors.New("corrupt lease store")
+
+// Lease is one container's address and the endpoint that uses it.
+type Lease struct {
+	ID         string     `json:"id"`
+	IP         netip.Addr `json:"ip"`
+	Iface      string     `json:"iface,omitempty"`
+	Veth       string     `json:"veth,omitempty"`
+	PID        int        `json:"pid,omitempty"`
+	NetnsInode uint64     `json:"netns_inode,omitempty"`
+	Ports      []string   `json:"ports,omitempty"`
+	Created    time.Time  `json:"created"`
+}
+
+// Store is the lease store of one network (bridge + subnet).
+type Store struct {
+	dir    string
+	subnet netip.Prefix
+	lock   *flock.Flock
+}
+
+const (
+	dirMode  = 0o700
+	fileMode = 0o600
+)
+
+// Open prepares the store of the network bridge/subnet under stateDir,
+// creating its directories if needed. It takes no lock.
+func Open(stateDir, bridge string, subnet netip.Prefix) (*Store, error) {
+	if !subnet.Addr().Is4() || subnet.Bits() > 30 || subnet != subnet.Masked() {
+		return nil, fmt.Errorf("subnet %s: want an IPv4 network address with a prefix of /30 or shorter", subnet)
+	}
+	dir := filepath.Join(stateDir, bridge+"_"+strings.ReplaceAll(subnet.String(), "/", "_"))
+	for _, d := range []string{stateDir, dir, filepath.Join(dir, "leases"), filepath.Join(dir, "ids")} {
+		if err := os.Mkdir(d, dirMode); err != nil && !errors.Is(err, os.ErrExist) {
+			return nil, fmt.Errorf("lease store: %w", err)
+		}
+	}
+	return &Store{dir: dir, subnet: subnet, lock: flock.New(filepath.Join(dir, "lock"))}, nil
+}
+
+// Dir is where the store keeps its files.
+func (s *Store) Dir() string { return s.dir }
+
+// Subnet is the network the store hands addresses out of.
+func (s *Store) Subnet() netip.Prefix { return s.subnet }
+
+// Gateway is the first host address of the subnet: the bridge's own address.
+func (s *Store) Gateway() netip.Addr { return s.subnet.Addr().Next() }
+
+// Do runs fn with the store locked. Every read and write of the store goes
+// through a Tx, so no caller can touch the files without holding the lock.
+func (s *Store) Do(fn func(*Tx) error) error {
+	if err := s.lock.Lock(); err != nil {
+		return fmt.Errorf("lock lease store %s: %w", s.dir, err)
+	}
+	defer s.lock.Unlock()
+	return fn(&Tx{s: s})
+}
+
+// Tx is the store as seen while its lock is held.
+type Tx struct{ s *Store }
+
+func (t *Tx) leasePath(ip netip.Addr) string { return filepath.Join(t.s.dir, "leases", ip.String()) }
+
+// idPath names the index file of a container id. Ids may be up to 1024
+// bytes, longer than a file name may be, so the file is named by a hash.
+func (t *Tx) idPath(id string) string {
+	sum := sha256.Sum256([]byte(id))
+	return filepath.Join(t.s.dir, "ids", hex.EncodeToString(sum[:16]))
+}
+
+// Lookup returns the lease held by container id.
+func (t *Tx) Lookup(id string) (Lease, bool, error) {
+	b, err := os.ReadFile(t.idPath(id))
+	if errors.Is(err, os.ErrNotExist) {
+		return Lease{}, false, nil
+	}
+	if err != nil {
+		return Lease{}, false, fmt.Errorf("lease index of %q: %w", id, err)
+	}
+	ip, err := netip.ParseAddr(strings.TrimSpace(string(b)))
+	if err != nil {
+		// A torn index entry holds no address: the lease file itself, if
+		// any, is still what reserves the address.
+		return Lease{}, false, nil
+	}
+	l, ok, err := t.read(ip)
+	if err != nil || !ok || l.ID != id {
+		// The index may outlive its lease after a crash; the lease file is
+		// the truth.
+		return Lease{}, false, err
+	}
+	return l, true, nil
+}
+
+// Get returns the lease of address ip.
+func (t *Tx) Get(ip netip.Addr) (Lease, bool, error) { return t.read(ip) }
+
+func (t *Tx) read(ip netip.Addr) (Lease, bool, error) {
+	p := t.leasePath(ip)
+	b, err := os.ReadFile(p)
+	if errors.Is(err, os.ErrNotExist) {
+		return Lease{}, false, nil
+	}
+	if err != nil {
+		return Lease{}, false, fmt.Errorf("read lease: %w", err)
+	}
+	var l Lease
+	if err := json.Unmarshal(b, &l); err != nil || l.IP != ip {
+		return Lease{}, false, fmt.Errorf("%w: %s is unreadable (run \"bridgehook gc\" to rebuild it)", ErrCorrupt, p)
+	}
+	return l, true, nil
+}
+
+// Allocate leases an address to l.ID and records l with it. If l.IP is set,
+// that address is leased or an error returned; otherwise the next free
+// address after the last one handed out is taken, so a just-released address
+// is not reused at once. Allocate does not look for an existing lease of
+// l.ID: callers decide what a second setup of the same id means.
+func (t *Tx) Allocate(l Lease) (Lease, error) {
+	if l.IP.IsValid() {
+		if err := t.usable(l.IP); err != nil {
+			return Lease{}, err
+		}
+		if _, err := os.Lstat(t.leasePath(l.IP)); err == nil {
+			return Lease{}, fmt.Errorf("address %s is already leased", l.IP)
+		}
+	} else {
+		ip, err := t.next()
+		if err != nil {
+			return Lease{}, err
+		}
+		l.IP = ip
+	}
+	if l.Created.IsZero() {
+		l.Created = time.Now().UTC().Truncate(time.Second)
+	}
+	if err := t.write(l); err != nil {
+		return Lease{}, err
+	}
+	if err := writeAtomic(filepath.Join(t.s.dir, "last"), []byte(l.IP.String()+"\n")); err != nil {
+		return Lease{}, fmt.Errorf("record last address: %w", err)
+	}
+	return l, nil
+}
+
+// write stores the lease file first, then its index: a crash between the two
+// leaves a lease that reserves its address and that gc can find, never an
+// index pointing at an address someone else may take.
+func (t *Tx) write(l Lease) error {
+	b, err := json.Marshal(l)
+	if err != nil {
+		return err
+	}
+	if err := writeAtomic(t.leasePath(l.IP), b); err != nil {
+		return fmt.Errorf("write lease %s: %w", l.IP, err)
+	}
+	if err := writeAtomic(t.idPath(l.ID), []byte(l.IP.String()+"\n")); err != nil {
+		os.Remove(t.leasePath(l.IP))
+		return fmt.Errorf("write lease index %s: %w", l.IP, err)
+	}
+	return nil
+}
+
+// Release frees the lease of container id and returns it. An unknown id is
+// not an error: teardown may run twice, or after a setup that never leased.
+func (t *Tx) Release(id string) (Lease, bool, error) {
+	l, ok, err := t.Lookup(id)
+	if err != nil || !ok {
+		os.Remove(t.idPath(id))
+		return Lease{}, false, err
+	}
+	if err := t.remove(l); err != nil {
+		return Lease{}, false, err
+	}
+	return l, true, nil
+}
+
+// Remove frees the lease of address ip whoever holds it, for reclaiming
+// leases whose container is gone.
+func (t *Tx) Remove(l Lease) error { return t.remove(l) }
+
+func (t *Tx) remove(l Lease) error {
+	if err := os.Remove(t.leasePath(l.IP)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("release %s: %w", l.IP, err)
+	}
+	if err := os.Remove(t.idPath(l.ID)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("release index of %s: %w", l.IP, err)
+	}
+	return nil
+}
+
+// Network is what the hook last verified about the network's bridge and
+// firewall, so a warm setup can trust it instead of asking iptables again.
+type Network struct {
+	Bridge      string       `json:"bridge"`
+	Subnet      netip.Prefix `json:"subnet"`
+	Gateway     netip.Addr   `json:"gateway"`
+	MTU         int          `json:"mtu"`
+	BridgeIndex int          `json:"bridge_index"`
+	Options     string       `json:"options,omitempty"`
+}
+
+// Network returns the recorded network, if any.
+func (t *Tx) Network() (Network, bool, error) {
+	p := filepath.Join(t.s.dir, "network.json")
+	b, err := os.ReadFile(p)
+	if errors.Is(err, os.ErrNotExist) {
+		return Network{}, false, nil
+	}
+	if err != nil {
+		return Network{}, false, fmt.Errorf("read network record: %w", err)
+	}
+	var n Network
+	if err := json.Unmarshal(b, &n); err != nil {
+		// The record is only a cache of what the kernel holds: an unreadable
+		// one means "verify again", not "fail".
+		return Network{}, false, nil
+	}
+	return n, true, nil
+}
+
+// SetNetwork records n.
+func (t *Tx) SetNetwork(n Network) error {
+	b, err := json.Marshal(n)
+	if err != nil {
+		return err
+	}
+	if err := writeAtomic(filepath.Join(t.s.dir, "network.json"), b); err != nil {
+		return fmt.Errorf("write network record: %w", err)
+	}
+	return nil
+}
+
+// List returns every lease, and the names of lease files it could not read.
+func (t *Tx) List() ([]Lease, []string, error) {
+	ents, err := os.ReadDir(filepath.Join(t.s.dir, "leases"))
+	if err != nil {
+		return nil, nil, fmt.Errorf("list leases: %w", err)
+	}
+	var ls []Lease
+	var bad []string
+	for _, e := range ents {
+		ip, err := netip.ParseAddr(e.Name())
+		if err != nil {
+			continue // a temp file of an interrupted write
+		}
+		l, ok, err := t.read(ip)
+		if err != nil {
+			bad = append(bad, filepath.Join(t.s.dir, "leases", e.Name()))
+			continue
+		}
+		if ok {
+			ls = append(ls, l)
+		}
+	}
+	return ls, bad, nil
+}
+
+func (t *Tx) usable(ip netip.Addr) error {
+	p := t.s.subnet
+	switch {
+	case !p.Contains(ip):
+		return fmt.Errorf("address %s is outside subnet %s", ip, p)
+	case ip == p.Addr():
+		return fmt.Errorf("address %s is the network address of %s", ip, p)
+	case ip == t.s.Gateway():
+		return fmt.Errorf("address %s is the gateway of %s", ip, p)
+	case ip == broadcast(p):
+		return fmt.Errorf("address %s is the broadcast address of %s", ip, p)
+	}
+	return nil
+}
+
+// next walks the subnet from the address after the last one handed out,
+// wrapping once, and returns the first one with no lease file.
+func (t *Tx) next() (netip.Addr, error) {
+	p := t.s.subnet
+	first, last := t.s.Gateway().Next(), broadcast(p).Prev()
+	start := first
+	if b, err := os.ReadFile(filepath.Join(t.s.dir, "last")); err == nil {
+		if ip, err := netip.ParseAddr(strings.TrimSpace(string(b))); err == nil && p.Contains(ip) && ip.Less(last) && !ip.Less(first) {
+			start = ip.Next()
+		}
+	}
+	ip := start
+	for {
+		if _, err := os.Lstat(t.leasePath(ip)); errors.Is(err, os.ErrNotExist) {
+			return ip, nil
+		}
+		if ip == last {
+			ip = first
+		} else {
+			ip = ip.Next()
+		}
+		if ip == start {
+			break
+		}
+	}
+	n := 0
+	if ents, err := os.ReadDir(filepath.Join(t.s.dir, "leases")); err == nil {
+		n = len(ents)
+	}
+	return netip.Addr{}, fmt.Errorf("%w in %s: %d of %d addresses leased (remove stopped containers, or use a larger --subnet)",
+		ErrExhausted, p, n, Size(p))
+}
+
+// Size is the number of addresses of p that can be leased: all but the
+// network address, the gateway and the broadcast address.
+func Size(p netip.Prefix) int { return 1<<(32-p.Bits()) - 3 }
+
+func broadcast(p netip.Prefix) netip.Addr {
+	a := p.Addr().As4()
+	host := uint32(1)<<(32-p.Bits()) - 1
+	v := uint32(a[0])<<24 | uint32(a[1])<<16 | uint32(a[2])<<8 | uint32(a[3]) | host
+	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
+}
+
+// writeAtomic replaces path with data so that a reader, or the next hook
+// after a crash, sees either the old file or the new one, never a torn one.
+func writeAtomic(path string, data []byte) (err error) {
+	f, err := os.CreateTemp(filepath.Dir(path), ".tmp-") // mode 0600
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			os.Remove(f.Name())
+		}
+	}()
+	if _, err = f.Write(data); err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	return os.Rename(f.Name(), path)
+}
