@@ -1,0 +1,178 @@
+package hook
+
+import (
+	"errors"
+	"os"
+	"strings"
+	"testing"
+)
+
+func TestReadStateRejects(t *testing.T) {
+	long := strings.Repeat("a", MaxID+1)
+	tests := []struct {
+		name, in, want string
+		setup          bool // the error shows only when setting up
+	}{
+		{"empty", "", "empty", false},
+		{"blank", " \n\t", "empty", false},
+		{"invalid JSON", `{"id":`, "invalid JSON", false},
+		{"not an object", `[1,2]`, "not a JSON object", false},
+		{"a string", `"c1"`, "not a JSON object", false},
+		{"pid as string", `{"id":"c1","pid":"42","status":"creating"}`, `"pid" is a JSON string; want a number`, false},
+		{"id as number", `{"id":7,"pid":42,"status":"creating"}`, `"id" is a JSON number; want a string`, false},
+		{"empty id", `{"id":"","pid":42,"status":"creating"}`, `missing "id"`, false},
+		{"no id", `{"pid":42,"status":"creating"}`, `missing "id"`, false},
+		{"long id", `{"id":"` + long + `","pid":42}`, "1025 bytes", false},
+		{"slash in id", `{"id":"../etc","pid":42}`, `'/'`, false},
+		{"space in id", `{"id":"a b","pid":42}`, `' '`, false},
+		{"dot id", `{"id":"..","pid":42}`, "not allowed", false},
+		{"missing pid", `{"id":"c1","status":"creating"}`, `missing "pid"`, true},
+		{"zero pid", `{"id":"c1","pid":0,"status":"creating"}`, `"pid" is 0`, true},
+		{"negative pid", `{"id":"c1","pid":-5,"status":"creating"}`, `"pid" is -5`, true},
+		{"too big", `{"id":"c1","x":"` + strings.Repeat("x", MaxState) + `"}`, "over", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			st, err := ReadState(strings.NewReader(tt.in))
+			if tt.setup {
+				if err != nil {
+					t.Fatalf("ReadState: %v", err)
+				}
+				err = CheckPID(st)
+			}
+			if err == nil {
+				t.Fatalf("no error, want one containing %q", tt.want)
+			}
+			if !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("error %q, want it to contain %q", err, tt.want)
+			}
+			if !errors.Is(err, ErrInput) {
+				t.Errorf("error %q is not ErrInput", err)
+			}
+			if strings.Contains(err.Error(), "\n") {
+				t.Errorf("error %q spans lines", err)
+			}
+		})
+	}
+}
+
+func TestReadStateRuntimes(t *testing.T) {
+	tests := []struct {
+		file   string
+		id     string
+		pid    int
+		action Action
+	}{
+		{"state-runc-createRuntime.json", "web-1", 4242, ActionSetup},
+		{"state-runc-poststop.json", "web-1", noPID, ActionTeardown},
+		{"state-crun-createRuntime.json", "web-2", 4343, ActionSetup},
+		{"state-crun-poststop.json", "web-2", 0, ActionTeardown},
+	}
+	for _, tt := range tests {
+		t.Run(tt.file, func(t *testing.T) {
+			f, err := os.Open("../testdata/" + tt.file)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			st, err := ReadState(f)
+			if err != nil {
+				t.Fatalf("ReadState: %v", err)
+			}
+			if st.ID != tt.id || st.Pid != tt.pid {
+				t.Errorf("got id %q pid %d, want %q %d", st.ID, st.Pid, tt.id, tt.pid)
+			}
+			a, err := ActionFor(st)
+			if err != nil || a != tt.action {
+				t.Errorf("ActionFor = %v, %v; want %v", a, err, tt.action)
+			}
+			if err := CheckPID(st); (err == nil) != (tt.action == ActionSetup) {
+				t.Errorf("CheckPID = %v", err)
+			}
+		})
+	}
+}
+
+func TestActionForStatus(t *testing.T) {
+	for status, want := range map[string]Action{
+		"creating": ActionSetup, "created": ActionSetup, "running": ActionSetup, "stopped": ActionTeardown,
+	} {
+		st, err := ReadState(strings.NewReader(`{"id":"c1","pid":3,"status":"` + status + `"}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, err := ActionFor(st); err != nil || got != want {
+			t.Errorf("status %s: got %v, %v; want %v", status, got, err, want)
+		}
+	}
+	for _, status := range []string{"", "paused"} {
+		st, _ := ReadState(strings.NewReader(`{"id":"c1","pid":3,"status":"` + status + `"}`))
+		if _, err := ActionFor(st); !errors.Is(err, ErrInput) {
+			t.Errorf("status %q: got %v, want an input error", status, err)
+		}
+	}
+}
+
+func TestConfigCheck(t *testing.T) {
+	bad := map[string]func(*Config){
+		"long bridge":  func(c *Config) { c.Bridge = "abcdefghijklmnop" },
+		"empty bridge": func(c *Config) { c.Bridge = "" },
+		"slash bridge": func(c *Config) { c.Bridge = "a/b" },
+		"space iface":  func(c *Config) { c.Iface = "eth 0" },
+		"tiny mtu":     func(c *Config) { c.MTU = 100 },
+		"relative dir": func(c *Config) { c.StateDir = "run/x" },
+	}
+	if err := Defaults().Check(); err != nil {
+		t.Fatalf("defaults: %v", err)
+	}
+	for name, mod := range bad {
+		c := Defaults()
+		mod(&c)
+		if err := c.Check(); !errors.Is(err, ErrInput) {
+			t.Errorf("%s: got %v, want an input error", name, err)
+		}
+	}
+	for in, want := range map[string]string{
+		"172.19.0.5/16": "did you mean 172.19.0.0/16",
+		"10.0.0.0/31":   "too small",
+		"fd00::/64":     "IPv4",
+		"nonsense":      "IPv4",
+	} {
+		if _, err := ParseSubnet(in); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("ParseSubnet(%q) = %v, want %q", in, err, want)
+		}
+	}
+	if p, err := ParseSubnet("10.1.0.0/29"); err != nil || p.String() != "10.1.0.0/29" {
+		t.Errorf("ParseSubnet(10.1.0.0/29) = %v, %v", p, err)
+	}
+}
+
+func TestUndoRunsInReverseAndCarriesOn(t *testing.T) {
+	var got []int
+	var u undoStack
+	for i := 1; i <= 3; i++ {
+		u.push(func() error {
+			got = append(got, i)
+			if i == 2 {
+				return errors.New("two")
+			}
+			return nil
+		})
+	}
+	if err := u.run(); err == nil || err.Error() != "two" {
+		t.Errorf("run = %v, want the failure", err)
+	}
+	if len(got) != 3 || got[0] != 3 || got[2] != 1 {
+		t.Errorf("ran %v, want [3 2 1]", got)
+	}
+}
+
+func TestAliasFitsIfAlias(t *testing.T) {
+	if a := alias("c1"); a != "bridgehook:c1" {
+		t.Errorf("alias(c1) = %q", a)
+	}
+	long := strings.Repeat("x", MaxID)
+	if a := alias(long); len(a) > 255 || a == alias(long[1:]) {
+		t.Errorf("alias of a long id: %q", a)
+	}
+}

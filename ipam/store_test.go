@@ -1,0 +1,297 @@
+package ipam
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+)
+
+func open(t testing.TB, dir, subnet string) *Store {
+	t.Helper()
+	s, err := Open(dir, "br0", netip.MustParsePrefix(subnet))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func alloc(t testing.TB, s *Store, id string) netip.Addr {
+	t.Helper()
+	var l Lease
+	err := s.Do(func(tx *Tx) (err error) {
+		l, err = tx.Allocate(Lease{ID: id})
+		return err
+	})
+	if err != nil {
+		t.Fatalf("allocate %s: %v", id, err)
+	}
+	return l.IP
+}
+
+func release(t testing.TB, s *Store, id string) bool {
+	t.Helper()
+	var ok bool
+	err := s.Do(func(tx *Tx) (err error) {
+		_, ok, err = tx.Release(id)
+		return err
+	})
+	if err != nil {
+		t.Fatalf("release %s: %v", id, err)
+	}
+	return ok
+}
+
+func TestAllocateOrderSkipsReservedAndWraps(t *testing.T) {
+	s := open(t, t.TempDir(), "10.1.0.0/29") // .0 network, .1 gateway, .7 broadcast
+	var got []string
+	for i := range 5 {
+		got = append(got, alloc(t, s, fmt.Sprint("c", i)).String())
+	}
+	want := "10.1.0.2 10.1.0.3 10.1.0.4 10.1.0.5 10.1.0.6"
+	if strings.Join(got, " ") != want {
+		t.Fatalf("got %v, want %s", got, want)
+	}
+	err := s.Do(func(tx *Tx) error { _, err := tx.Allocate(Lease{ID: "c5"}); return err })
+	if !errors.Is(err, ErrExhausted) || !strings.Contains(err.Error(), "10.1.0.0/29: 5 of 5 addresses leased") {
+		t.Fatalf("full subnet: got %v", err)
+	}
+	// Round-robin: a freed address is not handed out again while others
+	// are free.
+	release(t, s, "c1") // 10.1.0.3
+	release(t, s, "c3") // 10.1.0.5
+	if ip := alloc(t, s, "d0"); ip.String() != "10.1.0.3" {
+		t.Errorf("after wrap got %s, want 10.1.0.3 (first free after the last handed out, .6)", ip)
+	}
+	if ip := alloc(t, s, "d1"); ip.String() != "10.1.0.5" {
+		t.Errorf("got %s, want 10.1.0.5", ip)
+	}
+}
+
+func TestReleasedAddressNotReusedAtOnce(t *testing.T) {
+	s := open(t, t.TempDir(), "10.1.0.0/24")
+	a := alloc(t, s, "a")
+	release(t, s, "a")
+	if b := alloc(t, s, "b"); b == a {
+		t.Errorf("released %s was handed out again at once", a)
+	}
+}
+
+func TestLookupReleaseAndUnknownIDs(t *testing.T) {
+	s := open(t, t.TempDir(), "10.1.0.0/24")
+	ip := alloc(t, s, "web")
+	err := s.Do(func(tx *Tx) error {
+		l, ok, err := tx.Lookup("web")
+		if err != nil || !ok || l.IP != ip || l.ID != "web" || l.Created.IsZero() {
+			return fmt.Errorf("lookup web = %+v, %v, %v", l, ok, err)
+		}
+		if _, ok, _ := tx.Lookup("other"); ok {
+			return errors.New("lookup of an unknown id found a lease")
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !release(t, s, "web") {
+		t.Error("release of a held lease found nothing")
+	}
+	if release(t, s, "web") {
+		t.Error("second release found a lease")
+	}
+	if release(t, s, "never") {
+		t.Error("release of an unknown id found a lease")
+	}
+	err = s.Do(func(tx *Tx) error {
+		ls, bad, err := tx.List()
+		if err != nil || len(ls)+len(bad) != 0 {
+			return fmt.Errorf("after release: leases %v, bad %v, %v", ls, bad, err)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestStaticAddress(t *testing.T) {
+	s := open(t, t.TempDir(), "10.1.0.0/24")
+	want := netip.MustParseAddr("10.1.0.77")
+	err := s.Do(func(tx *Tx) error {
+		l, err := tx.Allocate(Lease{ID: "a", IP: want})
+		if err != nil || l.IP != want {
+			return fmt.Errorf("static: %v, %v", l.IP, err)
+		}
+		for ip, msg := range map[string]string{
+			"10.1.0.77": "already leased", "10.1.0.1": "gateway", "10.1.0.0": "network address",
+			"10.1.0.255": "broadcast", "10.2.0.5": "outside",
+		} {
+			_, err := tx.Allocate(Lease{ID: "b", IP: netip.MustParseAddr(ip)})
+			if err == nil || !strings.Contains(err.Error(), msg) {
+				return fmt.Errorf("static %s: got %v, want %q", ip, err, msg)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestStaleIndexDoesNotFindAnotherContainersLease(t *testing.T) {
+	dir := t.TempDir()
+	s := open(t, dir, "10.1.0.0/30") // one usable address: .2
+	alloc(t, s, "old")
+	// A crash between removing a lease and its index leaves the index.
+	err := s.Do(func(tx *Tx) error {
+		idx, _ := os.ReadFile(tx.idPath("old"))
+		if err := os.Remove(tx.leasePath(netip.MustParseAddr("10.1.0.2"))); err != nil {
+			return err
+		}
+		if _, err := tx.Allocate(Lease{ID: "new"}); err != nil {
+			return err
+		}
+		return os.WriteFile(tx.idPath("old"), idx, 0o600)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if release(t, s, "old") {
+		t.Fatal("release of the stale id freed the new container's lease")
+	}
+	err = s.Do(func(tx *Tx) error {
+		l, ok, err := tx.Lookup("new")
+		if !ok || err != nil || l.IP.String() != "10.1.0.2" {
+			return fmt.Errorf("new lost its lease: %+v %v %v", l, ok, err)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestCorruptLeaseNamedAndNeverReused(t *testing.T) {
+	s := open(t, t.TempDir(), "10.1.0.0/29")
+	alloc(t, s, "a") // .2
+	path := filepath.Join(s.Dir(), "leases", "10.1.0.2")
+	if err := os.WriteFile(path, []byte("garbage\x00"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	err := s.Do(func(tx *Tx) error { _, _, err := tx.Lookup("a"); return err })
+	if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), "bridgehook gc") {
+		t.Errorf("lookup of a corrupt lease: %v", err)
+	}
+	for i := range 4 {
+		if ip := alloc(t, s, fmt.Sprint("b", i)); ip.String() == "10.1.0.2" {
+			t.Fatal("the address of an unreadable lease was handed out")
+		}
+	}
+}
+
+func TestFileModes(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "state")
+	s := open(t, dir, "10.1.0.0/24")
+	alloc(t, s, "a")
+	err := filepath.Walk(dir, func(p string, fi os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		want := os.FileMode(0o600)
+		if fi.IsDir() {
+			want = 0o700
+		}
+		if fi.Mode().Perm() != want {
+			return fmt.Errorf("%s has mode %v, want %v", p, fi.Mode().Perm(), want)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Error(err)
+	}
+}
+
+func TestOpenRejectsBadSubnets(t *testing.T) {
+	for _, p := range []string{"10.0.0.0/31", "10.0.0.1/24", "fd00::/64"} {
+		if _, err := Open(t.TempDir(), "br0", netip.MustParsePrefix(p)); err == nil {
+			t.Errorf("Open(%s) accepted it", p)
+		}
+	}
+}
+
+func TestConcurrentGoroutinesGetDistinctAddresses(t *testing.T) {
+	dir := t.TempDir()
+	const n = 50
+	ips := make([]netip.Addr, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			// Each goroutine opens the store as a separate hook would.
+			ips[i] = alloc(t, open(t, dir, "10.1.0.0/24"), fmt.Sprint("c", i))
+		})
+	}
+	wg.Wait()
+	checkDistinct(t, ips)
+}
+
+// TestConcurrentProcessesGetDistinctAddresses races real processes, as
+// hooks started at once by the runtime are: flock locks are per open file,
+// and only separate processes prove the lock file is shared right.
+func TestConcurrentProcessesGetDistinctAddresses(t *testing.T) {
+	dir := t.TempDir()
+	const n = 24
+	cmds := make([]*exec.Cmd, n)
+	outs := make([]strings.Builder, n)
+	for i := range n {
+		cmds[i] = exec.Command(os.Args[0], "-test.run=^TestHelperAllocate$")
+		cmds[i].Env = append(os.Environ(), "IPAM_HELPER_DIR="+dir, "IPAM_HELPER_ID="+strconv.Itoa(i))
+		cmds[i].Stdout = &outs[i]
+		cmds[i].Stderr = os.Stderr
+		if err := cmds[i].Start(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var ips []netip.Addr
+	for i, c := range cmds {
+		if err := c.Wait(); err != nil {
+			t.Fatalf("helper %d: %v", i, err)
+		}
+		for _, line := range strings.Fields(outs[i].String()) {
+			if ip, err := netip.ParseAddr(line); err == nil {
+				ips = append(ips, ip)
+			}
+		}
+	}
+	if len(ips) != n*5 {
+		t.Fatalf("got %d addresses from %d helpers, want %d", len(ips), n, n*5)
+	}
+	checkDistinct(t, ips)
+}
+
+func TestHelperAllocate(t *testing.T) {
+	dir := os.Getenv("IPAM_HELPER_DIR")
+	if dir == "" {
+		t.Skip("helper for TestConcurrentProcessesGetDistinctAddresses")
+	}
+	s := open(t, dir, "10.1.0.0/24")
+	for j := range 5 {
+		fmt.Println(alloc(t, s, os.Getenv("IPAM_HELPER_ID")+"-"+strconv.Itoa(j)))
+	}
+}
+
+func checkDistinct(t *testing.T, ips []netip.Addr) {
+	t.Helper()
+	seen := map[netip.Addr]bool{}
+	for _, ip := range ips {
+		if !ip.IsValid() || seen[ip] {
+			t.Fatalf("address %v handed out twice (or invalid) in %v", ip, ips)
+		}
+		seen[ip] = true
+	}
+}
