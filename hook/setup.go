@@ -251,6 +251,9 @@ func openNetns(pid int) (netns.NsHandle, uint64, error) {
 		if errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ESRCH) {
 			return ns, 0, inputErr("pid %d: no such process; want the pid of the container's init, which runs while createRuntime and prestart hooks do", pid)
 		}
+		if errors.Is(err, os.ErrPermission) {
+			return ns, 0, inputErr("pid %d: its network namespace cannot be opened (%v); want the pid of a container's init", pid, err)
+		}
 		return ns, 0, fmt.Errorf("open network namespace of pid %d: %w", pid, err)
 	}
 	ino, err := fdInode(int(ns))

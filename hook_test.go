@@ -1,0 +1,287 @@
+package main
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/vishvananda/netlink"
+)
+
+var wantRules = []string{
+	`-A FORWARD -m comment --comment "bridgehook netns0: jump" -j BH-FWD-netns0`,
+	`-A BH-FWD-netns0 -i netns0 -o netns0 -m comment --comment "bridgehook netns0: between containers" -j ACCEPT`,
+	`-A BH-FWD-netns0 -i netns0 ! -o netns0 -m comment --comment "bridgehook netns0: out of the bridge" -j ACCEPT`,
+	`-A BH-FWD-netns0 -o netns0 -m conntrack --ctstate RELATED,ESTABLISHED -m comment --comment "bridgehook netns0: replies into the bridge" -j ACCEPT`,
+	`-A POSTROUTING -m comment --comment "bridgehook netns0: jump" -j BH-NAT-netns0`,
+	`-A BH-NAT-netns0 -s 172.19.0.0/16 ! -o netns0 -m comment --comment "bridgehook netns0: masquerade" -j MASQUERADE`,
+}
+
+func TestSetupAndTeardownAsTheKernelSeesThem(t *testing.T) {
+	sb := newSandbox(t)
+	pid := sb.container()
+	sb.mustHook(setupState("c1", pid))
+
+	l, ok := sb.lease("c1", "172.19.0.0/16")
+	if !ok || l.IP.String() != "172.19.0.2" || l.PID != pid || l.Veth != fmt.Sprintf("netnsv0-%d", pid) {
+		t.Fatalf("lease %+v (found %v), want 172.19.0.2 for pid %d", l, ok, pid)
+	}
+	if l.NetnsInode != inode(t, fmt.Sprintf("/proc/%d/ns/net", pid)) {
+		t.Errorf("lease netns inode %d is not the container's", l.NetnsInode)
+	}
+
+	br, err := sb.nl.LinkByName("netns0")
+	if err != nil || br.Type() != "bridge" || br.Attrs().Flags&net.FlagUp == 0 {
+		t.Fatalf("bridge netns0: %v %v", br, err)
+	}
+	addrs, _ := sb.nl.AddrList(br, netlink.FAMILY_V4)
+	if len(addrs) != 1 || addrs[0].IPNet.String() != "172.19.0.1/16" {
+		t.Errorf("bridge addresses %v, want 172.19.0.1/16", addrs)
+	}
+	veth, err := sb.nl.LinkByName(l.Veth)
+	if err != nil || veth.Attrs().MasterIndex != br.Attrs().Index || veth.Attrs().Flags&net.FlagUp == 0 {
+		t.Fatalf("veth %s: %+v %v; want up on the bridge", l.Veth, veth, err)
+	}
+
+	in := inside(t, pid)
+	eth0, err := in.LinkByName("eth0")
+	if err != nil || eth0.Attrs().Flags&net.FlagUp == 0 || eth0.Attrs().MTU != 1500 {
+		t.Fatalf("container eth0: %+v %v", eth0, err)
+	}
+	if mac := eth0.Attrs().HardwareAddr.String(); mac != "0a:58:ac:13:00:02" {
+		t.Errorf("eth0 MAC %s", mac)
+	}
+	addrs, _ = in.AddrList(eth0, netlink.FAMILY_V4)
+	if len(addrs) != 1 || addrs[0].IPNet.String() != "172.19.0.2/16" {
+		t.Errorf("eth0 addresses %v, want 172.19.0.2/16", addrs)
+	}
+	lo, _ := in.LinkByName("lo")
+	if lo == nil || lo.Attrs().Flags&net.FlagUp == 0 {
+		t.Errorf("container lo is not up")
+	}
+	routes, _ := in.RouteList(nil, netlink.FAMILY_V4)
+	if !slices.ContainsFunc(routes, func(r netlink.Route) bool {
+		return (r.Dst == nil || r.Dst.String() == "0.0.0.0/0") && r.Gw.String() == "172.19.0.1" && r.LinkIndex == eth0.Attrs().Index
+	}) {
+		t.Errorf("no default route via 172.19.0.1 dev eth0 in %v", routes)
+	}
+	if got := sb.rules(); !slices.Equal(sorted(got), sorted(wantRules)) {
+		t.Errorf("rules:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(wantRules, "\n"))
+	}
+	if out, _ := sb.cmd("cat", "/proc/sys/net/ipv4/ip_forward").Output(); strings.TrimSpace(string(out)) != "1" {
+		t.Errorf("ip_forward = %q", out)
+	}
+
+	// A second setup of the same container changes nothing.
+	sb.mustHook(setupState("c1", pid))
+	if l2, _ := sb.lease("c1", "172.19.0.0/16"); l2.IP != l.IP {
+		t.Errorf("second setup moved c1 from %s to %s", l.IP, l2.IP)
+	}
+	if v := sb.veths(); len(v) != 1 {
+		t.Errorf("veths after a second setup: %v", v)
+	}
+
+	sb.mustHook(stopState("c1"))
+	if _, ok := sb.lease("c1", "172.19.0.0/16"); ok {
+		t.Error("lease still held after teardown")
+	}
+	if v := sb.veths(); len(v) != 0 {
+		t.Errorf("veths after teardown: %v", v)
+	}
+	if _, err := in.LinkByName("eth0"); err == nil {
+		t.Error("container still has eth0 after teardown")
+	}
+	// Poststop may run twice, and crun sends pid 0.
+	sb.mustHook(`{"id":"c1","pid":0,"status":"stopped"}`)
+	sb.mustHook(`{"id":"never-set-up","status":"stopped"}`)
+}
+
+func TestTwoContainersReachEachOtherAndTheGateway(t *testing.T) {
+	requireRoot(t, "busybox")
+	sb := newSandbox(t)
+	a, b := sb.container(), sb.container()
+	sb.mustHook(setupState("a", a))
+	sb.mustHook(`{"ociVersion":"1.0","id":"b","pid":` + fmt.Sprint(b) + `,"status":"created","root":"/run/crun/b"}`)
+	for _, p := range [][2]string{{fmt.Sprint(a), "172.19.0.1"}, {fmt.Sprint(a), "172.19.0.3"}, {fmt.Sprint(b), "172.19.0.2"}} {
+		out, err := exec.Command("nsenter", "--net=/proc/"+p[0]+"/ns/net", "busybox", "ping", "-c1", "-W2", p[1]).CombinedOutput()
+		if err != nil {
+			t.Errorf("ping %s from pid %s: %v\n%s", p[1], p[0], err, out)
+		}
+	}
+}
+
+func TestRulesAreNeverDoubled(t *testing.T) {
+	sb := newSandbox(t)
+	pid := sb.container()
+	record, _ := filepath.Glob(filepath.Join(sb.stateDir, "*", "network.json"))
+	for i := range 100 {
+		// Forget that the rules were verified, so every setup installs them.
+		for _, r := range record {
+			os.Remove(r)
+		}
+		sb.mustHook(setupState("c1", pid), "setup")
+		sb.mustHook(stopState("c1"), "teardown")
+		if i == 0 {
+			record, _ = filepath.Glob(filepath.Join(sb.stateDir, "*", "network.json"))
+			if len(record) != 1 {
+				t.Fatalf("network records: %v", record)
+			}
+		}
+	}
+	if got := sb.rules(); !slices.Equal(sorted(got), sorted(wantRules)) {
+		t.Errorf("after 100 setups, rules:\n%s", strings.Join(got, "\n"))
+	}
+}
+
+func TestBadInputLeavesNothingBehind(t *testing.T) {
+	sb := newSandbox(t)
+	// A process in the sandbox's own netns: a container without a netns of
+	// its own.
+	host := sb.cmd("sleep", "600")
+	if err := host.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { host.Process.Kill(); host.Wait() })
+	waitFor(t, "sleep in the sandbox", func() bool {
+		ino, err := inodeOf(fmt.Sprintf("/proc/%d/ns/net", host.Process.Pid))
+		return err == nil && ino == inode(t, sb.path)
+	})
+	dead := exec.Command("true")
+	dead.Run()
+
+	tests := []struct {
+		name, state string
+		args        []string
+		want        string
+	}{
+		{"empty stdin", "", nil, "empty"},
+		{"invalid JSON", "{", nil, "invalid JSON"},
+		{"not an object", "42", nil, "not a JSON object"},
+		{"pid as string", `{"id":"x","pid":"1","status":"creating"}`, nil, `"pid" is a JSON string`},
+		{"missing pid", `{"id":"x","status":"creating"}`, nil, `missing "pid"`},
+		{"negative pid", `{"id":"x","pid":-3,"status":"creating"}`, nil, `"pid" is -3`},
+		{"dead pid", setupState("x", dead.Process.Pid), nil, "no such process"},
+		{"hook's own netns", setupState("x", host.Process.Pid), nil, "the hook's own network namespace"},
+		{"PID 1's netns", setupState("x", 1), nil, "network namespace"},
+		{"bad id", setupState("../x", 5), nil, "container id"},
+		{"long id", setupState(strings.Repeat("a", 1025), 5), nil, "1025 bytes"},
+		{"bad subnet", setupState("x", 5), []string{"--subnet", "172.19.0.0/33"}, "--subnet"},
+		{"long bridge", setupState("x", 5), []string{"--bridge", "a-very-long-bridge"}, "--bridge"},
+		{"unknown status", `{"id":"x","pid":5,"status":"paused"}`, nil, "unknown status"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			out, err := sb.hook(tt.state, tt.args...)
+			if err == nil {
+				t.Fatalf("exit 0, want a failure; stderr: %s", out)
+			}
+			if code := err.(*exec.ExitError).ExitCode(); code != 2 {
+				t.Errorf("exit %d, want 2 for bad input", code)
+			}
+			if !strings.Contains(out, tt.want) || strings.Count(out, "\n") != 1 || !strings.HasPrefix(out, "bridgehook: ") {
+				t.Errorf("stderr %q, want one line containing %q", out, tt.want)
+			}
+			sb.assertEmpty()
+		})
+	}
+}
+
+// TestFailedSetupUndoesItself fails setup after the lease, the bridge and
+// the rules are made: the container already has an eth0.
+func TestFailedSetupUndoesItself(t *testing.T) {
+	sb := newSandbox(t)
+	pid := sb.container()
+	attrs := netlink.NewLinkAttrs()
+	attrs.Name = "eth0"
+	if err := inside(t, pid).LinkAdd(&netlink.Bridge{LinkAttrs: attrs}); err != nil {
+		t.Fatal(err)
+	}
+	out, err := sb.hook(setupState("c1", pid))
+	if err == nil || !strings.Contains(out, "eth0 already exists") {
+		t.Fatalf("setup: %v %q, want a failure naming eth0", err, out)
+	}
+	sb.assertEmpty()
+}
+
+// assertEmpty checks that the sandbox holds nothing of ours.
+func (s *sandbox) assertEmpty() {
+	s.t.Helper()
+	if ls := s.leases("netns0", "172.19.0.0/16"); len(ls) != 0 {
+		s.t.Errorf("leases left: %+v", ls)
+	}
+	if v := s.veths(); len(v) != 0 {
+		s.t.Errorf("veths left: %v", v)
+	}
+	if _, err := s.nl.LinkByName("netns0"); err == nil {
+		s.t.Error("bridge left")
+	}
+	if r := s.rules(); len(r) != 0 {
+		s.t.Errorf("rules left: %v", r)
+	}
+}
+
+func TestRefusesToRunAsNonRoot(t *testing.T) {
+	sb := newSandbox(t)
+	pid := sb.container()
+	c := sb.cmd(append([]string{"-S", "65534", "-G", "65534", binary}, sb.flags...)...)
+	c.Stdin = strings.NewReader(setupState("c1", pid))
+	out, err := c.CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "must run as root") {
+		t.Fatalf("as nobody: %v %q", err, out)
+	}
+	sb.assertEmpty()
+}
+
+func TestTwentySetupsAtOnce(t *testing.T) {
+	sb := newSandbox(t)
+	const n = 20
+	pids := make([]int, n)
+	for i := range pids {
+		pids[i] = sb.container()
+	}
+	run := func(state func(i int) string) {
+		var wg sync.WaitGroup
+		for i := range n {
+			wg.Go(func() {
+				if out, err := sb.hook(state(i)); err != nil {
+					t.Errorf("hook %d: %v: %s", i, err, out)
+				}
+			})
+		}
+		wg.Wait()
+	}
+	run(func(i int) string { return setupState(fmt.Sprint("c", i), pids[i]) })
+	ls := sb.leases("netns0", "172.19.0.0/16")
+	seen := map[string]bool{}
+	for _, l := range ls {
+		seen[l.IP.String()] = true
+	}
+	if len(ls) != n || len(seen) != n {
+		t.Fatalf("%d leases with %d distinct addresses, want %d", len(ls), len(seen), n)
+	}
+	if v := sb.veths(); len(v) != n {
+		t.Errorf("%d veths, want %d", len(v), n)
+	}
+	if got := sb.rules(); !slices.Equal(sorted(got), sorted(wantRules)) {
+		t.Errorf("rules after concurrent setups:\n%s", strings.Join(got, "\n"))
+	}
+	run(func(i int) string { return stopState(fmt.Sprint("c", i)) })
+	if v := sb.veths(); len(v) != 0 {
+		t.Errorf("veths left after teardown: %v", v)
+	}
+	if ls := sb.leases("netns0", "172.19.0.0/16"); len(ls) != 0 {
+		t.Errorf("leases left after teardown: %v", ls)
+	}
+}
+
+func sorted(s []string) []string {
+	s = slices.Clone(s)
+	slices.Sort(s)
+	return s
+}

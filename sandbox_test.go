@@ -1,0 +1,289 @@
+package main
+
+// Helpers for the privileged tests: a sandbox host (a network namespace of
+// the test's own, removed in cleanup whatever happens) and "containers"
+// (processes in network namespaces of their own inside it).
+
+import (
+	"bytes"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+
+	"github.com/bridgehook/bridgehook/ipam"
+)
+
+var binary string // the bridgehook binary under test
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "bridgehook-test-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	os.Chmod(dir, 0o755) // TestRefusesToRunAsNonRoot runs it as nobody
+	binary = filepath.Join(dir, "bridgehook")
+	if out, err := exec.Command("go", "build", "-o", binary, ".").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "build bridgehook: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	sweepSandboxes()
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+const sandboxPrefix = "bh-test-"
+
+// sweepSandboxes removes the sandboxes of earlier test runs that were
+// killed before their cleanup could run (a test timeout, say).
+func sweepSandboxes() {
+	ents, _ := os.ReadDir("/run/netns")
+	for _, e := range ents {
+		rest, ok := strings.CutPrefix(e.Name(), sandboxPrefix)
+		if !ok {
+			continue
+		}
+		pid, _ := strconv.Atoi(strings.Split(rest, "-")[0])
+		if pid > 0 && syscall.Kill(pid, 0) == nil {
+			continue // a test run still going
+		}
+		exec.Command("ip", "netns", "del", e.Name()).Run()
+	}
+}
+
+// requireRoot skips a privileged test when not root, and fails it when
+// root but a tool is missing: a skipped proof is no proof.
+func requireRoot(t *testing.T, tools ...string) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: run make test as root")
+	}
+	for _, tool := range append([]string{"ip", "nsenter", "unshare", "iptables", "iptables-save", "iptables-restore"}, tools...) {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Fatalf("%s not found: install it (see .ci/run)", tool)
+		}
+	}
+}
+
+var sandboxSeq atomic.Int64
+
+type sandbox struct {
+	t        *testing.T
+	name     string
+	path     string // /run/netns/NAME
+	ns       netns.NsHandle
+	nl       *netlink.Handle // netlink inside the sandbox
+	stateDir string
+	flags    []string // network flags for every hook run
+}
+
+func newSandbox(t *testing.T, flags ...string) *sandbox {
+	t.Helper()
+	requireRoot(t)
+	name := fmt.Sprintf("%s%d-%d", sandboxPrefix, os.Getpid(), sandboxSeq.Add(1))
+	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add: %v: %s", err, out)
+	}
+	s := &sandbox{t: t, name: name, path: "/run/netns/" + name, stateDir: t.TempDir()}
+	t.Cleanup(func() {
+		if s.nl != nil {
+			s.nl.Close()
+		}
+		s.ns.Close()
+		// Everything the hook made lives in the sandbox: bridge, veths and
+		// rules go with it.
+		if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
+			t.Errorf("ip netns del %s: %v: %s", name, err, out)
+		}
+	})
+	var err error
+	if s.ns, err = netns.GetFromPath(s.path); err != nil {
+		t.Fatal(err)
+	}
+	if s.nl, err = netlink.NewHandleAt(s.ns, unix.NETLINK_ROUTE); err != nil {
+		t.Fatal(err)
+	}
+	lo, err := s.nl.LinkByName("lo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.nl.LinkSetUp(lo); err != nil {
+		t.Fatal(err)
+	}
+	s.flags = append([]string{"--state-dir", s.stateDir}, flags...)
+	return s
+}
+
+// cmd returns a command that runs inside the sandbox.
+func (s *sandbox) cmd(args ...string) *exec.Cmd {
+	return exec.Command("nsenter", append([]string{"--net=" + s.path}, args...)...)
+}
+
+// hook runs the bridgehook binary in the sandbox with state on stdin.
+func (s *sandbox) hook(state string, args ...string) (stderr string, err error) {
+	c := s.cmd(append(append([]string{binary}, s.flags...), args...)...)
+	c.Stdin = strings.NewReader(state)
+	var buf bytes.Buffer
+	c.Stderr = &buf
+	err = c.Run()
+	return buf.String(), err
+}
+
+func (s *sandbox) mustHook(state string, args ...string) {
+	s.t.Helper()
+	if out, err := s.hook(state, args...); err != nil {
+		s.t.Fatalf("bridgehook %v: %v: %s", args, err, out)
+	}
+}
+
+func setupState(id string, pid int) string {
+	return fmt.Sprintf(`{"ociVersion":"1.0.2","id":%q,"pid":%d,"status":"creating"}`, id, pid)
+}
+
+func stopState(id string) string {
+	return fmt.Sprintf(`{"ociVersion":"1.0.2","id":%q,"status":"stopped"}`, id)
+}
+
+// container starts a process in a network namespace of its own inside the
+// sandbox and returns its pid once it is there.
+func (s *sandbox) container() int {
+	s.t.Helper()
+	c := s.cmd("unshare", "-n", "sleep", "600")
+	if err := c.Start(); err != nil {
+		s.t.Fatal(err)
+	}
+	s.t.Cleanup(func() { c.Process.Kill(); c.Wait() })
+	pid := c.Process.Pid // nsenter and unshare exec, so this becomes sleep
+	sandboxIno := inode(s.t, s.path)
+	waitFor(s.t, "process in its own netns", func() bool {
+		comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+		ino, err := inodeOf(fmt.Sprintf("/proc/%d/ns/net", pid))
+		return strings.TrimSpace(string(comm)) == "sleep" && err == nil && ino != sandboxIno
+	})
+	return pid
+}
+
+func inodeOf(path string) (uint64, error) {
+	var st syscall.Stat_t
+	err := syscall.Stat(path, &st)
+	return st.Ino, err
+}
+
+func inode(t *testing.T, path string) uint64 {
+	t.Helper()
+	ino, err := inodeOf(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ino
+}
+
+// waitFor polls cond until it holds or a deadline passes: never a bare sleep.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// store opens the sandbox's lease store of the default network or subnet.
+func (s *sandbox) lease(id, subnet string) (ipam.Lease, bool) {
+	s.t.Helper()
+	st, err := ipam.Open(s.stateDir, "netns0", netip.MustParsePrefix(subnet))
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	var l ipam.Lease
+	var ok bool
+	if err := st.Do(func(tx *ipam.Tx) (err error) { l, ok, err = tx.Lookup(id); return err }); err != nil {
+		s.t.Fatal(err)
+	}
+	return l, ok
+}
+
+func (s *sandbox) leases(bridge, subnet string) []ipam.Lease {
+	s.t.Helper()
+	st, err := ipam.Open(s.stateDir, bridge, netip.MustParsePrefix(subnet))
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	var ls []ipam.Lease
+	err = st.Do(func(tx *ipam.Tx) error {
+		var bad []string
+		var err error
+		ls, bad, err = tx.List()
+		if len(bad) > 0 {
+			return fmt.Errorf("unreadable leases: %v", bad)
+		}
+		return err
+	})
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	return ls
+}
+
+// rules returns our rules as iptables-save shows them in the sandbox.
+func (s *sandbox) rules() []string {
+	s.t.Helper()
+	out, err := s.cmd("iptables-save").Output()
+	if err != nil {
+		s.t.Fatalf("iptables-save: %v", err)
+	}
+	var ours []string
+	for _, line := range strings.Split(string(out), "\n") {
+		if strings.HasPrefix(line, "-A") && strings.Contains(line, "bridgehook") {
+			ours = append(ours, line)
+		}
+	}
+	return ours
+}
+
+// vethsInSandbox lists the host ends of container veths.
+func (s *sandbox) veths() []string {
+	s.t.Helper()
+	links, err := s.nl.LinkList()
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	var names []string
+	for _, l := range links {
+		if strings.HasPrefix(l.Attrs().Name, "netnsv0-") {
+			names = append(names, l.Attrs().Name)
+		}
+	}
+	return names
+}
+
+// inside returns a netlink handle in the network namespace of pid.
+func inside(t *testing.T, pid int) *netlink.Handle {
+	t.Helper()
+	ns, err := netns.GetFromPid(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	h, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(h.Close)
+	return h
+}
