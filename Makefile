@@ -1,0 +1,39 @@
+# bridgehook: `make demo` shows it working, `make test` proves it.
+export PATH := /usr/local/go/bin:$(PATH)
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+
+GO ?= go
+# What the tests, the demo and the benchmark run: the runtimes, a static
+# busybox for the containers' rootfs, iptables (nft backend), iproute2 for
+# `ip netns` and util-linux for nsenter/unshare.
+DEBS := runc crun iptables busybox-static iproute2 util-linux
+
+.PHONY: build test demo bench fuzz deps clean
+
+build:
+	$(GO) build -o bridgehook .
+
+# As root, the privileged and end-to-end tests run in sandbox network
+# namespaces and fail if anything they need is missing; as another user
+# only the unit tests run.
+test:
+	$(GO) vet ./...
+	$(GO) test -count=1 -race ./ipam ./hook ./nat
+	$(GO) test -count=1 -timeout 30m ./...
+
+# Two busybox containers under runc on a bridge in a sandbox namespace:
+# their eth0, pings between them and to the gateway, then everything removed.
+demo: deps
+	BRIDGEHOOK_DEMO=1 $(GO) test -count=1 -run '^TestDemo$$' -v . | grep -v -e '^=== RUN' -e '^--- PASS' -e '^PASS' -e '^ok '
+
+# Installs the Debian packages above that are missing.
+deps:
+	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+clean:
+	rm -f bridgehook
