@@ -17,19 +17,19 @@ import (
 	"github.com/vishvananda/netlink"
 )
 
-// runtime runs runc or crun commands inside a sandbox.
-type runtime struct {
+// ociRuntime runs runc or crun commands inside a sandbox.
+type ociRuntime struct {
 	name string
 	root string // the runtime's state dir, private to the test
 	sb   *sandbox
 }
 
-func newRuntime(t *testing.T, sb *sandbox, name string) *runtime {
+func newRuntime(t *testing.T, sb *sandbox, name string) *ociRuntime {
 	requireRoot(t, name, "busybox")
-	return &runtime{name: name, root: t.TempDir(), sb: sb}
+	return &ociRuntime{name: name, root: t.TempDir(), sb: sb}
 }
 
-func (r *runtime) cmd(args ...string) *exec.Cmd {
+func (r *ociRuntime) cmd(args ...string) *exec.Cmd {
 	args = append([]string{r.name, "--root", r.root}, args...)
 	if r.name == "crun" {
 		// crun 1.8 refuses hybrid cgroup hosts: give it a mount namespace
@@ -40,7 +40,7 @@ func (r *runtime) cmd(args ...string) *exec.Cmd {
 	return r.sb.cmd(args...)
 }
 
-func (r *runtime) run(t *testing.T, args ...string) string {
+func (r *ociRuntime) run(t *testing.T, args ...string) string {
 	t.Helper()
 	var out bytes.Buffer
 	c := r.cmd(args...)
@@ -53,7 +53,7 @@ func (r *runtime) run(t *testing.T, args ...string) string {
 
 // start runs a detached container and returns its pid. Its stdio go to a
 // file: a pipe would stay open as long as the container runs.
-func (r *runtime) start(t *testing.T, id, bundle string) int {
+func (r *ociRuntime) start(t *testing.T, id, bundle string) int {
 	t.Helper()
 	logf, err := os.Create(filepath.Join(bundle, "stdio"))
 	if err != nil {
@@ -189,7 +189,7 @@ func TestRuncAndCrunContainers(t *testing.T) {
 		ips[id] = l.IP.String()
 	}
 	for _, p := range []struct {
-		rt       *runtime
+		rt       *ociRuntime
 		id, dest string
 	}{
 		{runc, "a", "172.19.0.1"}, {runc, "a", ips["b"]},
@@ -199,7 +199,7 @@ func TestRuncAndCrunContainers(t *testing.T) {
 	}
 
 	for _, c := range []struct {
-		rt *runtime
+		rt *ociRuntime
 		id string
 	}{{runc, "a"}, {crun, "b"}} {
 		c.rt.run(t, "kill", c.id, "KILL")
@@ -222,7 +222,7 @@ func TestRuncAndCrunContainers(t *testing.T) {
 func TestLeasesComeBack(t *testing.T) {
 	sb := newSandbox(t, "--subnet", "10.99.0.0/29")
 	root := rootfs(t)
-	rts := []*runtime{newRuntime(t, sb, "runc"), newRuntime(t, sb, "crun")}
+	rts := []*ociRuntime{newRuntime(t, sb, "runc"), newRuntime(t, sb, "crun")}
 	stages := []hookStage{createRuntime, prestart}
 	for i := range 8 {
 		rt := rts[i%2]

@@ -59,6 +59,7 @@ func run(args []string, stdin io.Reader, stderr io.Writer) int {
 	fs.IntVar(&cfg.MTU, "mtu", 0, "MTU of the bridge (when created) and the veths; 0: the bridge's own, 1500 for a new bridge")
 	fs.StringVar(&cfg.Iface, "iface", cfg.Iface, "name of the interface inside the container")
 	fs.StringVar(&cfg.StateDir, "state-dir", cfg.StateDir, "where the lease store lives; under /run, leases die with a reboot as containers do")
+	debug := fs.Bool("debug", false, "report how long each step takes, on stderr")
 	fs.StringVar(&logFile, "log-file", "", "append a JSON line per setup, teardown and failure to this `file` (crun discards hook output)")
 
 	// Flags may come before and after the command.
@@ -78,6 +79,9 @@ func run(args []string, stdin io.Reader, stderr io.Writer) int {
 	}
 
 	log, closeLog := newLogger(logFile, stderr)
+	if *debug {
+		cfg.Debug = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
 	defer closeLog()
 	fail := func(err error) int {
 		msg := strings.ReplaceAll(err.Error(), "\n", " ")

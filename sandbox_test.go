@@ -35,7 +35,9 @@ func TestMain(m *testing.M) {
 	}
 	os.Chmod(dir, 0o755) // TestRefusesToRunAsNonRoot runs it as nobody
 	binary = filepath.Join(dir, "bridgehook")
-	if out, err := exec.Command("go", "build", "-o", binary, ".").CombinedOutput(); err != nil {
+	build := exec.Command("go", "build", "-o", binary, ".")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0") // as make build does
+	if out, err := build.CombinedOutput(); err != nil {
 		fmt.Fprintf(os.Stderr, "build bridgehook: %v\n%s", err, out)
 		os.Exit(1)
 	}
@@ -97,19 +99,25 @@ func newSandbox(t *testing.T, flags ...string) *sandbox {
 	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
 		t.Fatalf("ip netns add: %v: %s", err, out)
 	}
-	s := &sandbox{t: t, name: name, path: "/run/netns/" + name, stateDir: t.TempDir()}
+	// The state dir is on tmpfs, as the default /run/bridgehook is: fsync
+	// costs there what it costs in production.
+	stateDir, err := os.MkdirTemp("/run", "bridgehook-test-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &sandbox{t: t, name: name, path: "/run/netns/" + name, stateDir: stateDir}
 	t.Cleanup(func() {
 		if s.nl != nil {
 			s.nl.Close()
 		}
 		s.ns.Close()
+		os.RemoveAll(stateDir)
 		// Everything the hook made lives in the sandbox: bridge, veths and
 		// rules go with it.
 		if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
 			t.Errorf("ip netns del %s: %v: %s", name, err, out)
 		}
 	})
-	var err error
 	if s.ns, err = netns.GetFromPath(s.path); err != nil {
 		t.Fatal(err)
 	}

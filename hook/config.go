@@ -5,6 +5,8 @@ package hook
 
 import (
 	"fmt"
+	"log/slog"
+	"time"
 	"net/netip"
 	"strings"
 
@@ -21,6 +23,25 @@ type Config struct {
 
 	// Firewall runs iptables; nil means the host's.
 	Firewall nat.Runner
+	// Debug, when set, is told how long each step took.
+	Debug *slog.Logger
+}
+
+// timer reports the steps of one hook run to Config.Debug.
+type timer struct {
+	log  *slog.Logger
+	last time.Time
+}
+
+func (c Config) timer() *timer { return &timer{log: c.Debug, last: time.Now()} }
+
+// step reports that step just finished.
+func (t *timer) step(step string) {
+	if t.log == nil {
+		return
+	}
+	t.log.Debug(step, "took", time.Since(t.last).String())
+	t.last = time.Now() // not counting the logging itself
 }
 
 // Defaults are those of the netns hook of the runc networking write-up, so

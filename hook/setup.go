@@ -41,15 +41,18 @@ func Setup(c Config, st specs.State) (res Result, err error) {
 	if err := CheckPID(st); err != nil {
 		return res, err
 	}
+	tm := c.timer()
 	ns, ino, err := openNetns(st.Pid)
 	if err != nil {
 		return res, err
 	}
 	defer ns.Close()
+	tm.step("open netns")
 	store, err := ipam.Open(c.StateDir, c.Bridge, c.Subnet)
 	if err != nil {
 		return res, err
 	}
+	tm.step("open store")
 
 	var undo undoStack
 	defer func() {
@@ -90,6 +93,7 @@ func Setup(c Config, st specs.State) (res Result, err error) {
 		if err != nil {
 			return err
 		}
+		tm.step("allocate " + l.IP.String())
 		res = Result{Lease: l, Found: true}
 		var created bool
 		undo.push(func() error {
@@ -104,6 +108,7 @@ func Setup(c Config, st specs.State) (res Result, err error) {
 			})
 		})
 		br, created, err = c.ensureNetwork(tx)
+		tm.step("ensure bridge and firewall")
 		return err
 	})
 	if err != nil || res.Reused {
@@ -122,6 +127,7 @@ func Setup(c Config, st specs.State) (res Result, err error) {
 		Gateway: c.Subnet.Addr().Next(),
 		MTU:     mtu,
 	})
+	tm.step("attach veth")
 	return res, err
 }
 
@@ -215,17 +221,21 @@ func Teardown(c Config, id string) (res Result, err error) {
 	if err != nil {
 		return res, err
 	}
+	tm := c.timer()
 	err = store.Do(func(tx *ipam.Tx) error {
 		l, ok, err := tx.Lookup(id)
 		if err != nil || !ok {
 			return err
 		}
+		tm.step("lookup")
 		if _, err := bridge.Detach(l.Veth, alias(id)); err != nil {
 			return err
 		}
+		tm.step("detach veth")
 		if _, _, err := tx.Release(id); err != nil {
 			return err
 		}
+		tm.step("release")
 		res = Result{Lease: l, Found: true}
 		return nil
 	})

@@ -100,17 +100,17 @@ func (t *Tx) idPath(id string) string {
 
 // Lookup returns the lease held by container id.
 func (t *Tx) Lookup(id string) (Lease, bool, error) {
-	b, err := os.ReadFile(t.idPath(id))
+	target, err := os.Readlink(t.idPath(id))
 	if errors.Is(err, os.ErrNotExist) {
 		return Lease{}, false, nil
 	}
 	if err != nil {
 		return Lease{}, false, fmt.Errorf("lease index of %q: %w", id, err)
 	}
-	ip, err := netip.ParseAddr(strings.TrimSpace(string(b)))
+	ip, err := netip.ParseAddr(target)
 	if err != nil {
-		// A torn index entry holds no address: the lease file itself, if
-		// any, is still what reserves the address.
+		// An index entry that names no address reserves nothing: the lease
+		// files are what reserve addresses.
 		return Lease{}, false, nil
 	}
 	l, ok, err := t.read(ip)
@@ -167,7 +167,7 @@ func (t *Tx) Allocate(l Lease) (Lease, error) {
 	if err := t.write(l); err != nil {
 		return Lease{}, err
 	}
-	if err := writeAtomic(filepath.Join(t.s.dir, "last"), []byte(l.IP.String()+"\n")); err != nil {
+	if err := symlinkAtomic(l.IP.String(), filepath.Join(t.s.dir, "last")); err != nil {
 		return Lease{}, fmt.Errorf("record last address: %w", err)
 	}
 	return l, nil
@@ -184,7 +184,7 @@ func (t *Tx) write(l Lease) error {
 	if err := writeAtomic(t.leasePath(l.IP), b); err != nil {
 		return fmt.Errorf("write lease %s: %w", l.IP, err)
 	}
-	if err := writeAtomic(t.idPath(l.ID), []byte(l.IP.String()+"\n")); err != nil {
+	if err := symlinkAtomic(l.IP.String(), t.idPath(l.ID)); err != nil {
 		os.Remove(t.leasePath(l.IP))
 		return fmt.Errorf("write lease index %s: %w", l.IP, err)
 	}
@@ -307,8 +307,8 @@ func (t *Tx) next() (netip.Addr, error) {
 	p := t.s.subnet
 	first, last := t.s.Gateway().Next(), broadcast(p).Prev()
 	start := first
-	if b, err := os.ReadFile(filepath.Join(t.s.dir, "last")); err == nil {
-		if ip, err := netip.ParseAddr(strings.TrimSpace(string(b))); err == nil && p.Contains(ip) && ip.Less(last) && !ip.Less(first) {
+	if target, err := os.Readlink(filepath.Join(t.s.dir, "last")); err == nil {
+		if ip, err := netip.ParseAddr(target); err == nil && p.Contains(ip) && ip.Less(last) && !ip.Less(first) {
 			start = ip.Next()
 		}
 	}
@@ -343,6 +343,23 @@ func broadcast(p netip.Prefix) netip.Addr {
 	host := uint32(1)<<(32-p.Bits()) - 1
 	v := uint32(a[0])<<24 | uint32(a[1])<<16 | uint32(a[2])<<8 | uint32(a[3]) | host
 	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
+}
+
+// symlinkAtomic makes path a symlink to target, replacing what was there.
+// The index and the last-address hint are symlinks: one small value each,
+// written and read in one system call, atomically, with no file to sync.
+// Both can be rebuilt from the lease files, so they need no fsync.
+func symlinkAtomic(target, path string) error {
+	tmp := filepath.Join(filepath.Dir(path), ".tmp-"+filepath.Base(path))
+	os.Remove(tmp) // left by a hook killed between the two calls below
+	if err := os.Symlink(target, tmp); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	return nil
 }
 
 // writeAtomic replaces path with data so that a reader, or the next hook
