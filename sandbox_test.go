@@ -131,7 +131,13 @@ func newSandbox(t *testing.T, flags ...string) *sandbox {
 	if err := s.nl.LinkSetUp(lo); err != nil {
 		t.Fatal(err)
 	}
-	s.flags = append([]string{"--state-dir", s.stateDir}, flags...)
+	s.flags = append([]string{"--state-dir", s.stateDir, "--log-file", filepath.Join(stateDir, "log")}, flags...)
+	t.Cleanup(func() {
+		if t.Failed() {
+			log, _ := os.ReadFile(filepath.Join(stateDir, "log"))
+			t.Logf("hook log:\n%s", log)
+		}
+	})
 	return s
 }
 

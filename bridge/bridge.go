@@ -250,7 +250,10 @@ func Detach(host, alias string) (bool, error) {
 	if link.Attrs().Alias != alias {
 		return false, nil
 	}
-	if err := netlink.LinkDel(link); err != nil && !errors.As(err, &notFound) {
+	// The kernel deletes the pair itself when the container's namespace
+	// dies, which at poststop races with this call: gone is as good as
+	// deleted.
+	if err := netlink.LinkDel(link); err != nil && !errors.Is(err, unix.ENODEV) {
 		return false, fmt.Errorf("delete veth %s: %w", host, err)
 	}
 	return true, nil
