@@ -4,7 +4,9 @@ package main
 // sandbox namespace against an empty Go program started the same way.
 
 import (
+	"encoding/json"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,6 +18,8 @@ import (
 	"time"
 
 	"github.com/vishvananda/netns"
+
+	"github.com/bridgehook/bridgehook/ipam"
 )
 
 // inNetns runs fn on a thread switched into ns, so that the processes fn
@@ -70,56 +74,99 @@ type row struct {
 	target string
 }
 
+// onTmpfs puts the sandbox's lease store on a tmpfs, as /run is on a
+// systemd host (on these build machines /run is plain ext4, where the one
+// fsync per allocation costs about a millisecond).
+func onTmpfs(t *testing.T, sb *sandbox) {
+	t.Helper()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "mode=0700", "tmpfs", sb.stateDir).CombinedOutput(); err != nil {
+		t.Fatalf("mount tmpfs: %v %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", sb.stateDir).Run() })
+}
+
 func TestBenchTable(t *testing.T) {
 	if os.Getenv("BRIDGEHOOK_BENCH") == "" {
 		t.Skip("run with make bench")
 	}
 	requireRoot(t, "runc", "busybox")
-	runs := 30
+	const runs = 30
 	empty := filepath.Join(t.TempDir(), "empty")
 	if err := os.WriteFile(empty+".go", []byte("package main\n\nfunc main() {}\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if out, err := exec.Command("go", "build", "-o", empty, empty+".go").CombinedOutput(); err != nil {
+	build := exec.Command("go", "build", "-o", empty, empty+".go")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("build empty program: %v %s", err, out)
 	}
-
 	var rows []row
-	sb := newSandbox(t)
-	pids := make([]int, runs)
-	for i := range pids {
-		pids[i] = sb.container()
+	add := func(name string, f figures, above bool, target string) {
+		rows = append(rows, row{name, f, above, target})
 	}
-	var emptyF, warm, down, cold figures
-	inNetns(t, sb.ns, func() {
-		hook := func(state string, args ...string) time.Duration {
-			return timeRun(t, state, binary, append(sb.flags, args...)...)
+
+	// Warm setup and teardown, alternating with the empty program so that
+	// both see the same machine.
+	warmRows := func(name string, tmpfs bool) {
+		sb := newSandbox(t)
+		if tmpfs {
+			onTmpfs(t, sb)
 		}
-		hook(setupState("first", sb.container())) // the bridge and rules now exist
-		for i := range runs {
-			emptyF = append(emptyF, timeRun(t, setupState("x", 1), empty))
-			warm = append(warm, hook(setupState(fmt.Sprint("c", i), pids[i])))
+		pids := make([]int, runs)
+		procs := make([]*os.Process, runs)
+		for i := range pids {
+			pids[i] = sb.container()
+			procs[i], _ = os.FindProcess(pids[i])
 		}
-		for i := range runs {
-			down = append(down, hook(stopState(fmt.Sprint("c", i))))
+		var emptyF, warm, down, downLive figures
+		inNetns(t, sb.ns, func() {
+			hook := func(state string) time.Duration { return timeRun(t, state, binary, sb.flags...) }
+			hook(setupState("first", sb.container())) // the bridge and rules now exist
+			for i := range runs {
+				emptyF = append(emptyF, timeRun(t, setupState("x", 1), empty))
+				warm = append(warm, hook(setupState(fmt.Sprint("c", i), pids[i])))
+			}
+			// As at poststop: the container's processes are gone (the
+			// kernel then deletes the veth pair with the namespace).
+			for i := range runs / 2 {
+				procs[i].Kill()
+				waitFor(t, "container exit", func() bool { return !isRunning(pids[i]) })
+				down = append(down, hook(stopState(fmt.Sprint("c", i))))
+			}
+			// Teardown while the namespace still lives: the hook deletes
+			// the veth itself.
+			for i := runs / 2; i < runs; i++ {
+				downLive = append(downLive, hook(stopState(fmt.Sprint("c", i))))
+			}
+		})
+		if name == "" {
+			add("empty Go program", emptyF, false, "(baseline)")
+			add("warm setup", warm, true, "<= 3 ms above")
+			add("teardown (container exited, as at poststop)", down, true, "<= 3 ms above")
+			add("teardown (namespace alive: veth deleted)", downLive, true, "(no target)")
+		} else {
+			add(name, warm, true, "(for comparison)")
 		}
-	})
-	for range runs / 3 {
+	}
+	warmRows("", true)
+	warmRows("warm setup, store on this machine's ext4 /run", false)
+	base := rows[0].f.pct(0.5)
+
+	var cold figures
+	for range 10 {
 		fresh := newSandbox(t)
+		onTmpfs(t, fresh)
 		pid := fresh.container()
 		inNetns(t, fresh.ns, func() {
 			cold = append(cold, timeRun(t, setupState("c", pid), binary, fresh.flags...))
 		})
 	}
-	rows = append(rows,
-		row{"empty Go program", emptyF, false, "(baseline)"},
-		row{"warm setup", warm, true, "<= 3 ms above"},
-		row{"teardown", down, true, "<= 3 ms above"},
-		row{"cold setup (bridge + NAT)", cold, true, "<= 40 ms above"},
-	)
+	add("cold setup (creates bridge + NAT)", cold, true, "<= 40 ms above")
+	add("setup with 2 published ports", nil, false, "<= 15 ms above: ports not built yet")
 
 	// 64 at once.
 	sb64 := newSandbox(t)
+	onTmpfs(t, sb64)
 	const n = 64
 	p64 := make([]int, n)
 	for i := range p64 {
@@ -143,15 +190,120 @@ func TestBenchTable(t *testing.T) {
 	for _, l := range sb64.leases("netns0", "172.19.0.0/16") {
 		distinct[l.IP.String()] = true
 	}
-	rows = append(rows, row{fmt.Sprintf("64 at once (total wall %s ms, %d distinct)", ms(wall), len(distinct)), each, false, "all succeed, distinct"})
+	add(fmt.Sprintf("64 setups at once: wall %s ms, %d/%d distinct", ms(wall), len(distinct), n+1), each, false, "all succeed, distinct")
 
-	base := emptyF.pct(0.5)
-	fmt.Printf("\n%-48s %5s %8s %8s %8s %8s %8s  %s\n", "case (ms)", "runs", "min", "median", "p99", "max", "above", "target")
+	alloc, rel := leaseBench(t, 60000, 200)
+	add("lease allocate, 60,000 leases held (in-process)", alloc, false, "<= 1 ms")
+	add("lease release, 60,000 leases held (in-process)", rel, false, "<= 1 ms")
+
+	with, without := runcBench(t, 15)
+	add("runc run busybox true, without the hook", without, false, "")
+	add(fmt.Sprintf("runc run busybox true, with the hook (%+.1f%%)", 100*(float64(with.pct(0.5))/float64(without.pct(0.5))-1)), with, false, "<= 10 % slower")
+
+	fmt.Printf("\n%-56s %5s %8s %8s %8s %8s %8s  %s\n", "case (ms; above = median minus the empty program's)", "runs", "min", "median", "p99", "max", "above", "target")
 	for _, r := range rows {
+		if len(r.f) == 0 {
+			fmt.Printf("%-56s %5s %8s %8s %8s %8s %8s  %s\n", r.name, "-", "-", "-", "-", "-", "-", r.target)
+			continue
+		}
 		above := ""
 		if r.above {
 			above = ms(r.f.pct(0.5) - base)
 		}
-		fmt.Printf("%-48s %5d %8s %8s %8s %8s %8s  %s\n", r.name, len(r.f), ms(r.f.pct(0)), ms(r.f.pct(0.5)), ms(r.f.pct(0.99)), ms(r.f.pct(1)), above, r.target)
+		fmt.Printf("%-56s %5d %8s %8s %8s %8s %8s  %s\n", r.name, len(r.f), ms(r.f.pct(0)), ms(r.f.pct(0.5)), ms(r.f.pct(0.99)), ms(r.f.pct(1)), above, r.target)
+	}
+	fmt.Println("\nThe lease store is on a tmpfs, as /run is on a systemd host, except in the ext4 row.")
+}
+
+func isRunning(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	// A zombie has exited; its parent has not reaped it yet.
+	f := strings.Fields(string(b))
+	return len(f) > 2 && f[2] != "Z"
+}
+
+// leaseBench times allocate and release one at a time in a store that
+// holds held leases, on a tmpfs.
+func leaseBench(t *testing.T, held, runs int) (alloc, rel figures) {
+	dir := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "tmpfs", dir).CombinedOutput(); err != nil {
+		t.Fatalf("mount tmpfs: %v %s", err, out)
+	}
+	defer exec.Command("umount", dir).Run()
+	st, err := ipam.Open(dir, "bench0", netip.MustParsePrefix("10.200.0.0/16"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = st.Do(func(tx *ipam.Tx) error {
+		for i := range held {
+			if _, err := tx.Allocate(ipam.Lease{ID: fmt.Sprint("held", i)}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range runs {
+		id := fmt.Sprint("b", i)
+		start := time.Now()
+		err := st.Do(func(tx *ipam.Tx) error { _, err := tx.Allocate(ipam.Lease{ID: id}); return err })
+		alloc = append(alloc, time.Since(start))
+		if err != nil {
+			t.Fatal(err)
+		}
+		start = time.Now()
+		err = st.Do(func(tx *ipam.Tx) error { _, _, err := tx.Release(id); return err })
+		rel = append(rel, time.Since(start))
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	return alloc, rel
+}
+
+// runcBench times `runc run` of a busybox `true`, with and without
+// bridgehook in its hooks, alternating.
+func runcBench(t *testing.T, runs int) (with, without figures) {
+	sb := newSandbox(t)
+	onTmpfs(t, sb)
+	root := rootfs(t)
+	rt := newRuntime(t, sb, "runc")
+	hooked := bundle(t, sb, root, createRuntime, []string{"true"})
+	plain := bundle(t, sb, root, createRuntime, []string{"true"})
+	stripHooks(t, plain)
+	timeIt := func(b, id string) time.Duration {
+		start := time.Now()
+		rt.run(t, "run", "--bundle", b, id)
+		return time.Since(start)
+	}
+	timeIt(hooked, "warmup") // creates the bridge and rules
+	for i := range runs {
+		without = append(without, timeIt(plain, fmt.Sprint("p", i)))
+		with = append(with, timeIt(hooked, fmt.Sprint("h", i)))
+	}
+	return with, without
+}
+
+func stripHooks(t *testing.T, bundle string) {
+	path := filepath.Join(bundle, "config.json")
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var spec map[string]any
+	if err := json.Unmarshal(b, &spec); err != nil {
+		t.Fatal(err)
+	}
+	delete(spec, "hooks")
+	if b, err = json.Marshal(spec); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		t.Fatal(err)
 	}
 }

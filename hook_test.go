@@ -285,3 +285,21 @@ func sorted(s []string) []string {
 	slices.Sort(s)
 	return s
 }
+
+func TestRepairAfterFirewallFlush(t *testing.T) {
+	sb := newSandbox(t)
+	sb.mustHook(setupState("c1", sb.container()))
+	for _, args := range [][]string{{"-F"}, {"-X"}, {"-t", "nat", "-F"}, {"-t", "nat", "-X"}} {
+		if out, err := sb.cmd(append([]string{"iptables"}, args...)...).CombinedOutput(); err != nil {
+			t.Fatalf("iptables %v: %v %s", args, err, out)
+		}
+	}
+	if r := sb.rules(); len(r) != 0 {
+		t.Fatalf("flush left %v", r)
+	}
+	sb.mustHook("", "repair")
+	sb.mustHook("", "repair")
+	if got := sb.rules(); !slices.Equal(sorted(got), sorted(wantRules)) {
+		t.Errorf("after repair, rules:\n%s", strings.Join(got, "\n"))
+	}
+}

@@ -20,6 +20,7 @@ const usage = `bridgehook - put an OCI container on a NAT'd Linux bridge
 
 Usage:
   bridgehook [flags] [setup|teardown]
+  bridgehook [flags] repair
 
 As a hook, bridgehook reads the container state the runtime writes on stdin
 and decides from its "status": "creating", "created" or "running" sets the
@@ -27,10 +28,16 @@ container up, "stopped" tears it down. "setup" and "teardown" say so
 explicitly. List it under createRuntime (or prestart) and under poststop in
 config.json, with the same flags in both.
 
+A setup that finds the network's bridge as it left it trusts its firewall
+rules and runs no iptables. After something flushed the firewall
+(firewalld reload, iptables-restore), "repair" puts the network's bridge
+and rules back.
+
 Examples:
   echo '{"id":"c1","pid":4242,"status":"creating"}' | bridgehook
   echo '{"id":"c1","status":"stopped"}' | bridgehook
   bridgehook --bridge br1 --subnet 10.88.0.0/24 setup < state.json
+  bridgehook --bridge br1 --subnet 10.88.0.0/24 repair
 
 Flags:
 `
@@ -102,6 +109,17 @@ func run(args []string, stdin io.Reader, stderr io.Writer) int {
 		return fail(err)
 	}
 
+	if cmd == "repair" {
+		if err := checkRoot(); err != nil {
+			return fail(err)
+		}
+		if err := hook.Repair(cfg); err != nil {
+			return fail(fmt.Errorf("repair: %w", err))
+		}
+		log.both.Info("repaired", "bridge", cfg.Bridge, "subnet", cfg.Subnet.String())
+		return 0
+	}
+
 	var action hook.Action
 	switch cmd {
 	case "setup":
@@ -110,7 +128,7 @@ func run(args []string, stdin io.Reader, stderr io.Writer) int {
 		action = hook.ActionTeardown
 	case "":
 	default:
-		fmt.Fprintf(stderr, "bridgehook: unknown command %q; want setup or teardown (see bridgehook --help)\n", cmd)
+		fmt.Fprintf(stderr, "bridgehook: unknown command %q; want setup, teardown or repair (see bridgehook --help)\n", cmd)
 		return exitInput
 	}
 	st, err := hook.ReadState(stdin)
@@ -122,8 +140,8 @@ func run(args []string, stdin io.Reader, stderr io.Writer) int {
 			return fail(err)
 		}
 	}
-	if os.Geteuid() != 0 {
-		return fail(hook.InputErr("must run as root: it creates interfaces, firewall rules and leases (run it from the runtime's hooks, or with sudo)"))
+	if err := checkRoot(); err != nil {
+		return fail(err)
 	}
 
 	start := time.Now()
@@ -179,6 +197,13 @@ func newLogger(path string, stderr io.Writer) (logs, func()) {
 	}
 	file := slog.NewJSONHandler(f, nil)
 	return logs{file: slog.New(file), both: slog.New(slog.NewMultiHandler(file, text))}, func() { f.Close() }
+}
+
+func checkRoot() error {
+	if os.Geteuid() != 0 {
+		return hook.InputErr("must run as root: it creates interfaces, firewall rules and leases (run it from the runtime's hooks, or with sudo)")
+	}
+	return nil
 }
 
 func usageExit(err error) int {

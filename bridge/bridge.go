@@ -54,6 +54,16 @@ func Ensure(name string, gw netip.Prefix, mtu int) (br Bridge, created bool, err
 	return Bridge{Name: name, Index: link.Attrs().Index, MTU: link.Attrs().MTU}, created, nil
 }
 
+// Find returns the bridge called name if it exists and is up, without
+// looking at its addresses: the warm path, for a bridge already verified.
+func Find(name string) (Bridge, bool) {
+	link, err := netlink.LinkByName(name)
+	if err != nil || link.Type() != "bridge" || link.Attrs().Flags&net.FlagUp == 0 {
+		return Bridge{}, false
+	}
+	return Bridge{Name: name, Index: link.Attrs().Index, MTU: link.Attrs().MTU}, true
+}
+
 func create(name string, gw netip.Prefix, mtu int) (netlink.Link, bool, error) {
 	attrs := netlink.NewLinkAttrs()
 	attrs.Name = name
@@ -165,6 +175,7 @@ func Attach(br Bridge, ns netns.NsHandle, ep Endpoint) (err error) {
 			netlink.LinkDel(veth)
 		}
 	}()
+	// The kernel ignores an alias given at creation, hence a second call.
 	if ep.Alias != "" {
 		if err := netlink.LinkSetAlias(veth, ep.Alias); err != nil {
 			return fmt.Errorf("label veth %s: %w", ep.Host, err)

@@ -131,12 +131,22 @@ func Setup(c Config, st specs.State) (res Result, err error) {
 	return res, err
 }
 
-// ensureNetwork makes sure the bridge exists and its firewall rules are in
-// place. Rules verified for this very bridge (same ifindex) are trusted, so
-// a warm setup runs no iptables at all; after a firewall reload, run
+// ensureNetwork makes sure the bridge exists with its address and its
+// firewall rules are in place. What was verified for this very bridge (same
+// ifindex, recorded in the store) is trusted, so a warm setup makes one
+// netlink call and runs no iptables at all; after a firewall reload, run
 // `bridgehook repair`. It runs under the store's lock, so one hook per
 // network creates the bridge and installs its rules.
 func (c Config) ensureNetwork(tx *ipam.Tx) (br bridge.Bridge, created bool, err error) {
+	rec, recorded, err := tx.Network()
+	if err != nil {
+		return br, false, err
+	}
+	if recorded {
+		if br, ok := bridge.Find(c.Bridge); ok && br.Index == rec.BridgeIndex {
+			return br, false, nat.EnableForwarding()
+		}
+	}
 	br, created, err = bridge.Ensure(c.Bridge, c.gateway(), c.MTU)
 	if err != nil {
 		return br, false, err
@@ -147,21 +157,18 @@ func (c Config) ensureNetwork(tx *ipam.Tx) (br bridge.Bridge, created bool, err 
 			created = false
 		}
 	}()
-	rec, ok, err := tx.Network()
-	if err != nil {
-		return br, created, err
-	}
-	if ok && !created && rec.BridgeIndex == br.Index {
-		return br, false, nat.EnableForwarding()
-	}
 	if err := c.installFirewall(); err != nil {
 		return br, created, err
 	}
-	err = tx.SetNetwork(ipam.Network{
+	return br, created, tx.SetNetwork(c.record(br))
+}
+
+// record is what the store keeps of a verified network.
+func (c Config) record(br bridge.Bridge) ipam.Network {
+	return ipam.Network{
 		Bridge: c.Bridge, Subnet: c.Subnet, Gateway: c.Subnet.Addr().Next(),
 		MTU: br.MTU, BridgeIndex: br.Index,
-	})
-	return br, created, err
+	}
 }
 
 // installFirewall installs the network's rules under a lock of the whole
@@ -322,4 +329,27 @@ func (u *undoStack) run() error {
 	}
 	*u = nil
 	return first
+}
+
+// Repair re-creates what the network needs and re-installs its firewall
+// rules: for after a firewall reload (firewalld, iptables-restore, a flush)
+// removed them, which warm setups do not check.
+func Repair(c Config) error {
+	if err := c.Check(); err != nil {
+		return err
+	}
+	store, err := ipam.Open(c.StateDir, c.Bridge, c.Subnet)
+	if err != nil {
+		return err
+	}
+	return store.Do(func(tx *ipam.Tx) error {
+		br, _, err := bridge.Ensure(c.Bridge, c.gateway(), c.MTU)
+		if err != nil {
+			return err
+		}
+		if err := c.installFirewall(); err != nil {
+			return err
+		}
+		return tx.SetNetwork(c.record(br))
+	})
 }

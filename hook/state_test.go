@@ -176,3 +176,15 @@ func TestAliasFitsIfAlias(t *testing.T) {
 		t.Errorf("alias of a long id: %q", a)
 	}
 }
+
+func BenchmarkReadState(b *testing.B) {
+	in, err := os.ReadFile("../testdata/state-crun-createRuntime.json")
+	if err != nil {
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		if _, err := ReadState(strings.NewReader(string(in))); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
