@@ -6,9 +6,9 @@ package hook
 import (
 	"fmt"
 	"log/slog"
-	"time"
 	"net/netip"
 	"strings"
+	"time"
 
 	"github.com/bridgehook/bridgehook/nat"
 )
