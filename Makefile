@@ -14,7 +14,7 @@ DEBS := runc crun iptables busybox-static iproute2 util-linux
 # Static: a dynamically linked binary spends ~3 ms in the loader on every
 # container start.
 build:
-	CGO_ENABLED=0 $(GO) build -o bridgehook .
+	CGO_ENABLED=0 $(GO) build -buildvcs=true -o bridgehook .
 
 # As root, the privileged and end-to-end tests run in sandbox network
 # namespaces and fail if anything they need is missing; as another user

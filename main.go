@@ -1,46 +1,23 @@
 // Command bridgehook is an OCI runtime hook that puts a container on a
 // NAT'd Linux bridge (createRuntime or prestart) and takes it off again
-// (poststop).
+// (poststop), plus the commands to look after the networks it makes.
 package main
 
 import (
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
+	"runtime/debug"
 	"strings"
+	"text/tabwriter"
 	"time"
 
 	"github.com/bridgehook/bridgehook/hook"
 )
-
-const usage = `bridgehook - put an OCI container on a NAT'd Linux bridge
-
-Usage:
-  bridgehook [flags] [setup|teardown]
-  bridgehook [flags] repair
-
-As a hook, bridgehook reads the container state the runtime writes on stdin
-and decides from its "status": "creating", "created" or "running" sets the
-container up, "stopped" tears it down. "setup" and "teardown" say so
-explicitly. List it under createRuntime (or prestart) and under poststop in
-config.json, with the same flags in both.
-
-A setup that finds the network's bridge as it left it trusts its firewall
-rules and runs no iptables. After something flushed the firewall
-(firewalld reload, iptables-restore), "repair" puts the network's bridge
-and rules back.
-
-Examples:
-  echo '{"id":"c1","pid":4242,"status":"creating"}' | bridgehook
-  echo '{"id":"c1","status":"stopped"}' | bridgehook
-  bridgehook --bridge br1 --subnet 10.88.0.0/24 setup < state.json
-  bridgehook --bridge br1 --subnet 10.88.0.0/24 repair
-
-Flags:
-`
 
 // Exit codes: 1 when the host failed us, 2 when the input was wrong.
 const (
@@ -48,115 +25,275 @@ const (
 	exitInput = 2
 )
 
-func main() {
-	os.Exit(run(os.Args[1:], os.Stdin, os.Stderr))
+const overview = `bridgehook - put OCI containers on a NAT'd Linux bridge
+
+Usage:
+  bridgehook [flags] [command] [args]
+
+Commands:
+  (none)       read the OCI state on stdin; set up or tear down by its status
+  setup        read the OCI state on stdin and set the container up
+  teardown     read the OCI state on stdin and tear the container down
+  ls           list networks and their endpoints
+  inspect ID   print one container's endpoint as JSON
+  gc           reclaim leases, veths and rules of containers that are gone
+  repair       re-create the network's bridge and firewall rules
+  network rm   remove the network's bridge, rules and store when unused
+  version      print the version
+  help CMD     explain a command
+
+List bridgehook under createRuntime (or prestart) and under poststop in
+config.json, with the same flags in both; see "bridgehook help hook".
+
+Flags (every command takes them; they define the network):
+`
+
+// command is one subcommand: its help, and what it does.
+type command struct {
+	usage string
+	root  bool // acts on the host, so needs root
+	run   func(e *env, args []string) error
 }
 
-func run(args []string, stdin io.Reader, stderr io.Writer) int {
+var commands = map[string]*command{
+	"hook": {root: true, usage: `bridgehook [flags] [setup|teardown] < state.json
+
+As a hook, bridgehook reads the container state the runtime writes on stdin
+and decides from its "status": "creating", "created" or "running" sets the
+container up, "stopped" tears it down. "setup" and "teardown" say so
+explicitly. Setup leases an address, creates the bridge and its firewall
+rules if missing, and gives the container eth0 with a default route via the
+gateway; teardown deletes the veth and releases the address. A teardown of
+an unknown id succeeds: poststop may run twice, or after a failed create.
+
+Examples:
+  echo '{"id":"c1","pid":4242,"status":"creating"}' | bridgehook
+  echo '{"id":"c1","status":"stopped"}' | bridgehook
+  bridgehook --bridge br1 --subnet 10.88.0.0/24 setup < state.json
+`},
+	"ls": {usage: `bridgehook [flags] ls [--json] [--all]
+
+Lists the network's endpoints: IP, CONTAINER, PID, VETH, PORTS, CREATED and
+STATUS ("running" while the container's network namespace lives, "stale"
+after it died without a poststop; "bridgehook gc" reclaims stale ones).
+--all lists every network under --state-dir; --json prints the networks and
+their endpoints as JSON.
+
+Examples:
+  bridgehook ls
+  bridgehook ls --all --json | jq '.[].endpoints[].ip'
+`},
+	"inspect": {usage: `bridgehook [flags] inspect ID
+
+Prints the endpoint of container ID as JSON, looking in every network under
+--state-dir. Exits 2 if no network knows the id.
+
+Example:
+  bridgehook inspect web-1
+`},
+	"gc": {root: true, usage: `bridgehook [flags] gc [--all]
+
+Brings the lease store and the kernel back into agreement, and prints what
+it did: releases leases whose container's network namespace is gone (the
+pid is gone, or reused by a process in another namespace) and deletes their
+veths; rebuilds leases that the store lost or cannot read from the live
+veths on the bridge; deletes veths no lease accounts for. Safe to run while
+hooks run. --all does every network under --state-dir.
+
+Examples:
+  bridgehook gc
+  bridgehook gc --all    # e.g. from a systemd timer
+`},
+	"repair": {root: true, usage: `bridgehook [flags] repair
+
+A setup that finds the network's bridge as it left it trusts its firewall
+rules and runs no iptables. After something flushed the firewall (a
+firewalld reload, an iptables-restore), repair puts the network's bridge,
+address and rules back. Running it again changes nothing.
+
+Example:
+  bridgehook --bridge br1 --subnet 10.88.0.0/24 repair
+`},
+	"network": {root: true, usage: `bridgehook [flags] network rm
+
+Removes the network's bridge, its firewall rules and its lease store. It
+refuses, naming them, while containers with live network namespaces hold
+leases.
+
+Example:
+  bridgehook --bridge br1 --subnet 10.88.0.0/24 network rm
+`},
+	"version": {usage: `bridgehook version
+
+Prints the module version and the VCS revision it was built from.
+`},
+}
+
+func init() {
+	commands["setup"], commands["teardown"] = commands["hook"], commands["hook"]
+	commands["hook"].run = runHook
+	commands["ls"].run = runLs
+	commands["inspect"].run = runInspect
+	commands["gc"].run = runGC
+	commands["repair"].run = runRepair
+	commands["network"].run = runNetwork
+	commands["version"].run = runVersion
+}
+
+// env is what every command gets: the network's config, where to write,
+// and the logs.
+type env struct {
+	cfg    hook.Config
+	cmd    string
+	json   bool // ls --json
+	all    bool // ls, gc --all
+	stdin  io.Reader
+	stdout io.Writer
+	stderr io.Writer
+	log    logs
+}
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	cfg := hook.Defaults()
 	var subnet, logFile string
+	var debug, jsonOut, all bool
 	fs := flag.NewFlagSet("bridgehook", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprint(stderr, usage)
-		fs.PrintDefaults()
-	}
 	fs.StringVar(&cfg.Bridge, "bridge", cfg.Bridge, "name of the bridge to attach containers to")
 	fs.StringVar(&subnet, "subnet", cfg.Subnet.String(), "the network's IPv4 `CIDR`; the bridge gets its first address, the gateway")
-	fs.IntVar(&cfg.MTU, "mtu", 0, "MTU of the bridge (when created) and the veths; 0: the bridge's own, 1500 for a new bridge")
+	fs.IntVar(&cfg.MTU, "mtu", 0, "MTU of a new bridge and of the veths; 0: the bridge's own, 1500 for a new bridge")
 	fs.StringVar(&cfg.Iface, "iface", cfg.Iface, "name of the interface inside the container")
 	fs.StringVar(&cfg.StateDir, "state-dir", cfg.StateDir, "where the lease store lives; under /run, leases die with a reboot as containers do")
-	debug := fs.Bool("debug", false, "report how long each step takes, on stderr")
 	fs.StringVar(&logFile, "log-file", "", "append a JSON line per setup, teardown and failure to this `file` (crun discards hook output)")
-
-	// Flags may come before and after the command.
-	if err := fs.Parse(args); err != nil {
-		return usageExit(err)
+	fs.BoolVar(&debug, "debug", false, "report how long each step takes, on stderr")
+	fs.BoolVar(&jsonOut, "json", false, "ls: print JSON")
+	fs.BoolVar(&all, "all", false, "ls, gc: every network under --state-dir")
+	fs.Usage = func() {
+		fmt.Fprint(stderr, overview)
+		fs.PrintDefaults()
 	}
-	cmd := ""
-	if fs.NArg() > 0 {
-		cmd = fs.Arg(0)
-		if err := fs.Parse(fs.Args()[1:]); err != nil {
-			return usageExit(err)
-		}
-		if fs.NArg() > 0 {
-			fmt.Fprintf(stderr, "bridgehook: unexpected argument %q (see bridgehook --help)\n", fs.Arg(0))
+
+	// Flags may come before and after the command and its arguments.
+	var pos []string
+	for rest := args; ; {
+		if err := fs.Parse(rest); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return helpFor(pos, fs, stderr)
+			}
 			return exitInput
 		}
+		if fs.NArg() == 0 {
+			break
+		}
+		pos = append(pos, fs.Arg(0))
+		rest = fs.Args()[1:]
+	}
+	name := ""
+	if len(pos) > 0 {
+		name, pos = pos[0], pos[1:]
+	}
+	if name == "help" {
+		return helpFor(pos, fs, stdout)
+	}
+	c, ok := commands[name]
+	if name == "" {
+		c = commands["hook"]
+	} else if !ok {
+		fmt.Fprintf(stderr, "bridgehook: unknown command %q (see bridgehook --help)\n", name)
+		return exitInput
 	}
 
-	log, closeLog := newLogger(logFile, stderr)
-	if *debug {
-		cfg.Debug = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	}
+	e := &env{cfg: cfg, cmd: name, json: jsonOut, all: all, stdin: stdin, stdout: stdout, stderr: stderr}
+	var closeLog func()
+	e.log, closeLog = newLogs(logFile, stderr)
 	defer closeLog()
-	fail := func(err error) int {
+	if debug {
+		e.cfg.Debug = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	err := func() error {
+		p, err := hook.ParseSubnet(subnet)
+		if err != nil {
+			return err
+		}
+		e.cfg.Subnet = p
+		if err := e.cfg.Check(); err != nil {
+			return err
+		}
+		if c.root && os.Geteuid() != 0 {
+			return hook.InputErr("must run as root: it changes interfaces, firewall rules and leases (run it from the runtime's hooks, or with sudo)")
+		}
+		return c.run(e, pos)
+	}()
+	if err != nil {
 		msg := strings.ReplaceAll(err.Error(), "\n", " ")
 		fmt.Fprintf(stderr, "bridgehook: %s\n", msg)
-		log.file.Error("failed", "command", cmd, "error", msg)
+		e.log.file.Error("failed", "command", e.cmd, "error", msg)
 		if errors.Is(err, hook.ErrInput) {
 			return exitInput
 		}
 		return exitFail
 	}
+	return 0
+}
 
-	p, err := hook.ParseSubnet(subnet)
-	if err != nil {
-		return fail(err)
-	}
-	cfg.Subnet = p
-	if err := cfg.Check(); err != nil {
-		return fail(err)
-	}
-
-	if cmd == "repair" {
-		if err := checkRoot(); err != nil {
-			return fail(err)
-		}
-		if err := hook.Repair(cfg); err != nil {
-			return fail(fmt.Errorf("repair: %w", err))
-		}
-		log.both.Info("repaired", "bridge", cfg.Bridge, "subnet", cfg.Subnet.String())
+func helpFor(pos []string, fs *flag.FlagSet, w io.Writer) int {
+	if len(pos) == 0 {
+		fs.SetOutput(w)
+		fs.Usage()
 		return 0
 	}
+	c, ok := commands[pos[0]]
+	if !ok {
+		fmt.Fprintf(w, "bridgehook: no help for %q (see bridgehook --help)\n", pos[0])
+		return exitInput
+	}
+	fmt.Fprintf(w, "Usage:\n  %s\nFlags:\n", c.usage)
+	fs.SetOutput(w)
+	fs.PrintDefaults()
+	return 0
+}
 
-	var action hook.Action
-	switch cmd {
-	case "setup":
-		action = hook.ActionSetup
+func noArgs(args []string) error {
+	if len(args) > 0 {
+		return hook.InputErr("unexpected argument %q (see bridgehook --help)", args[0])
+	}
+	return nil
+}
+
+func runHook(e *env, args []string) error {
+	if err := noArgs(args); err != nil {
+		return err
+	}
+	st, err := hook.ReadState(e.stdin)
+	if err != nil {
+		return err
+	}
+	action := hook.ActionSetup
+	switch e.cmd {
 	case "teardown":
 		action = hook.ActionTeardown
 	case "":
-	default:
-		fmt.Fprintf(stderr, "bridgehook: unknown command %q; want setup, teardown or repair (see bridgehook --help)\n", cmd)
-		return exitInput
-	}
-	st, err := hook.ReadState(stdin)
-	if err != nil {
-		return fail(err)
-	}
-	if action == 0 {
 		if action, err = hook.ActionFor(st); err != nil {
-			return fail(err)
+			return err
 		}
 	}
-	if err := checkRoot(); err != nil {
-		return fail(err)
-	}
-
 	start := time.Now()
 	var res hook.Result
 	if action == hook.ActionSetup {
-		cmd = "setup"
-		res, err = hook.Setup(cfg, st)
+		e.cmd = "setup"
+		res, err = hook.Setup(e.cfg, st)
 	} else {
-		cmd = "teardown"
-		res, err = hook.Teardown(cfg, st.ID)
+		e.cmd = "teardown"
+		res, err = hook.Teardown(e.cfg, st.ID)
 	}
 	if err != nil {
-		return fail(fmt.Errorf("%s %s: %w", cmd, st.ID, err))
+		return fmt.Errorf("%s %s: %w", e.cmd, st.ID, err)
 	}
-	attrs := []any{"command", cmd, "id", st.ID, "bridge", cfg.Bridge, "duration", time.Since(start).String()}
+	attrs := []any{"command", e.cmd, "id", st.ID, "bridge", e.cfg.Bridge, "duration", time.Since(start).String()}
 	if res.Found {
 		attrs = append(attrs, "ip", res.Lease.IP.String(), "veth", res.Lease.Veth)
 	}
@@ -167,8 +304,129 @@ func run(args []string, stdin io.Reader, stderr io.Writer) int {
 	case !res.Found:
 		msg = "nothing to tear down"
 	}
-	log.both.Info(msg, attrs...)
-	return 0
+	e.log.both.Info(msg, attrs...)
+	return nil
+}
+
+func runLs(e *env, args []string) error {
+	if err := noArgs(args); err != nil {
+		return err
+	}
+	nets, err := hook.List(e.cfg, e.all)
+	if err != nil {
+		return err
+	}
+	if e.json {
+		enc := json.NewEncoder(e.stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(nets)
+	}
+	for i, n := range nets {
+		if i > 0 {
+			fmt.Fprintln(e.stdout)
+		}
+		fmt.Fprintf(e.stdout, "NETWORK %s  %s  gateway %s  mtu %d\n", n.Bridge, n.Subnet, n.Gateway, n.MTU)
+		tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "IP\tCONTAINER\tPID\tVETH\tPORTS\tCREATED\tSTATUS")
+		for _, ep := range n.Endpoints {
+			ports := strings.Join(ep.Ports, ",")
+			if ports == "" {
+				ports = "-"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\n", ep.IP, ep.ID, ep.PID, ep.Veth, ports,
+				ep.Created.Local().Format(time.DateTime), ep.Status)
+		}
+		tw.Flush()
+		for _, p := range n.Unreadable {
+			fmt.Fprintf(e.stdout, "unreadable lease file %s (run bridgehook gc)\n", p)
+		}
+	}
+	if len(nets) == 0 {
+		fmt.Fprintf(e.stderr, "bridgehook: no networks under %s\n", e.cfg.StateDir)
+	}
+	return nil
+}
+
+func runInspect(e *env, args []string) error {
+	if len(args) != 1 {
+		return hook.InputErr("inspect wants one container id (see bridgehook help inspect)")
+	}
+	ep, err := hook.Inspect(e.cfg, args[0])
+	if err != nil {
+		return err
+	}
+	enc := json.NewEncoder(e.stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(ep)
+}
+
+func runGC(e *env, args []string) error {
+	if err := noArgs(args); err != nil {
+		return err
+	}
+	report, err := hook.GC(e.cfg, e.all)
+	for _, line := range report {
+		fmt.Fprintln(e.stdout, line)
+		e.log.file.Info("gc", "action", line)
+	}
+	if err == nil && len(report) == 0 {
+		fmt.Fprintln(e.stdout, "nothing to do")
+	}
+	return err
+}
+
+func runRepair(e *env, args []string) error {
+	if err := noArgs(args); err != nil {
+		return err
+	}
+	if err := hook.Repair(e.cfg); err != nil {
+		return fmt.Errorf("repair: %w", err)
+	}
+	e.log.both.Info("repaired", "bridge", e.cfg.Bridge, "subnet", e.cfg.Subnet.String())
+	return nil
+}
+
+func runNetwork(e *env, args []string) error {
+	if len(args) != 1 || args[0] != "rm" {
+		return hook.InputErr("want \"network rm\" (see bridgehook help network)")
+	}
+	report, err := hook.RemoveNetwork(e.cfg)
+	for _, line := range report {
+		fmt.Fprintln(e.stdout, line)
+		e.log.file.Info("network rm", "action", line)
+	}
+	return err
+}
+
+func runVersion(e *env, args []string) error {
+	if err := noArgs(args); err != nil {
+		return err
+	}
+	fmt.Fprintln(e.stdout, version())
+	return nil
+}
+
+// version reads what the Go toolchain stamped into the binary.
+func version() string {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "bridgehook (no build info)"
+	}
+	v := "bridgehook " + bi.Main.Version
+	settings := map[string]string{}
+	for _, s := range bi.Settings {
+		settings[s.Key] = s.Value
+	}
+	if rev := settings["vcs.revision"]; rev != "" {
+		v += " " + rev
+		if settings["vcs.modified"] == "true" {
+			v += "-dirty"
+		}
+		if t := settings["vcs.time"]; t != "" {
+			v += " " + t
+		}
+	}
+	return v + " " + bi.GoVersion
 }
 
 // logs are the hook's two audiences: a person reading stderr, and the
@@ -178,7 +436,7 @@ type logs struct {
 	both *slog.Logger // the log file and stderr
 }
 
-func newLogger(path string, stderr io.Writer) (logs, func()) {
+func newLogs(path string, stderr io.Writer) (logs, func()) {
 	text := slog.NewTextHandler(stderr, &slog.HandlerOptions{
 		ReplaceAttr: func(groups []string, a slog.Attr) slog.Attr {
 			if len(groups) == 0 && (a.Key == slog.TimeKey || a.Key == slog.LevelKey) {
@@ -197,18 +455,4 @@ func newLogger(path string, stderr io.Writer) (logs, func()) {
 	}
 	file := slog.NewJSONHandler(f, nil)
 	return logs{file: slog.New(file), both: slog.New(slog.NewMultiHandler(file, text))}, func() { f.Close() }
-}
-
-func checkRoot() error {
-	if os.Geteuid() != 0 {
-		return hook.InputErr("must run as root: it creates interfaces, firewall rules and leases (run it from the runtime's hooks, or with sudo)")
-	}
-	return nil
-}
-
-func usageExit(err error) int {
-	if errors.Is(err, flag.ErrHelp) {
-		return 0
-	}
-	return exitInput
 }

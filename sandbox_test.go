@@ -301,3 +301,5 @@ func inside(t *testing.T, pid int) *netlink.Handle {
 	t.Cleanup(h.Close)
 	return h
 }
+
+func mustPrefix(s string) netip.Prefix { return netip.MustParsePrefix(s) }

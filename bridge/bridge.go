@@ -269,3 +269,61 @@ func Detach(host, alias string) (bool, error) {
 	}
 	return true, nil
 }
+
+// Port is a veth whose host end is on a bridge.
+type Port struct {
+	Name  string
+	Alias string
+	Index int
+}
+
+// Ports lists the veths attached to the bridge called name. A missing
+// bridge has none.
+func Ports(name string) ([]Port, error) {
+	br, err := netlink.LinkByName(name)
+	var notFound netlink.LinkNotFoundError
+	if errors.As(err, &notFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("bridge %s: %w", name, err)
+	}
+	links, err := netlink.LinkList()
+	if err != nil {
+		return nil, fmt.Errorf("list links: %w", err)
+	}
+	var ports []Port
+	for _, l := range links {
+		a := l.Attrs()
+		if a.MasterIndex == br.Attrs().Index && l.Type() == "veth" {
+			ports = append(ports, Port{Name: a.Name, Alias: a.Alias, Index: a.Index})
+		}
+	}
+	return ports, nil
+}
+
+// PeerAddr finds, in the namespace ns, the interface iface that is the
+// other end of the host veth p, and returns its IPv4 address in subnet:
+// how gc recovers a lease the store lost.
+func PeerAddr(ns netns.NsHandle, iface string, p Port, subnet netip.Prefix) (netip.Addr, bool) {
+	h, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
+	if err != nil {
+		return netip.Addr{}, false
+	}
+	defer h.Close()
+	link, err := h.LinkByName(iface)
+	// A veth's IFLA_LINK is its peer's index: this proves the pairing.
+	if err != nil || link.Attrs().ParentIndex != p.Index {
+		return netip.Addr{}, false
+	}
+	addrs, err := h.AddrList(link, netlink.FAMILY_V4)
+	if err != nil {
+		return netip.Addr{}, false
+	}
+	for _, a := range addrs {
+		if ip, ok := netip.AddrFromSlice(a.IP.To4()); ok && subnet.Contains(ip) {
+			return ip, true
+		}
+	}
+	return netip.Addr{}, false
+}

@@ -86,10 +86,18 @@ func Setup(c Config, st specs.State) (res Result, err error) {
 				return err
 			}
 		}
-		l, err := tx.Allocate(ipam.Lease{
+		want := ipam.Lease{
 			ID: st.ID, PID: st.Pid, NetnsInode: ino,
 			Veth: vethName(st.Pid), Iface: c.Iface,
-		})
+		}
+		l, err := tx.Allocate(want)
+		if errors.Is(err, ipam.ErrExhausted) {
+			// Containers that died without a poststop still hold leases.
+			if _, rerr := c.reclaim(tx); rerr != nil {
+				return fmt.Errorf("%w (and reclaiming stale leases: %v)", err, rerr)
+			}
+			l, err = tx.Allocate(want)
+		}
 		if err != nil {
 			return err
 		}
@@ -174,11 +182,11 @@ func (c Config) record(br bridge.Bridge) ipam.Network {
 // installFirewall installs the network's rules under a lock of the whole
 // state directory: networks share the built-in chains their jumps go in.
 func (c Config) installFirewall() error {
-	lock := flock.New(filepath.Join(c.StateDir, "iptables.lock"))
-	if err := lock.Lock(); err != nil {
-		return fmt.Errorf("lock firewall: %w", err)
+	unlock, err := c.lockFirewall()
+	if err != nil {
+		return err
 	}
-	defer lock.Unlock()
+	defer unlock()
 	if err := nat.EnableForwarding(); err != nil {
 		return err
 	}
@@ -193,15 +201,19 @@ func (c Config) removeIfUnused(tx *ipam.Tx) error {
 	if err != nil || len(ls)+len(bad) > 0 {
 		return err
 	}
-	lock := flock.New(filepath.Join(c.StateDir, "iptables.lock"))
-	if err := lock.Lock(); err != nil {
-		return fmt.Errorf("lock firewall: %w", err)
-	}
-	defer lock.Unlock()
-	if err := nat.New(c.runner()).Uninstall(c.network()); err != nil {
+	if err := c.uninstallFirewall(); err != nil {
 		return err
 	}
 	return bridge.Remove(c.Bridge)
+}
+
+// lockFirewall serialises firewall changes across networks and hooks.
+func (c Config) lockFirewall() (unlock func(), err error) {
+	lock := flock.New(filepath.Join(c.StateDir, "iptables.lock"))
+	if err := lock.Lock(); err != nil {
+		return nil, fmt.Errorf("lock firewall: %w", err)
+	}
+	return func() { lock.Unlock() }, nil
 }
 
 func (c Config) runner() nat.Runner {

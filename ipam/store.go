@@ -43,6 +43,7 @@ type Lease struct {
 // Store is the lease store of one network (bridge + subnet).
 type Store struct {
 	dir    string
+	bridge string
 	subnet netip.Prefix
 	lock   *flock.Flock
 }
@@ -58,14 +59,65 @@ func Open(stateDir, bridge string, subnet netip.Prefix) (*Store, error) {
 	if !subnet.Addr().Is4() || subnet.Bits() > 30 || subnet != subnet.Masked() {
 		return nil, fmt.Errorf("subnet %s: want an IPv4 network address with a prefix of /30 or shorter", subnet)
 	}
-	dir := filepath.Join(stateDir, bridge+"_"+strings.ReplaceAll(subnet.String(), "/", "_"))
+	dir := Path(stateDir, bridge, subnet)
 	for _, d := range []string{stateDir, dir, filepath.Join(dir, "leases"), filepath.Join(dir, "ids")} {
 		if err := os.Mkdir(d, dirMode); err != nil && !errors.Is(err, os.ErrExist) {
 			return nil, fmt.Errorf("lease store: %w", err)
 		}
 	}
-	return &Store{dir: dir, subnet: subnet, lock: flock.New(filepath.Join(dir, "lock"))}, nil
+	return &Store{dir: dir, bridge: bridge, subnet: subnet, lock: flock.New(filepath.Join(dir, "lock"))}, nil
 }
+
+// Path is the directory of the store of network bridge/subnet.
+func Path(stateDir, bridge string, subnet netip.Prefix) string {
+	return filepath.Join(stateDir, bridge+"_"+strings.ReplaceAll(subnet.String(), "/", "_"))
+}
+
+// Stores lists the networks that have a store under stateDir.
+func Stores(stateDir string) ([]*Store, error) {
+	ents, err := os.ReadDir(stateDir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("lease stores: %w", err)
+	}
+	var stores []*Store
+	for _, e := range ents {
+		// <bridge>_<address>_<bits>; the bridge may itself hold '_'.
+		name := e.Name()
+		i := strings.LastIndexByte(name, '_')
+		if !e.IsDir() || i < 0 {
+			continue
+		}
+		j := strings.LastIndexByte(name[:i], '_')
+		if j <= 0 {
+			continue
+		}
+		subnet, err := netip.ParsePrefix(name[j+1:i] + "/" + name[i+1:])
+		if err != nil {
+			continue
+		}
+		s, err := Open(stateDir, name[:j], subnet)
+		if err != nil {
+			continue
+		}
+		stores = append(stores, s)
+	}
+	return stores, nil
+}
+
+// Destroy removes the store's files. The caller makes sure no lease is
+// left that anyone cares about.
+func (s *Store) Destroy() error {
+	if err := os.RemoveAll(s.dir); err != nil {
+		return fmt.Errorf("remove lease store: %w", err)
+	}
+	return nil
+}
+
+// Bridge is the bridge of the store's network.
+func (s *Store) Bridge() string { return s.bridge }
 
 // Dir is where the store keeps its files.
 func (s *Store) Dir() string { return s.dir }
@@ -284,6 +336,45 @@ func (t *Tx) List() ([]Lease, []string, error) {
 		}
 	}
 	return ls, bad, nil
+}
+
+// Discard removes an unreadable lease file found by List, once gc has
+// rebuilt what it can from the kernel.
+func (t *Tx) Discard(path string) error {
+	if filepath.Dir(path) != filepath.Join(t.s.dir, "leases") {
+		return fmt.Errorf("discard %s: not a lease file of this store", path)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("discard %s: %w", path, err)
+	}
+	return nil
+}
+
+// PruneIndex removes index entries whose lease is gone or held by another
+// id, as a crash between writing a lease and its index can leave.
+func (t *Tx) PruneIndex() (int, error) {
+	dir := filepath.Join(t.s.dir, "ids")
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return 0, fmt.Errorf("lease index: %w", err)
+	}
+	n := 0
+	for _, e := range ents {
+		p := filepath.Join(dir, e.Name())
+		target, err := os.Readlink(p)
+		keep := false
+		if ip, perr := netip.ParseAddr(target); err == nil && perr == nil {
+			if l, ok, _ := t.read(ip); ok && t.idPath(l.ID) == p {
+				keep = true
+			}
+		}
+		if !keep {
+			if err := os.Remove(p); err == nil {
+				n++
+			}
+		}
+	}
+	return n, nil
 }
 
 func (t *Tx) usable(ip netip.Addr) error {
