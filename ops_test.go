@@ -132,7 +132,7 @@ func TestGCRebuildsACorruptStore(t *testing.T) {
 	}
 	leases := filepath.Join(ipam.Path(sb.stateDir, "netns0", mustPrefix("10.99.0.0/28")), "leases")
 	os.WriteFile(filepath.Join(leases, "10.99.0.2"), []byte("\x00garbage"), 0o600) // c0
-	os.WriteFile(filepath.Join(leases, "10.99.0.3"), nil, 0o600)                    // c1, truncated
+	os.WriteFile(filepath.Join(leases, "10.99.0.3"), nil, 0o600)                   // c1, truncated
 	// The store loses c2's lease altogether.
 	os.Remove(filepath.Join(leases, "10.99.0.4"))
 
