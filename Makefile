@@ -6,8 +6,8 @@ SHELL := /bin/bash
 GO ?= go
 # What the tests, the demo and the benchmark run: the runtimes, a static
 # busybox for the containers' rootfs, iptables (nft backend), iproute2 for
-# `ip netns` and util-linux for nsenter/unshare.
-DEBS := runc crun iptables busybox-static iproute2 util-linux
+# `ip netns`, util-linux for nsenter/unshare, and podman for the hooks.d test.
+DEBS := runc crun iptables busybox-static iproute2 util-linux podman
 
 .PHONY: build test demo bench fuzz deps clean
 
