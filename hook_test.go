@@ -19,8 +19,13 @@ var wantRules = []string{
 	`-A BH-FWD-netns0 -i netns0 -o netns0 -m comment --comment "bridgehook netns0: between containers" -j ACCEPT`,
 	`-A BH-FWD-netns0 -i netns0 ! -o netns0 -m comment --comment "bridgehook netns0: out of the bridge" -j ACCEPT`,
 	`-A BH-FWD-netns0 -o netns0 -m conntrack --ctstate RELATED,ESTABLISHED -m comment --comment "bridgehook netns0: replies into the bridge" -j ACCEPT`,
+	`-A BH-FWD-netns0 -o netns0 -m conntrack --ctstate DNAT -m comment --comment "bridgehook netns0: published ports" -j ACCEPT`,
 	`-A POSTROUTING -m comment --comment "bridgehook netns0: jump" -j BH-NAT-netns0`,
 	`-A BH-NAT-netns0 -s 172.19.0.0/16 ! -o netns0 -m comment --comment "bridgehook netns0: masquerade" -j MASQUERADE`,
+	`-A BH-NAT-netns0 -s 172.19.0.0/16 -d 172.19.0.0/16 -o netns0 -m conntrack --ctstate DNAT -m comment --comment "bridgehook netns0: hairpin" -j MASQUERADE`,
+	`-A BH-NAT-netns0 -s 127.0.0.0/8 -o netns0 -m conntrack --ctstate DNAT -m comment --comment "bridgehook netns0: localhost" -j MASQUERADE`,
+	`-A PREROUTING -m addrtype --dst-type LOCAL -m comment --comment "bridgehook netns0: jump" -j BH-DNAT-netns0`,
+	`-A OUTPUT -m addrtype --dst-type LOCAL -m comment --comment "bridgehook netns0: jump" -j BH-DNAT-netns0`,
 }
 
 func TestSetupAndTeardownAsTheKernelSeesThem(t *testing.T) {

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"os"
 	"runtime/debug"
 	"strings"
@@ -169,6 +170,20 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	fs.StringVar(&cfg.Iface, "iface", cfg.Iface, "name of the interface inside the container")
 	fs.StringVar(&cfg.StateDir, "state-dir", cfg.StateDir, "where the lease store lives; under /run, leases die with a reboot as containers do")
 	fs.StringVar(&logFile, "log-file", "", "append a JSON line per setup, teardown and failure to this `file` (crun discards hook output)")
+	fs.BoolVar(&cfg.ICC, "icc", true, "let containers on the bridge reach each other; false isolates them (they still reach the gateway and beyond)")
+	fs.BoolVar(&cfg.Internal, "internal", false, "no way out: no MASQUERADE, no forwarding out of the bridge; containers reach each other and the gateway")
+	fs.BoolVar(&cfg.DefaultRoute, "default-route", true, "give the container a default route via the gateway (skipped when an earlier network gave it one)")
+	fs.Func("dns", "write `servers` (comma-separated) to the container's /etc/resolv.conf", func(v string) error {
+		for _, s := range strings.Split(v, ",") {
+			ip, err := netip.ParseAddr(strings.TrimSpace(s))
+			if err != nil {
+				return fmt.Errorf("%q is not an IP address", s)
+			}
+			cfg.DNS = append(cfg.DNS, ip)
+		}
+		return nil
+	})
+	fs.BoolVar(&cfg.HostDNS, "resolv-conf", false, "write the host's name servers (loopback ones skipped) to the container's /etc/resolv.conf")
 	fs.BoolVar(&debug, "debug", false, "report how long each step takes, on stderr")
 	fs.BoolVar(&jsonOut, "json", false, "ls: print JSON")
 	fs.BoolVar(&all, "all", false, "ls, gc: every network under --state-dir")

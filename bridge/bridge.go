@@ -22,7 +22,8 @@ type Bridge struct {
 
 // Ensure returns the bridge called name, creating it with address gw (the
 // gateway, with the subnet's prefix length) and MTU mtu if it is missing
-// (mtu 0 means 1500). A present bridge is reused as it is, unless it
+// (mtu 0 means that of the default route's interface, or 1500). A new
+// bridge's subnet must not overlap a route the host already has. A present bridge is reused as it is, unless it
 // carries some other IPv4 address: two networks on one bridge would share a
 // broadcast domain without knowing it. created says whether this call made
 // it, so that a failed setup can undo it with Remove.
@@ -65,6 +66,12 @@ func Find(name string) (Bridge, bool) {
 }
 
 func create(name string, gw netip.Prefix, mtu int) (netlink.Link, bool, error) {
+	if err := checkOverlap(gw.Masked()); err != nil {
+		return nil, false, err
+	}
+	if mtu == 0 {
+		mtu = hostMTU()
+	}
 	attrs := netlink.NewLinkAttrs()
 	attrs.Name = name
 	attrs.MTU = mtu
@@ -83,6 +90,51 @@ func create(name string, gw netip.Prefix, mtu int) (netlink.Link, bool, error) {
 		return nil, false, err
 	}
 	return link, created, nil
+}
+
+// checkOverlap refuses a subnet that overlaps a route the host has: the
+// bridge's connected route would hijack part of that network, or be
+// hijacked by it.
+func checkOverlap(subnet netip.Prefix) error {
+	routes, err := netlink.RouteList(nil, netlink.FAMILY_V4)
+	if err != nil {
+		return fmt.Errorf("list routes: %w", err)
+	}
+	for _, r := range routes {
+		if r.Dst == nil {
+			continue
+		}
+		dst, ok := netip.AddrFromSlice(r.Dst.IP.To4())
+		ones, _ := r.Dst.Mask.Size()
+		if !ok || ones == 0 {
+			continue // the default route overlaps everything, by design
+		}
+		if p := netip.PrefixFrom(dst, ones); p.Overlaps(subnet) {
+			dev := fmt.Sprint("ifindex ", r.LinkIndex)
+			if l, err := netlink.LinkByIndex(r.LinkIndex); err == nil {
+				dev = l.Attrs().Name
+			}
+			return fmt.Errorf("subnet %s overlaps the route to %s on %s; choose another --subnet", subnet, p, dev)
+		}
+	}
+	return nil
+}
+
+// hostMTU is the MTU of the interface of the default route, so that a new
+// bridge does not send bigger packets than the way out carries (on VPN and
+// cloud hosts that makes TLS hang); 1500 when there is none.
+func hostMTU() int {
+	routes, err := netlink.RouteList(nil, netlink.FAMILY_V4)
+	if err == nil {
+		for _, r := range routes {
+			if r.Dst == nil || r.Dst.IP.IsUnspecified() {
+				if l, err := netlink.LinkByIndex(r.LinkIndex); err == nil && l.Attrs().MTU > 0 {
+					return l.Attrs().MTU
+				}
+			}
+		}
+	}
+	return 1500
 }
 
 func ensureAddr(link netlink.Link, gw netip.Prefix) error {
@@ -143,6 +195,11 @@ type Endpoint struct {
 	Addr    netip.Prefix // container address, with the subnet's prefix length
 	Gateway netip.Addr   // default route via this address; invalid for none
 	MTU     int
+	// Hairpin lets traffic leave the port it came in on: a container
+	// reaching its own published port through a host address.
+	Hairpin bool
+	// Isolated ports cannot talk to each other, only to the bridge.
+	Isolated bool
 }
 
 // Attach creates the veth pair with its host end on bridge br and its
@@ -181,6 +238,16 @@ func Attach(br Bridge, ns netns.NsHandle, ep Endpoint) (err error) {
 			return fmt.Errorf("label veth %s: %w", ep.Host, err)
 		}
 	}
+	if ep.Hairpin {
+		if err := netlink.LinkSetHairpin(veth, true); err != nil {
+			return fmt.Errorf("hairpin on %s: %w", ep.Host, err)
+		}
+	}
+	if ep.Isolated {
+		if err := netlink.LinkSetIsolated(veth, true); err != nil {
+			return fmt.Errorf("isolate %s: %w", ep.Host, err)
+		}
+	}
 	return configure(ns, ep)
 }
 
@@ -215,7 +282,13 @@ func configure(ns netns.NsHandle, ep Endpoint) error {
 		return nil
 	}
 	route := &netlink.Route{LinkIndex: link.Attrs().Index, Gw: ep.Gateway.AsSlice()}
-	if err := h.RouteAdd(route); err != nil {
+	err = h.RouteAdd(route)
+	if errors.Is(err, unix.EEXIST) {
+		// An earlier network gave the container its default route: the
+		// first network is the way out.
+		return nil
+	}
+	if err != nil {
 		return fmt.Errorf("add default route via %s in container: %w", ep.Gateway, err)
 	}
 	return nil

@@ -21,6 +21,18 @@ type Config struct {
 	Iface    string
 	StateDir string
 
+	// ICC lets containers on the bridge reach each other (--icc).
+	ICC bool
+	// Internal networks have no way out (--internal).
+	Internal bool
+	// DefaultRoute adds a default route via the gateway, unless the
+	// container has one already from an earlier network.
+	DefaultRoute bool
+	// DNS servers to write into the container's /etc/resolv.conf; with
+	// HostDNS, the host's.
+	DNS     []netip.Addr
+	HostDNS bool
+
 	// Firewall runs iptables; nil means the host's.
 	Firewall nat.Runner
 	// Debug, when set, is told how long each step took.
@@ -52,6 +64,9 @@ func Defaults() Config {
 		Subnet:   netip.MustParsePrefix("172.19.0.0/16"),
 		Iface:    "eth0",
 		StateDir: "/run/bridgehook",
+		ICC:      true,
+
+		DefaultRoute: true,
 	}
 }
 
@@ -115,7 +130,13 @@ func (c Config) gateway() netip.Prefix {
 	return netip.PrefixFrom(c.Subnet.Addr().Next(), c.Subnet.Bits())
 }
 
-func (c Config) network() nat.Network { return nat.Network{Bridge: c.Bridge, Subnet: c.Subnet} }
+func (c Config) network() nat.Network {
+	return nat.Network{Bridge: c.Bridge, Subnet: c.Subnet, Isolated: !c.ICC, Internal: c.Internal}
+}
+
+// options names what, besides bridge and subnet, shapes the network's
+// rules: a setup with other options re-installs them.
+func (c Config) options() string { return fmt.Sprintf("icc=%t internal=%t", c.ICC, c.Internal) }
 
 // vethName is the host end's name, as the netns hook names it.
 func vethName(pid int) string { return fmt.Sprintf("netnsv0-%d", pid) }

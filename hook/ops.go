@@ -233,10 +233,7 @@ func (c Config) reclaim(tx *ipam.Tx) ([]string, error) {
 		if alive(l) {
 			continue
 		}
-		if _, err := bridge.Detach(l.Veth, alias(l.ID)); err != nil {
-			return report, err
-		}
-		if err := tx.Remove(l); err != nil {
+		if err := c.forget(tx, l); err != nil {
 			return report, err
 		}
 		report = append(report, fmt.Sprintf("%s: reclaimed %s from %s (pid %d is gone or in another namespace)", c.Bridge, l.IP, l.ID, l.PID))

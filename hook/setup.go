@@ -29,8 +29,8 @@ type Result struct {
 }
 
 // Setup wires the container of st into network c: a lease, the bridge and
-// its firewall rules if missing, and a veth pair into the container. If any
-// step fails, the steps before it are undone.
+// its firewall rules if missing, a veth pair into the container, its
+// published ports. If any step fails, the steps before it are undone.
 func Setup(c Config, st specs.State) (res Result, err error) {
 	if err := c.Check(); err != nil {
 		return res, err
@@ -39,6 +39,10 @@ func Setup(c Config, st specs.State) (res Result, err error) {
 		return res, err
 	}
 	if err := CheckPID(st); err != nil {
+		return res, err
+	}
+	req, err := c.requestOf(st)
+	if err != nil {
 		return res, err
 	}
 	tm := c.timer()
@@ -62,6 +66,9 @@ func Setup(c Config, st specs.State) (res Result, err error) {
 			}
 		}
 	}()
+	locked := func(fn func(*ipam.Tx) error) func() error {
+		return func() error { return store.Do(fn) }
+	}
 
 	var br bridge.Bridge
 	err = store.Do(func(tx *ipam.Tx) error {
@@ -79,45 +86,45 @@ func Setup(c Config, st specs.State) (res Result, err error) {
 			}
 			// A setup that failed half-way, or an id whose container died
 			// without a teardown: start afresh.
-			if _, err := bridge.Detach(old.Veth, alias(old.ID)); err != nil {
-				return err
-			}
-			if err := tx.Remove(old); err != nil {
+			if err := c.forget(tx, old); err != nil {
 				return err
 			}
 		}
-		want := ipam.Lease{
-			ID: st.ID, PID: st.Pid, NetnsInode: ino,
-			Veth: vethName(st.Pid), Iface: c.Iface,
+		if err := c.checkPorts(tx, st.ID, req.ports); err != nil {
+			return err
 		}
-		l, err := tx.Allocate(want)
-		if errors.Is(err, ipam.ErrExhausted) {
-			// Containers that died without a poststop still hold leases.
-			if _, rerr := c.reclaim(tx); rerr != nil {
-				return fmt.Errorf("%w (and reclaiming stale leases: %v)", err, rerr)
-			}
-			l, err = tx.Allocate(want)
-		}
+		l, err := c.allocate(tx, ipam.Lease{
+			ID: st.ID, IP: req.ip, PID: st.Pid, NetnsInode: ino,
+			Veth: vethName(st.Pid), Iface: c.Iface, Ports: portStrings(req.ports),
+		})
 		if err != nil {
 			return err
 		}
 		tm.step("allocate " + l.IP.String())
 		res = Result{Lease: l, Found: true}
 		var created bool
-		undo.push(func() error {
-			return store.Do(func(tx *ipam.Tx) error {
-				if _, _, err := tx.Release(st.ID); err != nil {
-					return err
-				}
-				if created {
-					return c.removeIfUnused(tx)
-				}
-				return nil
-			})
-		})
-		br, created, err = c.ensureNetwork(tx)
+		undo.push(locked(func(tx *ipam.Tx) error {
+			if _, _, err := tx.Release(st.ID); err != nil {
+				return err
+			}
+			if created {
+				return c.removeIfUnused(tx)
+			}
+			return nil
+		}))
+		var installed bool
+		br, created, installed, err = c.ensureNetwork(tx)
 		tm.step("ensure bridge and firewall")
-		return err
+		if err != nil || len(req.ports) == 0 || installed {
+			return err // a fresh install carried this lease's ports already
+		}
+		pub := nat.Published{ID: st.ID, IP: l.IP, Ports: req.ports}
+		if err := nat.New(c.runner()).Publish(c.network(), pub); err != nil {
+			return err
+		}
+		undo.push(locked(func(*ipam.Tx) error { return nat.New(c.runner()).Unpublish(c.network(), pub) }))
+		tm.step("publish ports")
+		return nil
 	})
 	if err != nil || res.Reused {
 		return res, err
@@ -127,37 +134,145 @@ func Setup(c Config, st specs.State) (res Result, err error) {
 	if mtu == 0 {
 		mtu = br.MTU
 	}
-	err = bridge.Attach(br, ns, bridge.Endpoint{
-		Host:    res.Lease.Veth,
-		Alias:   alias(st.ID),
-		Iface:   c.Iface,
-		Addr:    c.prefix(res.Lease.IP),
-		Gateway: c.Subnet.Addr().Next(),
-		MTU:     mtu,
-	})
+	ep := bridge.Endpoint{
+		Host:     res.Lease.Veth,
+		Alias:    alias(st.ID),
+		Iface:    c.Iface,
+		Addr:     c.prefix(res.Lease.IP),
+		MTU:      mtu,
+		Hairpin:  len(req.ports) > 0,
+		Isolated: !c.ICC,
+	}
+	if c.DefaultRoute {
+		ep.Gateway = c.Subnet.Addr().Next()
+	}
+	if err = bridge.Attach(br, ns, ep); err != nil {
+		return res, err
+	}
 	tm.step("attach veth")
+	if len(c.DNS) > 0 || c.HostDNS {
+		undo.push(func() error { _, err := bridge.Detach(ep.Host, ep.Alias); return err })
+		err = c.writeResolvConf(req.rootfs)
+		tm.step("write resolv.conf")
+	}
 	return res, err
+}
+
+// allocate leases an address, reclaiming the leases of dead containers
+// before it declares the subnet exhausted.
+func (c Config) allocate(tx *ipam.Tx, want ipam.Lease) (ipam.Lease, error) {
+	l, err := tx.Allocate(want)
+	if errors.Is(err, ipam.ErrExhausted) {
+		// Containers that died without a poststop still hold leases.
+		if _, rerr := c.reclaim(tx); rerr != nil {
+			return l, fmt.Errorf("%w (and reclaiming stale leases: %v)", err, rerr)
+		}
+		l, err = tx.Allocate(want)
+	}
+	if err != nil && want.IP.IsValid() && !errors.Is(err, ipam.ErrExhausted) {
+		return l, inputErr("annotation %s: %v", AnnotationIP, err)
+	}
+	return l, err
+}
+
+// checkPorts refuses host ports that a live container already publishes,
+// on this network or another; a dead container's claim is reclaimed.
+func (c Config) checkPorts(tx *ipam.Tx, id string, ports []nat.Port) error {
+	if len(ports) == 0 {
+		return nil
+	}
+	type holder struct {
+		l    ipam.Lease
+		same bool
+	}
+	var holders []holder
+	mine, _, err := tx.List()
+	if err != nil {
+		return err
+	}
+	for _, l := range mine {
+		holders = append(holders, holder{l, true})
+	}
+	others, _ := ipam.Stores(c.StateDir)
+	for _, s := range others {
+		if s.Bridge() == c.Bridge && s.Subnet() == c.Subnet {
+			continue
+		}
+		// Another network's lock is not ours to take (two hooks could wait
+		// on each other); its files are replaced atomically, so a read
+		// without it is still a consistent lease.
+		ls, _ := s.Peek()
+		for _, l := range ls {
+			holders = append(holders, holder{l, false})
+		}
+	}
+	for _, h := range holders {
+		if h.l.ID == id && h.same {
+			continue
+		}
+		for _, s := range h.l.Ports {
+			theirs, err := nat.ParsePorts(s)
+			if err != nil {
+				continue
+			}
+			for _, p := range ports {
+				if !p.Overlaps(theirs[0]) {
+					continue
+				}
+				if alive(h.l) {
+					return inputErr("host port %s is already published by container %s (%s on %s); choose another host port",
+						p, h.l.ID, h.l.IP, h.l.Veth)
+				}
+				if h.same {
+					if err := c.forget(tx, h.l); err != nil {
+						return err
+					}
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// forget undoes a lease's setup from what the lease records: the veth
+// (when the kernel has not deleted it with the namespace), the port rules,
+// the address.
+func (c Config) forget(tx *ipam.Tx, l ipam.Lease) error {
+	if _, err := bridge.Detach(l.Veth, alias(l.ID)); err != nil {
+		return err
+	}
+	if len(l.Ports) > 0 {
+		pub, err := published(l.ID, l.IP, l.Ports)
+		if err != nil {
+			return err
+		}
+		if err := nat.New(c.runner()).Unpublish(c.network(), pub); err != nil {
+			return err
+		}
+	}
+	return tx.Remove(l)
 }
 
 // ensureNetwork makes sure the bridge exists with its address and its
 // firewall rules are in place. What was verified for this very bridge (same
-// ifindex, recorded in the store) is trusted, so a warm setup makes one
-// netlink call and runs no iptables at all; after a firewall reload, run
-// `bridgehook repair`. It runs under the store's lock, so one hook per
-// network creates the bridge and installs its rules.
-func (c Config) ensureNetwork(tx *ipam.Tx) (br bridge.Bridge, created bool, err error) {
+// ifindex, same options, recorded in the store) is trusted, so a warm setup
+// makes one netlink call and runs no iptables at all; after a firewall
+// reload, run `bridgehook repair`. It runs under the store's lock, so one
+// hook per network creates the bridge and installs its rules. installed
+// says whether it (re)installed the rules, with every lease's ports.
+func (c Config) ensureNetwork(tx *ipam.Tx) (br bridge.Bridge, created, installed bool, err error) {
 	rec, recorded, err := tx.Network()
 	if err != nil {
-		return br, false, err
+		return br, false, false, err
 	}
-	if recorded {
+	if recorded && rec.Options == c.options() {
 		if br, ok := bridge.Find(c.Bridge); ok && br.Index == rec.BridgeIndex {
-			return br, false, nat.EnableForwarding()
+			return br, false, false, nat.EnableForwarding()
 		}
 	}
 	br, created, err = bridge.Ensure(c.Bridge, c.gateway(), c.MTU)
 	if err != nil {
-		return br, false, err
+		return br, false, false, err
 	}
 	defer func() {
 		if err != nil && created {
@@ -165,23 +280,38 @@ func (c Config) ensureNetwork(tx *ipam.Tx) (br bridge.Bridge, created bool, err 
 			created = false
 		}
 	}()
-	if err := c.installFirewall(); err != nil {
-		return br, created, err
+	if err := c.installFirewall(tx); err != nil {
+		return br, created, false, err
 	}
-	return br, created, tx.SetNetwork(c.record(br))
+	return br, created, true, tx.SetNetwork(c.record(br))
 }
 
 // record is what the store keeps of a verified network.
 func (c Config) record(br bridge.Bridge) ipam.Network {
 	return ipam.Network{
 		Bridge: c.Bridge, Subnet: c.Subnet, Gateway: c.Subnet.Addr().Next(),
-		MTU: br.MTU, BridgeIndex: br.Index,
+		MTU: br.MTU, BridgeIndex: br.Index, Options: c.options(),
 	}
 }
 
-// installFirewall installs the network's rules under a lock of the whole
-// state directory: networks share the built-in chains their jumps go in.
-func (c Config) installFirewall() error {
+// installFirewall installs the network's rules, with the ports of every
+// lease in tx, under a lock of the whole state directory: networks share
+// the built-in chains their jumps go in.
+func (c Config) installFirewall(tx *ipam.Tx) error {
+	leases, _, err := tx.List()
+	if err != nil {
+		return err
+	}
+	var pubs []nat.Published
+	for _, l := range leases {
+		if len(l.Ports) > 0 {
+			pub, err := published(l.ID, l.IP, l.Ports)
+			if err != nil {
+				return err
+			}
+			pubs = append(pubs, pub)
+		}
+	}
 	unlock, err := c.lockFirewall()
 	if err != nil {
 		return err
@@ -190,7 +320,10 @@ func (c Config) installFirewall() error {
 	if err := nat.EnableForwarding(); err != nil {
 		return err
 	}
-	return nat.New(c.runner()).Install(c.network())
+	if err := nat.EnableLocalnet(c.Bridge); err != nil {
+		return err
+	}
+	return nat.New(c.runner()).Install(c.network(), pubs)
 }
 
 // removeIfUnused removes the network's bridge and rules when no lease is
@@ -247,14 +380,10 @@ func Teardown(c Config, id string) (res Result, err error) {
 			return err
 		}
 		tm.step("lookup")
-		if _, err := bridge.Detach(l.Veth, alias(id)); err != nil {
+		if err := c.forget(tx, l); err != nil {
 			return err
 		}
-		tm.step("detach veth")
-		if _, _, err := tx.Release(id); err != nil {
-			return err
-		}
-		tm.step("release")
+		tm.step("detach, unpublish, release")
 		res = Result{Lease: l, Found: true}
 		return nil
 	})
@@ -359,7 +488,7 @@ func Repair(c Config) error {
 		if err != nil {
 			return err
 		}
-		if err := c.installFirewall(); err != nil {
+		if err := c.installFirewall(tx); err != nil {
 			return err
 		}
 		return tx.SetNetwork(c.record(br))

@@ -107,6 +107,15 @@ func Stores(stateDir string) ([]*Store, error) {
 	return stores, nil
 }
 
+// Peek returns the store's leases without taking its lock. Each lease file
+// is replaced atomically, so every lease read is whole; the set may be a
+// moment old. For looking across networks, where taking another store's
+// lock could deadlock with a hook doing the same the other way.
+func (s *Store) Peek() ([]Lease, error) {
+	ls, _, err := (&Tx{s: s}).List()
+	return ls, err
+}
+
 // Destroy removes the store's files. The caller makes sure no lease is
 // left that anyone cares about.
 func (s *Store) Destroy() error {

@@ -19,12 +19,18 @@ import (
 type Network struct {
 	Bridge string
 	Subnet netip.Prefix
+	// Isolated containers cannot reach each other (--icc=false).
+	Isolated bool
+	// Internal networks have no way out: no MASQUERADE, no forwarding
+	// out of the bridge.
+	Internal bool
 }
 
 // Chain names are short enough for any bridge name: iptables allows 28.
 const (
 	fwdPrefix  = "BH-FWD-"
 	masqPrefix = "BH-NAT-"
+	dnatPrefix = "BH-DNAT-"
 )
 
 // Rule is one iptables rule: table, chain, and the match and target.
@@ -40,6 +46,7 @@ type jump struct {
 
 func (n Network) fwdChain() string  { return fwdPrefix + n.Bridge }
 func (n Network) masqChain() string { return masqPrefix + n.Bridge }
+func (n Network) dnatChain() string { return dnatPrefix + n.Bridge }
 
 func (n Network) comment(what string) []string {
 	return []string{"-m", "comment", "--comment", "bridgehook " + n.Bridge + ": " + what}
@@ -49,33 +56,115 @@ func (n Network) jumps() []jump {
 	return []jump{
 		{"filter", "FORWARD", n.fwdChain()},
 		{"nat", "POSTROUTING", n.masqChain()},
+		// Published ports: traffic for the host's own addresses, from
+		// outside (PREROUTING) and from the host itself (OUTPUT).
+		{"nat", "PREROUTING", n.dnatChain()},
+		{"nat", "OUTPUT", n.dnatChain()},
 	}
 }
 
 func (j jump) spec(n Network) []string {
+	if j.To == n.dnatChain() {
+		return append([]string{"-m", "addrtype", "--dst-type", "LOCAL"}, append(n.comment("jump"), "-j", j.To)...)
+	}
 	return append(n.comment("jump"), "-j", j.To)
 }
 
-// Rules returns the rules of network n's own chains, in order.
+// Rules returns the rules of network n's own chains, in order, without
+// the published ports of its containers.
 func (n Network) Rules() []Rule {
 	br, subnet := n.Bridge, n.Subnet.String()
-	fwd := func(what string, spec ...string) Rule {
-		return Rule{"filter", n.fwdChain(), append(spec, append(n.comment(what), "-j", "ACCEPT")...)}
+	fwd := func(what, verdict string, spec ...string) Rule {
+		return Rule{"filter", n.fwdChain(), append(spec, append(n.comment(what), "-j", verdict)...)}
 	}
-	return []Rule{
-		// br_netfilter sends bridged frames through FORWARD, so a DROP
-		// policy there would cut containers off from each other without
-		// this one.
-		fwd("between containers", "-i", br, "-o", br),
-		fwd("out of the bridge", "-i", br, "!", "-o", br),
-		// Into the bridge only what answers the containers' own traffic:
-		// the subnet is not reachable from outside unless a port is
-		// published.
-		fwd("replies into the bridge", "-o", br, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED"),
+	masq := func(what string, spec ...string) Rule {
+		return Rule{"nat", n.masqChain(), append(spec, append(n.comment(what), "-j", "MASQUERADE")...)}
+	}
+	var rules []Rule
+	// br_netfilter sends bridged frames through FORWARD, so a DROP policy
+	// there would cut containers off from each other without this one.
+	if n.Isolated {
+		rules = append(rules, fwd("containers isolated", "DROP", "-i", br, "-o", br))
+	} else {
+		rules = append(rules, fwd("between containers", "ACCEPT", "-i", br, "-o", br))
+	}
+	if n.Internal {
+		rules = append(rules, fwd("internal, nothing leaves", "DROP", "-i", br, "!", "-o", br))
+		return rules
+	}
+	rules = append(rules,
+		fwd("out of the bridge", "ACCEPT", "-i", br, "!", "-o", br),
+		// Into the bridge only what answers the containers' own traffic,
+		// and what a published port sent there.
+		fwd("replies into the bridge", "ACCEPT", "-o", br, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED"),
+		fwd("published ports", "ACCEPT", "-o", br, "-m", "conntrack", "--ctstate", "DNAT"),
 		// Not for traffic that stays on the bridge: containers see each
 		// other's real addresses.
-		{"nat", n.masqChain(), append([]string{"-s", subnet, "!", "-o", br}, append(n.comment("masquerade"), "-j", "MASQUERADE")...)},
+		masq("masquerade", "-s", subnet, "!", "-o", br),
+		// A container reaching a published port through a host address
+		// and landing on the bridge again (hairpin): the reply must come
+		// back through the host, so it must be addressed to the host.
+		masq("hairpin", "-s", subnet, "-d", subnet, "-o", br, "-m", "conntrack", "--ctstate", "DNAT"),
+		// The host reaching a published port through 127.0.0.1: the
+		// container cannot answer a loopback source.
+		masq("localhost", "-s", "127.0.0.0/8", "-o", br, "-m", "conntrack", "--ctstate", "DNAT"),
+	)
+	return rules
+}
+
+// Published is one container's published ports.
+type Published struct {
+	ID    string
+	IP    netip.Addr
+	Ports []Port
+}
+
+// maxPorts bounds the rules one container's ranges expand to.
+const maxPorts = 1024
+
+// PortRules returns the DNAT rules of one container's published ports. A
+// range maps port by port, since DNAT to a port range would pick any port
+// of it; a range mapped to the same ports needs one rule.
+func (n Network) PortRules(p Published) ([]Rule, error) {
+	var rules []Rule
+	who := p.ID
+	if len(who) > 64 {
+		who = who[:64] + "..."
 	}
+	for _, port := range p.Ports {
+		spec := []string{}
+		if port.HostIP.IsValid() {
+			spec = append(spec, "-d", port.HostIP.String()+"/32")
+		}
+		spec = append(spec, "-p", port.Proto, "-m", port.Proto)
+		what := n.comment(who + " " + port.String())
+		if port.HostPort == port.Container {
+			r := append(spec, "--dport", colonRange(port.HostPort, port.HostEnd))
+			r = append(r, what...)
+			rules = append(rules, Rule{"nat", n.dnatChain(), append(r, "-j", "DNAT", "--to-destination", p.IP.String())})
+			continue
+		}
+		if int(port.HostEnd-port.HostPort) >= maxPorts {
+			return nil, fmt.Errorf("port %s: over %d ports to remap; publish a range on the same ports instead", port, maxPorts)
+		}
+		for off := 0; off <= int(port.HostEnd-port.HostPort); off++ {
+			r := append(append([]string{}, spec...), "--dport", fmt.Sprint(int(port.HostPort)+off))
+			r = append(r, what...)
+			to := fmt.Sprintf("%s:%d", p.IP, int(port.Container)+off)
+			rules = append(rules, Rule{"nat", n.dnatChain(), append(r, "-j", "DNAT", "--to-destination", to)})
+		}
+	}
+	if len(rules) > maxPorts {
+		return nil, fmt.Errorf("%d port rules for one container; at most %d", len(rules), maxPorts)
+	}
+	return rules, nil
+}
+
+func colonRange(a, b uint16) string {
+	if a == b {
+		return fmt.Sprint(a)
+	}
+	return fmt.Sprintf("%d:%d", a, b)
 }
 
 // Runner runs iptables. The go-iptables runner is the real one; tests use a
@@ -97,34 +186,98 @@ type Firewall struct{ r Runner }
 // New returns a Firewall that runs iptables through r.
 func New(r Runner) *Firewall { return &Firewall{r: r} }
 
-// Install makes network n's chains hold exactly n.Rules() and makes sure
-// the built-in chains jump to them once. It is idempotent; callers serialise
-// it across hooks (the jump check and the restore are two commands).
-func (f *Firewall) Install(n Network) error {
+// Install makes network n's chains hold exactly n.Rules() and the port
+// rules of pubs, and makes sure the built-in chains jump to them once. It
+// is idempotent; callers serialise it across hooks (the jump check and the
+// restore are two commands).
+func (f *Firewall) Install(n Network, pubs []Published) error {
 	saved, err := f.r.Save()
 	if err != nil {
 		return fmt.Errorf("read firewall: %w", err)
 	}
-	have := jumpsIn(saved)
-	if err := f.r.Restore(restoreInput(n, have)); err != nil {
+	rules := n.Rules()
+	for _, p := range pubs {
+		pr, err := n.PortRules(p)
+		if err != nil {
+			return err
+		}
+		rules = append(rules, pr...)
+	}
+	if err := f.r.Restore(restoreInput(n, rules, jumpsIn(saved))); err != nil {
 		return fmt.Errorf("install rules for %s: %w", n.Bridge, err)
 	}
 	return nil
 }
 
+// Publish adds the port rules of p in one iptables-restore: one process
+// whatever the number of ports, and all or none of them.
+func (f *Firewall) Publish(n Network, p Published) error {
+	rules, err := n.PortRules(p)
+	if err != nil {
+		return err
+	}
+	if err := f.r.Restore(render("-A", rules)); err != nil {
+		return fmt.Errorf("publish ports of %s: %w", p.ID, err)
+	}
+	return nil
+}
+
+// Unpublish removes the port rules of p, and the UDP conntrack entries
+// that would keep sending its ports' traffic to a container that is gone.
+func (f *Firewall) Unpublish(n Network, p Published) error {
+	rules, err := n.PortRules(p)
+	if err != nil {
+		return err
+	}
+	if err := f.r.Restore(render("-D", rules)); err != nil {
+		// Some rule was already gone (a firewall reload, say): remove the
+		// rest one by one.
+		for _, r := range rules {
+			if err := f.r.DeleteIfExists(r.Table, r.Chain, r.Spec...); err != nil {
+				return fmt.Errorf("unpublish ports of %s: %w", p.ID, err)
+			}
+		}
+	}
+	return flushUDP(p)
+}
+
+// render writes rules as iptables-restore --noflush input, each with op.
+func render(op string, rules []Rule) string {
+	var b strings.Builder
+	for _, table := range []string{"filter", "nat"} {
+		started := false
+		for _, r := range rules {
+			if r.Table != table {
+				continue
+			}
+			if !started {
+				fmt.Fprintf(&b, "*%s\n", table)
+				started = true
+			}
+			fmt.Fprintf(&b, "%s %s %s\n", op, r.Chain, quote(r.Spec))
+		}
+		if started {
+			b.WriteString("COMMIT\n")
+		}
+	}
+	return b.String()
+}
+
 // restoreInput renders n's chains for iptables-restore --noflush. Declaring
 // a chain that exists flushes it, so the chain ends up holding exactly these
 // rules however often this runs. Jumps are added only where have lacks them.
-func restoreInput(n Network, have map[jump]bool) string {
+func restoreInput(n Network, rules []Rule, have map[jump]bool) string {
 	var b strings.Builder
 	for _, table := range []string{"filter", "nat"} {
 		fmt.Fprintf(&b, "*%s\n", table)
+		declared := map[string]bool{}
 		for _, j := range n.jumps() {
-			if j.Table == table {
+			if j.Table == table && !declared[j.To] {
 				fmt.Fprintf(&b, ":%s - [0:0]\n", j.To)
+				declared[j.To] = true
 			}
 		}
-		for _, r := range n.Rules() {
+		for _, r := range rules {
 			if r.Table == table {
 				fmt.Fprintf(&b, "-A %s %s\n", r.Chain, quote(r.Spec))
 			}
@@ -158,7 +311,7 @@ func jumpsIn(saved string) map[jump]bool {
 			continue
 		}
 		to := f[len(f)-1]
-		if strings.HasPrefix(to, fwdPrefix) || strings.HasPrefix(to, masqPrefix) {
+		if strings.HasPrefix(to, fwdPrefix) || strings.HasPrefix(to, masqPrefix) || strings.HasPrefix(to, dnatPrefix) {
 			have[jump{table, f[1], to}] = true
 		}
 	}
@@ -199,19 +352,27 @@ func (f *Firewall) Installed(n Network) (bool, error) {
 
 // Uninstall removes n's jumps and chains. What is already gone is skipped.
 func (f *Firewall) Uninstall(n Network) error {
+	gone := map[string]bool{}
 	for _, j := range n.jumps() {
 		ok, err := f.r.ChainExists(j.Table, j.To)
 		if err != nil {
 			return fmt.Errorf("remove rules of %s: %w", n.Bridge, err)
 		}
-		if !ok {
+		if ok {
+			if err := f.r.DeleteIfExists(j.Table, j.From, j.spec(n)...); err != nil {
+				return fmt.Errorf("remove jump to %s: %w", j.To, err)
+			}
+		}
+	}
+	for _, j := range n.jumps() {
+		if gone[j.To] {
 			continue
 		}
-		if err := f.r.DeleteIfExists(j.Table, j.From, j.spec(n)...); err != nil {
-			return fmt.Errorf("remove jump to %s: %w", j.To, err)
-		}
-		if err := f.r.ClearAndDeleteChain(j.Table, j.To); err != nil {
-			return fmt.Errorf("remove chain %s: %w", j.To, err)
+		gone[j.To] = true
+		if ok, _ := f.r.ChainExists(j.Table, j.To); ok {
+			if err := f.r.ClearAndDeleteChain(j.Table, j.To); err != nil {
+				return fmt.Errorf("remove chain %s: %w", j.To, err)
+			}
 		}
 	}
 	return nil
@@ -221,13 +382,22 @@ const ipForward = "/proc/sys/net/ipv4/ip_forward"
 
 // EnableForwarding turns on IPv4 forwarding in the caller's namespace. It
 // writes only when needed: the read is cheaper than the write.
-func EnableForwarding() error {
-	b, err := os.ReadFile(ipForward)
+func EnableForwarding() error { return sysctlOn(ipForward) }
+
+// EnableLocalnet lets the host reach published ports through 127.0.0.1:
+// the kernel drops loopback-sourced packets routed out of an interface
+// unless route_localnet is on for it.
+func EnableLocalnet(bridge string) error {
+	return sysctlOn("/proc/sys/net/ipv4/conf/" + bridge + "/route_localnet")
+}
+
+func sysctlOn(path string) error {
+	b, err := os.ReadFile(path)
 	if err == nil && strings.TrimSpace(string(b)) == "1" {
 		return nil
 	}
-	if err := os.WriteFile(ipForward, []byte("1\n"), 0o644); err != nil {
-		return fmt.Errorf("enable ip_forward: %w", err)
+	if err := os.WriteFile(path, []byte("1\n"), 0o644); err != nil {
+		return fmt.Errorf("enable %s: %w", path, err)
 	}
 	return nil
 }

@@ -37,7 +37,7 @@ func TestInstallAddsJumpsOnce(t *testing.T) {
 	f := &fake{}
 	fw := New(f)
 	for range 3 {
-		if err := fw.Install(testNet); err != nil {
+		if err := fw.Install(testNet, nil); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -1,0 +1,117 @@
+package hook
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// Where the host's own resolvers are listed. systemd-resolved's upstream
+// file comes first: /etc/resolv.conf there names 127.0.0.53, which is the
+// host's loopback, not the container's.
+var hostResolvConfs = []string{"/run/systemd/resolve/resolv.conf", "/etc/resolv.conf"}
+
+// resolvConf renders the file the container gets.
+func (c Config) resolvConf() ([]byte, error) {
+	servers := c.DNS
+	var search []string
+	if c.HostDNS {
+		var err error
+		if servers, search, err = hostResolvers(); err != nil {
+			return nil, err
+		}
+	}
+	var b strings.Builder
+	b.WriteString("# written by bridgehook\n")
+	for _, s := range servers {
+		fmt.Fprintf(&b, "nameserver %s\n", s)
+	}
+	if len(search) > 0 {
+		fmt.Fprintf(&b, "search %s\n", strings.Join(search, " "))
+	}
+	return []byte(b.String()), nil
+}
+
+// hostResolvers reads the host's name servers, skipping loopback ones,
+// which would point into the container itself.
+func hostResolvers() (servers []netip.Addr, search []string, err error) {
+	for _, path := range hostResolvConfs {
+		f, err := os.Open(path)
+		if err != nil {
+			continue
+		}
+		sc := bufio.NewScanner(f)
+		for sc.Scan() {
+			fields := strings.Fields(sc.Text())
+			if len(fields) < 2 {
+				continue
+			}
+			switch fields[0] {
+			case "nameserver":
+				if ip, err := netip.ParseAddr(fields[1]); err == nil && !ip.IsLoopback() {
+					servers = append(servers, ip)
+				}
+			case "search":
+				search = fields[1:]
+			}
+		}
+		f.Close()
+		if len(servers) > 0 {
+			return servers, search, nil
+		}
+	}
+	return nil, nil, inputErr("--resolv-conf: the host has no name server but loopback ones; give --dns servers instead")
+}
+
+// writeResolvConf writes /etc/resolv.conf into the container's root
+// filesystem. Every path is resolved inside rootfs (openat2 with
+// RESOLVE_IN_ROOT): a symlink in the image can never send the write to
+// the host's files.
+func (c Config) writeResolvConf(rootfs string) error {
+	data, err := c.resolvConf()
+	if err != nil {
+		return err
+	}
+	root, err := unix.Open(rootfs, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("resolv.conf: open root %s: %w", rootfs, err)
+	}
+	defer unix.Close(root)
+	how := func(flags uint64) *unix.OpenHow {
+		return &unix.OpenHow{Flags: flags | unix.O_CLOEXEC, Mode: 0o644, Resolve: unix.RESOLVE_IN_ROOT | unix.RESOLVE_NO_MAGICLINKS}
+	}
+	if err := unix.Mkdirat(root, "etc", 0o755); err != nil && !errors.Is(err, unix.EEXIST) {
+		return fmt.Errorf("resolv.conf: create etc in %s: %w", rootfs, err)
+	}
+	etc, err := unix.Openat2(root, "etc", how(unix.O_PATH|unix.O_DIRECTORY))
+	if err != nil {
+		return fmt.Errorf("resolv.conf: open etc in %s: %w", rootfs, err)
+	}
+	defer unix.Close(etc)
+	fd, err := unix.Openat2(etc, "resolv.conf", how(unix.O_WRONLY|unix.O_CREAT|unix.O_TRUNC|unix.O_NOFOLLOW))
+	if errors.Is(err, unix.ELOOP) {
+		// A symlink, as images of systemd hosts have: replace it with
+		// our file rather than write through it.
+		if err := unix.Unlinkat(etc, "resolv.conf", 0); err != nil {
+			return fmt.Errorf("resolv.conf: replace symlink in %s: %w", rootfs, err)
+		}
+		fd, err = unix.Openat2(etc, "resolv.conf", how(unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL))
+	}
+	if err != nil {
+		return fmt.Errorf("resolv.conf: open in %s: %w", rootfs, err)
+	}
+	f := os.NewFile(uintptr(fd), "resolv.conf")
+	_, err = f.Write(data)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("resolv.conf: write in %s: %w", rootfs, err)
+	}
+	return nil
+}
