@@ -69,7 +69,8 @@ func (r *ociRuntime) start(t *testing.T, id, bundle string) int {
 	t.Cleanup(func() { r.cmd("delete", "-f", id).Run() })
 	var st struct{ Pid int }
 	if err := json.Unmarshal([]byte(r.run(t, "state", id)), &st); err != nil || st.Pid <= 0 {
-		t.Fatalf("%s state %s: pid %d, %v", r.name, id, st.Pid, err)
+		out, _ := os.ReadFile(logf.Name())
+		t.Fatalf("%s state %s: pid %d, %v; container output:\n%s", r.name, id, st.Pid, err, out)
 	}
 	return st.Pid
 }
@@ -94,7 +95,7 @@ func rootfs(t *testing.T) string {
 	if err := os.WriteFile(filepath.Join(dir, "bin", "busybox"), data, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	for _, app := range []string{"sh", "sleep", "ping", "ip", "cat", "true", "httpd", "wget", "nc"} {
+	for _, app := range []string{"sh", "sleep", "ping", "ip", "cat", "true", "httpd", "wget", "nc", "echo"} {
 		if err := os.Symlink("busybox", filepath.Join(dir, "bin", app)); err != nil {
 			t.Fatal(err)
 		}

@@ -4,6 +4,8 @@
 package hook
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -138,5 +140,13 @@ func (c Config) network() nat.Network {
 // rules: a setup with other options re-installs them.
 func (c Config) options() string { return fmt.Sprintf("icc=%t internal=%t", c.ICC, c.Internal) }
 
-// vethName is the host end's name, as the netns hook names it.
-func vethName(pid int) string { return fmt.Sprintf("netnsv0-%d", pid) }
+// vethName is the host end's name: netnsv0-PID for eth0, as the netns hook
+// names it, netnsvN-PID for ethN, so that a container on two networks has
+// two; other interface names get a hash, to stay within 15 bytes.
+func (c Config) vethName(pid int) string {
+	if n, ok := strings.CutPrefix(c.Iface, "eth"); ok && len(n) == 1 && n[0] >= '0' && n[0] <= '9' {
+		return fmt.Sprintf("netnsv%s-%d", n, pid)
+	}
+	sum := sha256.Sum256([]byte(c.Iface))
+	return fmt.Sprintf("bh%s-%d", hex.EncodeToString(sum[:])[:5], pid)
+}

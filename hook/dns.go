@@ -83,7 +83,11 @@ func (c Config) writeResolvConf(rootfs string) error {
 	}
 	defer unix.Close(root)
 	how := func(flags uint64) *unix.OpenHow {
-		return &unix.OpenHow{Flags: flags | unix.O_CLOEXEC, Mode: 0o644, Resolve: unix.RESOLVE_IN_ROOT | unix.RESOLVE_NO_MAGICLINKS}
+		h := &unix.OpenHow{Flags: flags | unix.O_CLOEXEC, Resolve: unix.RESOLVE_IN_ROOT | unix.RESOLVE_NO_MAGICLINKS}
+		if flags&unix.O_CREAT != 0 {
+			h.Mode = 0o644 // the kernel refuses a mode without O_CREAT
+		}
+		return h
 	}
 	if err := unix.Mkdirat(root, "etc", 0o755); err != nil && !errors.Is(err, unix.EEXIST) {
 		return fmt.Errorf("resolv.conf: create etc in %s: %w", rootfs, err)

@@ -198,7 +198,7 @@ func (c Config) gc(tx *ipam.Tx) ([]string, error) {
 		return report, err
 	}
 	for _, p := range ports {
-		if !strings.HasPrefix(p.Name, "netnsv0-") || ours[p.Name+" "+p.Alias] {
+		if !strings.HasPrefix(p.Alias, "bridgehook:") || ours[p.Name+" "+p.Alias] {
 			continue
 		}
 		if l, ok := c.fromKernel(p); ok {
@@ -245,7 +245,7 @@ func (c Config) reclaim(tx *ipam.Tx) ([]string, error) {
 // pid, the pid the namespace, and the namespace the peer's address. The
 // alias names the container.
 func (c Config) fromKernel(p bridge.Port) (ipam.Lease, bool) {
-	pid, err := strconv.Atoi(strings.TrimPrefix(p.Name, "netnsv0-"))
+	pid, err := strconv.Atoi(p.Name[strings.LastIndexByte(p.Name, '-')+1:])
 	id, ok := strings.CutPrefix(p.Alias, "bridgehook:")
 	if err != nil || !ok || CheckID(id) != nil {
 		return ipam.Lease{}, false // a hashed long id cannot be recovered

@@ -95,7 +95,7 @@ func Setup(c Config, st specs.State) (res Result, err error) {
 		}
 		l, err := c.allocate(tx, ipam.Lease{
 			ID: st.ID, IP: req.ip, PID: st.Pid, NetnsInode: ino,
-			Veth: vethName(st.Pid), Iface: c.Iface, Ports: portStrings(req.ports),
+			Veth: c.vethName(st.Pid), Iface: c.Iface, Ports: portStrings(req.ports),
 		})
 		if err != nil {
 			return err
