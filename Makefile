@@ -9,7 +9,7 @@ GO ?= go
 # `ip netns`, util-linux for nsenter/unshare, and podman for the hooks.d test.
 DEBS := runc crun iptables busybox-static iproute2 util-linux podman
 
-.PHONY: build test demo bench fuzz deps clean
+.PHONY: build test lint demo bench fuzz stress deps clean
 
 # Static: a dynamically linked binary spends ~3 ms in the loader on every
 # container start.
@@ -19,10 +19,15 @@ build:
 # As root, the privileged and end-to-end tests run in sandbox network
 # namespaces and fail if anything they need is missing; as another user
 # only the unit tests run.
-test:
-	$(GO) vet ./...
+test: lint
 	$(GO) test -count=1 -race ./ipam ./hook ./nat
 	$(GO) test -count=1 -timeout 30m ./...
+
+# go vet and staticcheck; any finding fails the build.
+STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
+lint:
+	$(GO) vet ./...
+	$(GO) run $(STATICCHECK) ./...
 
 # Two busybox containers under runc on a bridge in a sandbox namespace:
 # their eth0, pings between them and to the gateway, then everything removed.
@@ -34,6 +39,16 @@ demo: deps
 bench: deps
 	BRIDGEHOOK_BENCH=1 $(GO) test -count=1 -run '^TestBenchTable$$' -v . | grep -v -e '^=== RUN' -e '^--- PASS' -e '^PASS' -e '^ok '
 	$(GO) test -run '^$$' -bench . -benchtime 2000x ./ipam ./hook
+
+# Each fuzz target for a bounded time (FUZZTIME), from the seeds in testdata/.
+FUZZTIME ?= 30s
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzReadState$$' -fuzztime $(FUZZTIME) ./hook
+	$(GO) test -run '^$$' -fuzz '^FuzzParsePorts$$' -fuzztime $(FUZZTIME) ./nat
+
+# The long versions of the concurrency and crash tests.
+stress:
+	BRIDGEHOOK_STRESS=1 $(GO) test -count=1 -timeout 60m -run 'Concurrent|Killed' -v .
 
 # Installs the Debian packages above that are missing.
 deps:

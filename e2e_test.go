@@ -119,7 +119,8 @@ func bundle(t *testing.T, sb *sandbox, root string, stage hookStage, args []stri
 	h := specs.Hook{Path: binary, Args: append(append([]string{binary}, sb.flags...), extra...)}
 	hooks := &specs.Hooks{Poststop: []specs.Hook{h}}
 	if stage == prestart {
-		hooks.Prestart = []specs.Hook{h} //nolint:staticcheck // prestart is what the runc write-up uses
+		//lint:ignore SA1019 prestart is deprecated, but the runc write-up uses it and runtimes run it
+		hooks.Prestart = []specs.Hook{h}
 	} else {
 		hooks.CreateRuntime = []specs.Hook{h}
 	}

@@ -217,6 +217,11 @@ func (c Config) gc(tx *ipam.Tx) ([]string, error) {
 	} else if n > 0 {
 		report = append(report, fmt.Sprintf("%s: pruned %d stale index entries", c.Bridge, n))
 	}
+	if n, err := tx.Sweep(); err != nil {
+		return report, err
+	} else if n > 0 {
+		report = append(report, fmt.Sprintf("%s: removed %d files of interrupted writes", c.Bridge, n))
+	}
 	return report, nil
 }
 

@@ -276,6 +276,7 @@ func (c Config) ensureNetwork(tx *ipam.Tx) (br bridge.Bridge, created, installed
 	}
 	defer func() {
 		if err != nil && created {
+			c.uninstallFirewall()
 			bridge.Remove(c.Bridge)
 			created = false
 		}

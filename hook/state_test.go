@@ -1,9 +1,11 @@
 package hook
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -191,3 +193,33 @@ func BenchmarkReadState(b *testing.B) {
 }
 
 func jsonUnmarshal(s string, v any) error { return json.Unmarshal([]byte(s), v) }
+
+// FuzzReadState feeds the state parser anything: it must never panic, and
+// whatever it accepts has an id that is safe as a file name and an
+// iptables comment.
+func FuzzReadState(f *testing.F) {
+	for _, pattern := range []string{"../testdata/state-*.json", "../testdata/states/*"} {
+		seeds, _ := filepath.Glob(pattern)
+		for _, s := range seeds {
+			b, err := os.ReadFile(s)
+			if err != nil {
+				f.Fatal(err)
+			}
+			f.Add(b)
+		}
+	}
+	f.Fuzz(func(t *testing.T, in []byte) {
+		st, err := ReadState(bytes.NewReader(in))
+		if err != nil {
+			if !errors.Is(err, ErrInput) || strings.Contains(err.Error(), "\n") {
+				t.Fatalf("error %q is not a one-line input error", err)
+			}
+			return
+		}
+		if CheckID(st.ID) != nil || strings.ContainsAny(st.ID, "/ \"\\\x00") || st.ID == "." || st.ID == ".." {
+			t.Fatalf("accepted unsafe id %q", st.ID)
+		}
+		ActionFor(st)
+		CheckPID(st)
+	})
+}

@@ -28,6 +28,9 @@ var ErrExhausted = errors.New("no free address")
 // ErrCorrupt marks a store file that cannot be read back.
 var ErrCorrupt = errors.New("corrupt lease store")
 
+// ErrUnsafe marks a state directory bridgehook will not use.
+var ErrUnsafe = errors.New("unsafe state directory")
+
 // Lease is one container's address and the endpoint that uses it.
 type Lease struct {
 	ID         string     `json:"id"`
@@ -59,13 +62,38 @@ func Open(stateDir, bridge string, subnet netip.Prefix) (*Store, error) {
 	if !subnet.Addr().Is4() || subnet.Bits() > 30 || subnet != subnet.Masked() {
 		return nil, fmt.Errorf("subnet %s: want an IPv4 network address with a prefix of /30 or shorter", subnet)
 	}
+	if err := checkStateDir(stateDir); err != nil {
+		return nil, err
+	}
 	dir := Path(stateDir, bridge, subnet)
-	for _, d := range []string{stateDir, dir, filepath.Join(dir, "leases"), filepath.Join(dir, "ids")} {
+	for _, d := range []string{dir, filepath.Join(dir, "leases"), filepath.Join(dir, "ids")} {
 		if err := os.Mkdir(d, dirMode); err != nil && !errors.Is(err, os.ErrExist) {
-			return nil, fmt.Errorf("lease store: %w", err)
+			return nil, fmt.Errorf("lease store %s: %w (is --state-dir writable, with space left?)", stateDir, err)
 		}
 	}
 	return &Store{dir: dir, bridge: bridge, subnet: subnet, lock: flock.New(filepath.Join(dir, "lock"))}, nil
+}
+
+// checkStateDir creates the state directory, or checks the one there: a
+// symlink could point the store anywhere, and a directory others can write
+// to lets them forge leases.
+func checkStateDir(dir string) error {
+	if err := os.Mkdir(dir, dirMode); err != nil && !errors.Is(err, os.ErrExist) {
+		return fmt.Errorf("--state-dir %s: %w", dir, err)
+	}
+	fi, err := os.Lstat(dir)
+	if err != nil {
+		return fmt.Errorf("--state-dir %s: %w", dir, err)
+	}
+	switch {
+	case fi.Mode()&os.ModeSymlink != 0:
+		return fmt.Errorf("%w: --state-dir %s is a symlink; give the real directory", ErrUnsafe, dir)
+	case !fi.IsDir():
+		return fmt.Errorf("%w: --state-dir %s is not a directory", ErrUnsafe, dir)
+	case fi.Mode().Perm()&0o022 != 0:
+		return fmt.Errorf("%w: --state-dir %s is writable by group or others (mode %v); chmod 700 it", ErrUnsafe, dir, fi.Mode().Perm())
+	}
+	return nil
 }
 
 // Path is the directory of the store of network bridge/subnet.
@@ -243,7 +271,7 @@ func (t *Tx) write(l Lease) error {
 		return err
 	}
 	if err := writeAtomic(t.leasePath(l.IP), b); err != nil {
-		return fmt.Errorf("write lease %s: %w", l.IP, err)
+		return fmt.Errorf("write lease %s in %s: %w (is --state-dir writable, with space left?)", l.IP, t.s.dir, err)
 	}
 	if err := symlinkAtomic(l.IP.String(), t.idPath(l.ID)); err != nil {
 		os.Remove(t.leasePath(l.IP))
@@ -357,6 +385,24 @@ func (t *Tx) Discard(path string) error {
 		return fmt.Errorf("discard %s: %w", path, err)
 	}
 	return nil
+}
+
+// Sweep removes the temporary files of writes that a killed hook left
+// half done. Writes happen under the lock, so none is in progress now.
+func (t *Tx) Sweep() (int, error) {
+	n := 0
+	for _, sub := range []string{"", "leases", "ids"} {
+		tmps, err := filepath.Glob(filepath.Join(t.s.dir, sub, ".tmp-*"))
+		if err != nil {
+			return n, err
+		}
+		for _, p := range tmps {
+			if os.Remove(p) == nil {
+				n++
+			}
+		}
+	}
+	return n, nil
 }
 
 // PruneIndex removes index entries whose lease is gone or held by another
