@@ -157,8 +157,9 @@ func TestBadInputLeavesNothingBehind(t *testing.T) {
 		ino, err := inodeOf(fmt.Sprintf("/proc/%d/ns/net", host.Process.Pid))
 		return err == nil && ino == inode(t, sb.path)
 	})
-	dead := exec.Command("true")
-	dead.Run()
+	// No pid is above the kernel's limit: a pid that was just used could
+	// be reused by then (pid_max is 32768 here).
+	const deadPID = 4194305
 
 	tests := []struct {
 		name, state string
@@ -171,7 +172,7 @@ func TestBadInputLeavesNothingBehind(t *testing.T) {
 		{"pid as string", `{"id":"x","pid":"1","status":"creating"}`, nil, `"pid" is a JSON string`},
 		{"missing pid", `{"id":"x","status":"creating"}`, nil, `missing "pid"`},
 		{"negative pid", `{"id":"x","pid":-3,"status":"creating"}`, nil, `"pid" is -3`},
-		{"dead pid", setupState("x", dead.Process.Pid), nil, "no such process"},
+		{"dead pid", setupState("x", deadPID), nil, "no such process"},
 		{"hook's own netns", setupState("x", host.Process.Pid), nil, "the hook's own network namespace"},
 		{"PID 1's netns", setupState("x", 1), nil, "network namespace"},
 		{"bad id", setupState("../x", 5), nil, "container id"},

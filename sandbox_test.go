@@ -117,6 +117,7 @@ func newSandbox(t *testing.T, flags ...string) *sandbox {
 		if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
 			t.Errorf("ip netns del %s: %v: %s", name, err, out)
 		}
+		checkHostUntouched(t)
 	})
 	if s.ns, err = netns.GetFromPath(s.path); err != nil {
 		t.Fatal(err)
@@ -303,3 +304,26 @@ func inside(t *testing.T, pid int) *netlink.Handle {
 }
 
 func mustPrefix(s string) netip.Prefix { return netip.MustParsePrefix(s) }
+
+// checkHostUntouched fails the test if anything of bridgehook's shows up in
+// the test process's own network namespace, the host's: no test may touch
+// it. It names what it finds, and removes it.
+func checkHostUntouched(t *testing.T) {
+	t.Helper()
+	links, err := netlink.LinkList()
+	if err != nil {
+		t.Errorf("list host links: %v", err)
+		return
+	}
+	for _, l := range links {
+		a := l.Attrs()
+		if strings.HasPrefix(a.Alias, "bridgehook:") || (l.Type() == "bridge" && bytes.HasPrefix(a.HardwareAddr, []byte{0x0a, 0x58})) {
+			t.Errorf("the host network was touched: %s %s (alias %q, created by a hook run outside a sandbox)", l.Type(), a.Name, a.Alias)
+			netlink.LinkDel(l)
+		}
+	}
+	out, _ := exec.Command("iptables-save").Output()
+	if strings.Contains(string(out), "bridgehook") {
+		t.Errorf("the host firewall was touched:\n%s", out)
+	}
+}

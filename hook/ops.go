@@ -299,6 +299,9 @@ func RemoveNetwork(c Config) ([]string, error) {
 		if report, err = c.reclaim(tx); err != nil {
 			return err
 		}
+		if err := tx.ClearNetwork(); err != nil {
+			return err
+		}
 		if err := c.uninstallFirewall(); err != nil {
 			return err
 		}

@@ -276,6 +276,7 @@ func (c Config) ensureNetwork(tx *ipam.Tx) (br bridge.Bridge, created, installed
 	}
 	defer func() {
 		if err != nil && created {
+			tx.ClearNetwork()
 			c.uninstallFirewall()
 			bridge.Remove(c.Bridge)
 			created = false
@@ -333,6 +334,9 @@ func (c Config) installFirewall(tx *ipam.Tx) error {
 func (c Config) removeIfUnused(tx *ipam.Tx) error {
 	ls, bad, err := tx.List()
 	if err != nil || len(ls)+len(bad) > 0 {
+		return err
+	}
+	if err := tx.ClearNetwork(); err != nil {
 		return err
 	}
 	if err := c.uninstallFirewall(); err != nil {

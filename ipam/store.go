@@ -350,6 +350,16 @@ func (t *Tx) SetNetwork(n Network) error {
 	return nil
 }
 
+// ClearNetwork forgets the recorded network, so the next setup verifies
+// the bridge and its rules again. Called before they are taken down: a hook
+// killed half-way then leaves a network that is checked, not trusted.
+func (t *Tx) ClearNetwork() error {
+	if err := os.Remove(filepath.Join(t.s.dir, "network.json")); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("clear network record: %w", err)
+	}
+	return nil
+}
+
 // List returns every lease, and the names of lease files it could not read.
 func (t *Tx) List() ([]Lease, []string, error) {
 	ents, err := os.ReadDir(filepath.Join(t.s.dir, "leases"))
