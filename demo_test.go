@@ -44,10 +44,9 @@ func TestDemo(t *testing.T) {
 	show(runc.run(t, "exec", "a", "ping", "-c1", "172.19.0.1"))
 	say("The firewall rules bridgehook installed (in our own chains):")
 	show(strings.Join(sb.rules(), "\n") + "\n")
-	say("The leases (%s):", sb.stateDir)
-	for _, l := range sb.leases("netns0", "172.19.0.0/16") {
-		show(fmt.Sprintf("%-12s %-4s pid %-7d %s\n", l.IP, l.ID, l.PID, l.Veth))
-	}
+	say("bridgehook ls")
+	ls, _, _ := sb.out("ls")
+	show(ls)
 	for _, id := range []string{"a", "b"} {
 		runc.run(t, "delete", "-f", id)
 	}
