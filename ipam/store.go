@@ -211,9 +211,6 @@ func (t *Tx) Lookup(id string) (Lease, bool, error) {
 	return l, true, nil
 }
 
-// Get returns the lease of address ip.
-func (t *Tx) Get(ip netip.Addr) (Lease, bool, error) { return t.read(ip) }
-
 func (t *Tx) read(ip netip.Addr) (Lease, bool, error) {
 	p := t.leasePath(ip)
 	b, err := os.ReadFile(p)
