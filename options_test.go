@@ -243,6 +243,9 @@ func TestICCFalse(t *testing.T) {
 	if pingFrom(runc, "a", "172.19.0.3") || pingFrom(runc, "b", "172.19.0.2") {
 		t.Error("isolated containers reach each other")
 	}
+	if n := sb.ls()[0]; n.ICC || n.Internal || !n.NAT {
+		t.Errorf("ls shows icc=%v internal=%v nat=%v for an --icc=false network", n.ICC, n.Internal, n.NAT)
+	}
 }
 
 func TestInternal(t *testing.T) {

@@ -136,10 +136,6 @@ func (c Config) network() nat.Network {
 	return nat.Network{Bridge: c.Bridge, Subnet: c.Subnet, Isolated: !c.ICC, Internal: c.Internal}
 }
 
-// options names what, besides bridge and subnet, shapes the network's
-// rules: a setup with other options re-installs them.
-func (c Config) options() string { return fmt.Sprintf("icc=%t internal=%t", c.ICC, c.Internal) }
-
 // vethName is the host end's name: netnsv0-PID for eth0, as the netns hook
 // names it, netnsvN-PID for ethN, so that a container on two networks has
 // two; other interface names get a hash, to stay within 15 bytes.

@@ -93,7 +93,7 @@ func List(c Config, all bool) ([]Network, error) {
 		}
 		err := s.Do(func(tx *ipam.Tx) error {
 			if rec, ok, _ := tx.Network(); ok {
-				n.MTU = rec.MTU
+				n.MTU, n.ICC, n.Internal, n.NAT = rec.MTU, rec.ICC, rec.Internal, !rec.Internal
 			}
 			ls, bad, err := tx.List()
 			for _, l := range ls {

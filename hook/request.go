@@ -1,6 +1,7 @@
 package hook
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -41,7 +42,7 @@ func (c Config) requestOf(st specs.State) (request, error) {
 	ann := st.Annotations
 	wantDNS := len(c.DNS) > 0 || c.HostDNS
 	if (ann == nil || wantDNS) && st.Bundle != "" {
-		spec, err := readSpec(st.Bundle)
+		spec, err := readSpec(st.Bundle, wantDNS)
 		if err != nil {
 			return req, err
 		}
@@ -78,7 +79,10 @@ func (c Config) requestOf(st specs.State) (request, error) {
 	return req, nil
 }
 
-func readSpec(bundle string) (specs.Spec, error) {
+// readSpec reads the bundle's config.json. runc and crun put the
+// annotations in the state already, so on the hot path the file is only
+// parsed when it mentions bridgehook at all, or when whole is set.
+func readSpec(bundle string, whole bool) (specs.Spec, error) {
 	var spec specs.Spec
 	f, err := os.Open(filepath.Join(bundle, "config.json"))
 	if errors.Is(err, os.ErrNotExist) {
@@ -91,6 +95,9 @@ func readSpec(bundle string) (specs.Spec, error) {
 	b, err := io.ReadAll(io.LimitReader(f, maxSpec))
 	if err != nil {
 		return spec, fmt.Errorf("read bundle: %w", err)
+	}
+	if !whole && !bytes.Contains(b, []byte(`"bridgehook.`)) {
+		return spec, nil
 	}
 	if err := json.Unmarshal(b, &spec); err != nil {
 		return spec, inputErr("bundle %s: config.json: %v", bundle, err)

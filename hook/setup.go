@@ -265,7 +265,8 @@ func (c Config) ensureNetwork(tx *ipam.Tx) (br bridge.Bridge, created, installed
 	if err != nil {
 		return br, false, false, err
 	}
-	if recorded && rec.Options == c.options() {
+	// A setup with other options than the record's re-installs the rules.
+	if recorded && rec.ICC == c.ICC && rec.Internal == c.Internal {
 		if br, ok := bridge.Find(c.Bridge); ok && br.Index == rec.BridgeIndex {
 			return br, false, false, nat.EnableForwarding()
 		}
@@ -292,7 +293,7 @@ func (c Config) ensureNetwork(tx *ipam.Tx) (br bridge.Bridge, created, installed
 func (c Config) record(br bridge.Bridge) ipam.Network {
 	return ipam.Network{
 		Bridge: c.Bridge, Subnet: c.Subnet, Gateway: c.Subnet.Addr().Next(),
-		MTU: br.MTU, BridgeIndex: br.Index, Options: c.options(),
+		MTU: br.MTU, BridgeIndex: br.Index, ICC: c.ICC, Internal: c.Internal,
 	}
 }
 

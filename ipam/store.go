@@ -313,7 +313,9 @@ type Network struct {
 	Gateway     netip.Addr   `json:"gateway"`
 	MTU         int          `json:"mtu"`
 	BridgeIndex int          `json:"bridge_index"`
-	Options     string       `json:"options,omitempty"`
+	// The options the rules were installed with.
+	ICC      bool `json:"icc"`
+	Internal bool `json:"internal"`
 }
 
 // Network returns the recorded network, if any.
