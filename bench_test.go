@@ -124,12 +124,13 @@ func TestBenchTable(t *testing.T) {
 		for i := range ported {
 			ported[i] = sb.container()
 		}
-		var emptyF, warm, down, downLive, ports figures
+		var emptyF, startup, warm, down, downLive, ports figures
 		inNetns(t, sb.ns, func() {
 			hook := func(state string) time.Duration { return timeRun(t, state, binary, sb.flags...) }
 			hook(setupState("first", sb.container())) // the bridge and rules now exist
 			for i := range runs {
 				emptyF = append(emptyF, timeRun(t, setupState("x", 1), empty))
+				startup = append(startup, timeRun(t, setupState("x", 1), binary, "version"))
 				warm = append(warm, hook(setupState(fmt.Sprint("c", i), pids[i])))
 				ports = append(ports, hook(fmt.Sprintf(`{"id":"p%d","pid":%d,"status":"creating","annotations":{"bridgehook.ports":"%d:80,%d:81/udp"}}`,
 					i, ported[i], 10000+i, 20000+i)))
@@ -149,6 +150,7 @@ func TestBenchTable(t *testing.T) {
 		})
 		if name == "" {
 			add("empty Go program", emptyF, false, "(baseline)")
+			add("bridgehook version: start-up, no work", startup, true, "(the libraries' start-up)")
 			add("warm setup", warm, true, "<= 3 ms above")
 			add("teardown (container exited, as at poststop)", down, true, "<= 3 ms above")
 			add("teardown (namespace alive: veth deleted)", downLive, true, "(no target)")

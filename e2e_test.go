@@ -188,6 +188,9 @@ func TestRuncAndCrunContainers(t *testing.T) {
 		if !defaultVia(routes, "172.19.0.1") {
 			t.Errorf("%s: no default route via the gateway: %v", id, routes)
 		}
+		// A socket in the namespace would keep it, and the veth in it,
+		// alive after the container stops.
+		in.Close()
 		ips[id] = l.IP.String()
 	}
 	for _, p := range []struct {
@@ -214,9 +217,7 @@ func TestRuncAndCrunContainers(t *testing.T) {
 			t.Errorf("%s: lease still held after delete", c.id)
 		}
 	}
-	if v := sb.veths(); len(v) != 0 {
-		t.Errorf("veths left: %v", v)
-	}
+	sb.waitVethsGone()
 }
 
 // TestLeasesComeBack runs 8 containers one after another on a /29, which
@@ -236,9 +237,7 @@ func TestLeasesComeBack(t *testing.T) {
 			t.Fatalf("after %s (%s) exited: leases %v", id, rt.name, ls)
 		}
 	}
-	if v := sb.veths(); len(v) != 0 {
-		t.Errorf("veths left: %v", v)
-	}
+	sb.waitVethsGone()
 }
 
 func defaultVia(routes []netlink.Route, gw string) bool {

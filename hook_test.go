@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,6 +13,8 @@ import (
 	"testing"
 
 	"github.com/vishvananda/netlink"
+
+	"github.com/bridgehook/bridgehook/ipam"
 )
 
 var wantRules = []string{
@@ -307,5 +310,111 @@ func TestRepairAfterFirewallFlush(t *testing.T) {
 	sb.mustHook("", "repair")
 	if got := sb.rules(); !slices.Equal(sorted(got), sorted(wantRules)) {
 		t.Errorf("after repair, rules:\n%s", strings.Join(got, "\n"))
+	}
+}
+
+// draining lists the addresses teardown set aside until their veths go.
+func (s *sandbox) draining() []ipam.Lease {
+	s.t.Helper()
+	st, err := ipam.Open(s.stateDir, "netns0", netip.MustParsePrefix("172.19.0.0/16"))
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	var ls []ipam.Lease
+	if err := st.Do(func(tx *ipam.Tx) (err error) { ls, err = tx.Draining(); return err }); err != nil {
+		s.t.Fatal(err)
+	}
+	return ls
+}
+
+// lifetime sets container id (process pid) up, ends the process as a
+// runtime does before poststop, tears the container down, and returns the
+// lease it had.
+func (s *sandbox) lifetime(id string, pid int) ipam.Lease {
+	s.t.Helper()
+	s.mustHook(setupState(id, pid))
+	l, ok := s.lease(id, "172.19.0.0/16")
+	if !ok {
+		s.t.Fatalf("%s has no lease after setup", id)
+	}
+	kill(s.t, pid)
+	s.mustHook(stopState(id))
+	if _, ok := s.lease(id, "172.19.0.0/16"); ok {
+		s.t.Fatalf("%s's lease still held after teardown", id)
+	}
+	return l
+}
+
+// At poststop the container has exited and the kernel deletes its veth
+// pair with its namespace: teardown releases the lease at once, leaves the
+// pair to the kernel, and keeps the address out of use until it is gone.
+func TestTeardownAfterExitLeavesThePairToTheKernel(t *testing.T) {
+	sb := newSandbox(t)
+	l := sb.lifetime("c1", sb.container())
+	if d := sb.draining(); len(d) > 1 || len(d) == 1 && d[0].IP != l.IP {
+		t.Fatalf("draining %+v, want at most c1's %s", d, l.IP)
+	}
+	sb.waitVethsGone()
+	// The address comes back, even asked for by name at once.
+	pid2 := sb.container()
+	sb.mustHook(fmt.Sprintf(`{"id":"c2","pid":%d,"status":"creating","annotations":{"bridgehook.ip":%q}}`, pid2, l.IP))
+	if l2, ok := sb.lease("c2", "172.19.0.0/16"); !ok || l2.IP != l.IP {
+		t.Fatalf("c2 got %+v (found %v), want %s", l2, ok, l.IP)
+	}
+	if d := sb.draining(); len(d) != 0 {
+		t.Errorf("still draining after the address was leased again: %+v", d)
+	}
+}
+
+// A namespace can outlive its container (a bind mount, as `ip netns add`
+// makes, keeps it): the veth then stays after teardown, its address
+// drained. The next container in that namespace finds eth0 taken; setup
+// deletes the old pair and carries on, and gc would have done the same.
+func TestNamespaceThatOutlivesItsContainer(t *testing.T) {
+	sb := newSandbox(t)
+	keep := sb.name + "-kept"
+	if out, err := exec.Command("ip", "netns", "add", keep).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add: %v %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", keep).Run() })
+	keptIno := inode(t, "/run/netns/"+keep)
+	start := func() int {
+		c := sb.cmd("nsenter", "--net=/run/netns/"+keep, "sleep", "600")
+		if err := c.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Process.Kill(); c.Wait() })
+		pid := c.Process.Pid
+		waitFor(t, "process in the kept namespace", func() bool {
+			ino, err := inodeOf(fmt.Sprintf("/proc/%d/ns/net", pid))
+			return err == nil && ino == keptIno
+		})
+		return pid
+	}
+
+	l1 := sb.lifetime("c1", start())
+	if d := sb.draining(); len(d) != 1 || d[0].IP != l1.IP {
+		t.Fatalf("draining %+v, want c1's %s: its veth lives on with the namespace", d, l1.IP)
+	}
+
+	pid2 := start()
+	sb.mustHook(setupState("c2", pid2))
+	l2, ok := sb.lease("c2", "172.19.0.0/16")
+	if !ok {
+		t.Fatal("c2 has no lease")
+	}
+	if v := sb.veths(); len(v) != 1 || v[0] != l2.Veth {
+		t.Errorf("veths %v, want only c2's %s", v, l2.Veth)
+	}
+	if d := sb.draining(); len(d) != 0 {
+		t.Errorf("still draining: %+v", d)
+	}
+	addrs, _ := inside(t, pid2).AddrList(nil, netlink.FAMILY_V4)
+	if !slices.ContainsFunc(addrs, func(a netlink.Addr) bool { return a.IP.String() == l2.IP.String() }) {
+		t.Errorf("kept namespace's addresses %v, want c2's %s", addrs, l2.IP)
+	}
+	sb.mustHook(stopState("c2")) // alive: deleted at once
+	if v := sb.veths(); len(v) != 0 {
+		t.Errorf("veths after tearing down a live container: %v", v)
 	}
 }

@@ -64,8 +64,11 @@ and decides from its "status": "creating", "created" or "running" sets the
 container up, "stopped" tears it down. "setup" and "teardown" say so
 explicitly. Setup leases an address, creates the bridge and its firewall
 rules if missing, and gives the container eth0 with a default route via the
-gateway; teardown deletes the veth and releases the address. A teardown of
-an unknown id succeeds: poststop may run twice, or after a failed create.
+gateway; teardown releases the container's lease and deletes its veth, or,
+once the container has exited, leaves the veth to the kernel, which
+deletes it with the container's namespace (the address is not handed out
+again until it has). A teardown of an unknown id succeeds: poststop may
+run twice, or after a failed create.
 
 Examples:
   echo '{"id":"c1","pid":4242,"status":"creating"}' | bridgehook
@@ -96,10 +99,12 @@ Example:
 
 Brings the lease store and the kernel back into agreement, and prints what
 it did: releases leases whose container's network namespace is gone (the
-pid is gone, or reused by a process in another namespace) and deletes their
-veths; rebuilds leases that the store lost or cannot read from the live
-veths on the bridge; deletes veths no lease accounts for. Safe to run while
-hooks run. --all does every network under --state-dir.
+pid is gone, or reused by a process in another namespace); frees the
+addresses that teardowns held back until the kernel deleted their veths,
+deleting the veths that something else keeps alive; rebuilds leases that
+the store lost or cannot read from the live veths on the bridge; deletes
+veths no lease accounts for. Safe to run while hooks run. --all does every
+network under --state-dir.
 
 Examples:
   bridgehook gc

@@ -271,6 +271,14 @@ func (s *sandbox) rules() []string {
 	return ours
 }
 
+// waitVethsGone waits for the kernel to delete the veths of containers
+// that exited: teardown leaves a pair whose namespace is dying to the
+// kernel, which deletes it with the namespace a moment later.
+func (s *sandbox) waitVethsGone() {
+	s.t.Helper()
+	waitFor(s.t, "the kernel to delete the veths of exited containers", func() bool { return len(s.veths()) == 0 })
+}
+
 // vethsInSandbox lists the host ends of container veths.
 func (s *sandbox) veths() []string {
 	s.t.Helper()

@@ -5,6 +5,7 @@ package bridge
 import (
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"net/netip"
 
@@ -12,6 +13,23 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
+
+// Host is a netlink connection to the network namespace of the thread
+// that opened it, the host's: one socket for all of a hook's calls, where
+// the library's package-level functions open and close one per call.
+type Host struct{ nl *netlink.Handle }
+
+// OpenHost connects to the calling thread's network namespace.
+func OpenHost() (*Host, error) {
+	nl, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+	if err != nil {
+		return nil, fmt.Errorf("netlink: %w", err)
+	}
+	return &Host{nl: nl}, nil
+}
+
+// Close closes the connection.
+func (h *Host) Close() { h.nl.Close() }
 
 // Bridge is a bridge as found or created.
 type Bridge struct {
@@ -27,28 +45,28 @@ type Bridge struct {
 // carries some other IPv4 address: two networks on one bridge would share a
 // broadcast domain without knowing it. created says whether this call made
 // it, so that a failed setup can undo it with Remove.
-func Ensure(name string, gw netip.Prefix, mtu int) (br Bridge, created bool, err error) {
-	link, err := netlink.LinkByName(name)
+func (h *Host) Ensure(name string, gw netip.Prefix, mtu int) (br Bridge, created bool, err error) {
+	link, err := h.nl.LinkByName(name)
 	var notFound netlink.LinkNotFoundError
 	if errors.As(err, &notFound) {
-		link, created, err = create(name, gw, mtu)
+		link, created, err = h.create(name, gw, mtu)
 	}
 	if err != nil {
 		return Bridge{}, false, fmt.Errorf("bridge %s: %w", name, err)
 	}
 	defer func() {
 		if err != nil && created {
-			netlink.LinkDel(link)
+			h.nl.LinkDel(link)
 		}
 	}()
 	if link.Type() != "bridge" {
 		return Bridge{}, false, fmt.Errorf("%s exists and is a %s, not a bridge (choose another --bridge)", name, link.Type())
 	}
-	if err := ensureAddr(link, gw); err != nil {
+	if err := h.ensureAddr(link, gw); err != nil {
 		return Bridge{}, false, err
 	}
 	if link.Attrs().Flags&net.FlagUp == 0 {
-		if err := netlink.LinkSetUp(link); err != nil {
+		if err := h.nl.LinkSetUp(link); err != nil {
 			return Bridge{}, false, fmt.Errorf("bring up bridge %s: %w", name, err)
 		}
 	}
@@ -57,20 +75,20 @@ func Ensure(name string, gw netip.Prefix, mtu int) (br Bridge, created bool, err
 
 // Find returns the bridge called name if it exists and is up, without
 // looking at its addresses: the warm path, for a bridge already verified.
-func Find(name string) (Bridge, bool) {
-	link, err := netlink.LinkByName(name)
+func (h *Host) Find(name string) (Bridge, bool) {
+	link, err := h.nl.LinkByName(name)
 	if err != nil || link.Type() != "bridge" || link.Attrs().Flags&net.FlagUp == 0 {
 		return Bridge{}, false
 	}
 	return Bridge{Name: name, Index: link.Attrs().Index, MTU: link.Attrs().MTU}, true
 }
 
-func create(name string, gw netip.Prefix, mtu int) (netlink.Link, bool, error) {
-	if err := checkOverlap(gw.Masked()); err != nil {
+func (h *Host) create(name string, gw netip.Prefix, mtu int) (netlink.Link, bool, error) {
+	if err := h.checkOverlap(gw.Masked()); err != nil {
 		return nil, false, err
 	}
 	if mtu == 0 {
-		mtu = hostMTU()
+		mtu = h.hostMTU()
 	}
 	attrs := netlink.NewLinkAttrs()
 	attrs.Name = name
@@ -79,13 +97,13 @@ func create(name string, gw netip.Prefix, mtu int) (netlink.Link, bool, error) {
 	// MAC would change as containers come and go and stale every
 	// container's ARP entry for the gateway. Pin it.
 	attrs.HardwareAddr = MAC(gw.Addr())
-	err := netlink.LinkAdd(&netlink.Bridge{LinkAttrs: attrs})
+	err := h.nl.LinkAdd(&netlink.Bridge{LinkAttrs: attrs})
 	created := err == nil
 	if err != nil && !errors.Is(err, unix.EEXIST) {
 		return nil, false, fmt.Errorf("create: %w", err)
 	}
 	// Another hook may have created it first: either way, use what is there.
-	link, err := netlink.LinkByName(name)
+	link, err := h.nl.LinkByName(name)
 	if err != nil {
 		return nil, false, err
 	}
@@ -95,8 +113,8 @@ func create(name string, gw netip.Prefix, mtu int) (netlink.Link, bool, error) {
 // checkOverlap refuses a subnet that overlaps a route the host has: the
 // bridge's connected route would hijack part of that network, or be
 // hijacked by it.
-func checkOverlap(subnet netip.Prefix) error {
-	routes, err := netlink.RouteList(nil, netlink.FAMILY_V4)
+func (h *Host) checkOverlap(subnet netip.Prefix) error {
+	routes, err := h.nl.RouteList(nil, netlink.FAMILY_V4)
 	if err != nil {
 		return fmt.Errorf("list routes: %w", err)
 	}
@@ -111,7 +129,7 @@ func checkOverlap(subnet netip.Prefix) error {
 		}
 		if p := netip.PrefixFrom(dst, ones); p.Overlaps(subnet) {
 			dev := fmt.Sprint("ifindex ", r.LinkIndex)
-			if l, err := netlink.LinkByIndex(r.LinkIndex); err == nil {
+			if l, err := h.nl.LinkByIndex(r.LinkIndex); err == nil {
 				dev = l.Attrs().Name
 			}
 			return fmt.Errorf("subnet %s overlaps the route to %s on %s; choose another --subnet", subnet, p, dev)
@@ -123,12 +141,12 @@ func checkOverlap(subnet netip.Prefix) error {
 // hostMTU is the MTU of the interface of the default route, so that a new
 // bridge does not send bigger packets than the way out carries (on VPN and
 // cloud hosts that makes TLS hang); 1500 when there is none.
-func hostMTU() int {
-	routes, err := netlink.RouteList(nil, netlink.FAMILY_V4)
+func (h *Host) hostMTU() int {
+	routes, err := h.nl.RouteList(nil, netlink.FAMILY_V4)
 	if err == nil {
 		for _, r := range routes {
 			if r.Dst == nil || r.Dst.IP.IsUnspecified() {
-				if l, err := netlink.LinkByIndex(r.LinkIndex); err == nil && l.Attrs().MTU > 0 {
+				if l, err := h.nl.LinkByIndex(r.LinkIndex); err == nil && l.Attrs().MTU > 0 {
 					return l.Attrs().MTU
 				}
 			}
@@ -137,9 +155,9 @@ func hostMTU() int {
 	return 1500
 }
 
-func ensureAddr(link netlink.Link, gw netip.Prefix) error {
+func (h *Host) ensureAddr(link netlink.Link, gw netip.Prefix) error {
 	name := link.Attrs().Name
-	addrs, err := netlink.AddrList(link, netlink.FAMILY_V4)
+	addrs, err := h.nl.AddrList(link, netlink.FAMILY_V4)
 	if err != nil {
 		return fmt.Errorf("addresses of bridge %s: %w", name, err)
 	}
@@ -153,15 +171,15 @@ func ensureAddr(link netlink.Link, gw netip.Prefix) error {
 		return fmt.Errorf("bridge %s has address %s, not %s (use the bridge's own subnet, or another --bridge)",
 			name, addrs[0].IPNet, want)
 	}
-	if err := netlink.AddrAdd(link, &netlink.Addr{IPNet: want}); err != nil && !errors.Is(err, unix.EEXIST) {
+	if err := h.nl.AddrAdd(link, &netlink.Addr{IPNet: want}); err != nil && !errors.Is(err, unix.EEXIST) {
 		return fmt.Errorf("add %s to bridge %s: %w", want, name, err)
 	}
 	return nil
 }
 
 // Remove deletes the bridge called name; a missing bridge is not an error.
-func Remove(name string) error {
-	link, err := netlink.LinkByName(name)
+func (h *Host) Remove(name string) error {
+	link, err := h.nl.LinkByName(name)
 	var notFound netlink.LinkNotFoundError
 	if errors.As(err, &notFound) {
 		return nil
@@ -169,7 +187,7 @@ func Remove(name string) error {
 	if err != nil {
 		return fmt.Errorf("bridge %s: %w", name, err)
 	}
-	if err := netlink.LinkDel(link); err != nil {
+	if err := h.nl.LinkDel(link); err != nil {
 		return fmt.Errorf("delete bridge %s: %w", name, err)
 	}
 	return nil
@@ -206,7 +224,7 @@ type Endpoint struct {
 // other end directly inside the network namespace ns, then configures that
 // end: address, up, lo up, default route. If any step fails the pair is
 // deleted again, which takes both ends with it.
-func Attach(br Bridge, ns netns.NsHandle, ep Endpoint) (err error) {
+func (h *Host) Attach(br Bridge, ns netns.NsHandle, ep Endpoint) (err error) {
 	attrs := netlink.NewLinkAttrs()
 	attrs.Name = ep.Host
 	attrs.MTU = ep.MTU
@@ -221,7 +239,7 @@ func Attach(br Bridge, ns netns.NsHandle, ep Endpoint) (err error) {
 	}
 	// Creating the peer inside the container saves the move and the rename
 	// of the classic recipe: one netlink call instead of three.
-	if err := netlink.LinkAdd(veth); err != nil {
+	if err := h.nl.LinkAdd(veth); err != nil {
 		if errors.Is(err, unix.EEXIST) {
 			return fmt.Errorf("create veth %s: %s or the container's %s already exists: %w", ep.Host, ep.Host, ep.Iface, err)
 		}
@@ -229,22 +247,22 @@ func Attach(br Bridge, ns netns.NsHandle, ep Endpoint) (err error) {
 	}
 	defer func() {
 		if err != nil {
-			netlink.LinkDel(veth)
+			h.nl.LinkDel(veth)
 		}
 	}()
 	// The kernel ignores an alias given at creation, hence a second call.
 	if ep.Alias != "" {
-		if err := netlink.LinkSetAlias(veth, ep.Alias); err != nil {
+		if err := h.nl.LinkSetAlias(veth, ep.Alias); err != nil {
 			return fmt.Errorf("label veth %s: %w", ep.Host, err)
 		}
 	}
 	if ep.Hairpin {
-		if err := netlink.LinkSetHairpin(veth, true); err != nil {
+		if err := h.nl.LinkSetHairpin(veth, true); err != nil {
 			return fmt.Errorf("hairpin on %s: %w", ep.Host, err)
 		}
 	}
 	if ep.Isolated {
-		if err := netlink.LinkSetIsolated(veth, true); err != nil {
+		if err := h.nl.LinkSetIsolated(veth, true); err != nil {
 			return fmt.Errorf("isolate %s: %w", ep.Host, err)
 		}
 	}
@@ -254,35 +272,32 @@ func Attach(br Bridge, ns netns.NsHandle, ep Endpoint) (err error) {
 // configure sets up the container's side through a netlink handle bound to
 // its namespace, so this thread never leaves the host's namespace.
 func configure(ns netns.NsHandle, ep Endpoint) error {
-	h, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
+	c, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
 	if err != nil {
 		return fmt.Errorf("enter container netns: %w", err)
 	}
-	defer h.Close()
-	link, err := h.LinkByName(ep.Iface)
+	defer c.Close()
+	link, err := c.LinkByName(ep.Iface)
 	if err != nil {
 		return fmt.Errorf("find %s in container: %w", ep.Iface, err)
 	}
-	if err := h.AddrAdd(link, &netlink.Addr{IPNet: ipNet(ep.Addr)}); err != nil {
+	if err := c.AddrAdd(link, &netlink.Addr{IPNet: ipNet(ep.Addr)}); err != nil {
 		return fmt.Errorf("add %s to container %s: %w", ep.Addr, ep.Iface, err)
 	}
-	if err := h.LinkSetUp(link); err != nil {
+	if err := c.LinkSetUp(link); err != nil {
 		return fmt.Errorf("bring up container %s: %w", ep.Iface, err)
 	}
-	lo, err := h.LinkByName("lo")
-	if err != nil {
-		return fmt.Errorf("find lo in container: %w", err)
-	}
-	if lo.Attrs().Flags&net.FlagUp == 0 {
-		if err := h.LinkSetUp(lo); err != nil {
-			return fmt.Errorf("bring up container lo: %w", err)
-		}
+	// Every namespace's loopback is ifindex 1, and setting an up link up
+	// is a no-op: one round trip instead of a lookup and a change.
+	lo := &netlink.Device{LinkAttrs: netlink.LinkAttrs{Name: "lo", Index: 1}}
+	if err := c.LinkSetUp(lo); err != nil {
+		return fmt.Errorf("bring up container lo: %w", err)
 	}
 	if !ep.Gateway.IsValid() {
 		return nil
 	}
 	route := &netlink.Route{LinkIndex: link.Attrs().Index, Gw: ep.Gateway.AsSlice()}
-	err = h.RouteAdd(route)
+	err = c.RouteAdd(route)
 	if errors.Is(err, unix.EEXIST) {
 		// An earlier network gave the container its default route: the
 		// first network is the way out.
@@ -297,16 +312,16 @@ func configure(ns netns.NsHandle, ep Endpoint) error {
 // Present reports whether the container's namespace ns already has iface
 // with address addr: a second setup of the same container is then a no-op.
 func Present(ns netns.NsHandle, iface string, addr netip.Prefix) bool {
-	h, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
+	c, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
 	if err != nil {
 		return false
 	}
-	defer h.Close()
-	link, err := h.LinkByName(iface)
+	defer c.Close()
+	link, err := c.LinkByName(iface)
 	if err != nil {
 		return false
 	}
-	addrs, err := h.AddrList(link, netlink.FAMILY_V4)
+	addrs, err := c.AddrList(link, netlink.FAMILY_V4)
 	if err != nil {
 		return false
 	}
@@ -318,29 +333,76 @@ func Present(ns netns.NsHandle, iface string, addr netip.Prefix) bool {
 	return false
 }
 
+// VethState is what is left of a container's host veth.
+type VethState int
+
+const (
+	// Gone: no such veth, or it belongs to someone else (the pid in its
+	// name may have been reused).
+	Gone VethState = iota
+	// Live: there, its peer in a namespace that lives.
+	Live
+	// Dying: there, but its peer's namespace is being deleted, and the
+	// kernel deletes the pair with it.
+	Dying
+)
+
+// State finds the veth called host that carries alias.
+func (h *Host) State(host, alias string) (VethState, error) {
+	link, err := h.nl.LinkByName(host)
+	var notFound netlink.LinkNotFoundError
+	if errors.As(err, &notFound) {
+		return Gone, nil
+	}
+	if err != nil {
+		return Gone, fmt.Errorf("find veth %s: %w", host, err)
+	}
+	switch {
+	case link.Attrs().Alias != alias:
+		return Gone, nil
+	case peerDying(link):
+		return Dying, nil
+	}
+	return Live, nil
+}
+
 // Detach deletes the host end of a container's veth pair, which takes the
 // container's end with it. It acts only on a link carrying alias, so a
 // veth of the same name that belongs to a newer container (the pid in the
 // name may have been reused) is left alone. A missing link is not an error.
-func Detach(host, alias string) (bool, error) {
-	link, err := netlink.LinkByName(host)
+// Deleting a veth costs 15-30 ms here, most of it the kernel waiting for
+// RCU; a pair whose namespace dies anyway need not be deleted (see State).
+func (h *Host) Detach(host, alias string) error {
+	link, err := h.nl.LinkByName(host)
 	var notFound netlink.LinkNotFoundError
 	if errors.As(err, &notFound) {
-		return false, nil
+		return nil
 	}
 	if err != nil {
-		return false, fmt.Errorf("find veth %s: %w", host, err)
+		return fmt.Errorf("find veth %s: %w", host, err)
 	}
 	if link.Attrs().Alias != alias {
-		return false, nil
+		return nil
 	}
-	// The kernel deletes the pair itself when the container's namespace
-	// dies, which at poststop races with this call: gone is as good as
-	// deleted.
-	if err := netlink.LinkDel(link); err != nil && !errors.Is(err, unix.ENODEV) {
-		return false, fmt.Errorf("delete veth %s: %w", host, err)
+	// The kernel may be deleting it with its namespace meanwhile: gone is
+	// as good as deleted.
+	if err := h.nl.LinkDel(link); err != nil && !errors.Is(err, unix.ENODEV) {
+		return fmt.Errorf("delete veth %s: %w", host, err)
 	}
-	return true, nil
+	return nil
+}
+
+// peerDying reports whether the other end of veth link is in a network
+// namespace that has begun to die. The kernel reports a peer namespace by
+// its id relative to ours (IFLA_LINK_NETNSID); once the namespace's last
+// reference is gone, cleanup withdraws that id first and only then deletes
+// the namespace's interfaces, and in between the id reads as "not
+// assigned" (-1). A live namespace, even one only a bind mount keeps, has
+// an id; the attribute is absent (and the library's -1 is the default)
+// only for a peer in our own namespace.
+func peerDying(link netlink.Link) bool {
+	// The library decodes the attribute as unsigned: -1 arrives as 2^32-1.
+	return int64(link.Attrs().NetNsID) == math.MaxUint32
 }
 
 // Port is a veth whose host end is on a bridge.
@@ -352,8 +414,8 @@ type Port struct {
 
 // Ports lists the veths attached to the bridge called name. A missing
 // bridge has none.
-func Ports(name string) ([]Port, error) {
-	br, err := netlink.LinkByName(name)
+func (h *Host) Ports(name string) ([]Port, error) {
+	br, err := h.nl.LinkByName(name)
 	var notFound netlink.LinkNotFoundError
 	if errors.As(err, &notFound) {
 		return nil, nil
@@ -361,7 +423,7 @@ func Ports(name string) ([]Port, error) {
 	if err != nil {
 		return nil, fmt.Errorf("bridge %s: %w", name, err)
 	}
-	links, err := netlink.LinkList()
+	links, err := h.nl.LinkList()
 	if err != nil {
 		return nil, fmt.Errorf("list links: %w", err)
 	}
@@ -379,17 +441,17 @@ func Ports(name string) ([]Port, error) {
 // other end of the host veth p, and returns its IPv4 address in subnet:
 // how gc recovers a lease the store lost.
 func PeerAddr(ns netns.NsHandle, iface string, p Port, subnet netip.Prefix) (netip.Addr, bool) {
-	h, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
+	c, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
 	if err != nil {
 		return netip.Addr{}, false
 	}
-	defer h.Close()
-	link, err := h.LinkByName(iface)
+	defer c.Close()
+	link, err := c.LinkByName(iface)
 	// A veth's IFLA_LINK is its peer's index: this proves the pairing.
 	if err != nil || link.Attrs().ParentIndex != p.Index {
 		return netip.Addr{}, false
 	}
-	addrs, err := h.AddrList(link, netlink.FAMILY_V4)
+	addrs, err := c.AddrList(link, netlink.FAMILY_V4)
 	if err != nil {
 		return netip.Addr{}, false
 	}

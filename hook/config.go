@@ -4,14 +4,15 @@
 package hook
 
 import (
-	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"hash/fnv"
 	"log/slog"
 	"net/netip"
 	"strings"
 	"time"
 
+	"github.com/bridgehook/bridgehook/bridge"
 	"github.com/bridgehook/bridgehook/nat"
 )
 
@@ -39,6 +40,18 @@ type Config struct {
 	Firewall nat.Runner
 	// Debug, when set, is told how long each step took.
 	Debug *slog.Logger
+
+	host *bridge.Host // from connect
+}
+
+// connect opens the netlink connection that one command's steps share.
+func (c Config) connect() (Config, func(), error) {
+	h, err := bridge.OpenHost()
+	if err != nil {
+		return c, nil, err
+	}
+	c.host = h
+	return c, h.Close, nil
 }
 
 // timer reports the steps of one hook run to Config.Debug.
@@ -143,6 +156,7 @@ func (c Config) vethName(pid int) string {
 	if n, ok := strings.CutPrefix(c.Iface, "eth"); ok && len(n) == 1 && n[0] >= '0' && n[0] <= '9' {
 		return fmt.Sprintf("netnsv%s-%d", n, pid)
 	}
-	sum := sha256.Sum256([]byte(c.Iface))
-	return fmt.Sprintf("bh%s-%d", hex.EncodeToString(sum[:])[:5], pid)
+	h := fnv.New32a()
+	h.Write([]byte(c.Iface))
+	return fmt.Sprintf("bh%s-%d", hex.EncodeToString(h.Sum(nil))[:5], pid)
 }

@@ -145,12 +145,16 @@ func Inspect(c Config, id string) (Endpoint, error) {
 // GC brings the store and the kernel back into agreement, and says what it
 // did, a line per action:
 //   - a lease whose namespace is gone (pid gone, or reused by a process in
-//     another namespace) is released and its veth deleted;
+//     another namespace) is released, its address drained until its veth
+//     is gone (see forget);
+//   - a drained address whose veth is gone is freed; a veth that lives on
+//     (something else keeps its namespace) is deleted first;
 //   - an unreadable lease file is rebuilt from the kernel when a live
 //     container still holds its address, else discarded;
 //   - a veth on the bridge that no lease accounts for is adopted when a
 //     live container is behind it (the store lost its lease), else deleted;
-//   - index entries without a lease are pruned.
+//   - index entries without a lease are pruned, and leases without one
+//     get theirs back.
 //
 // It holds the store's lock throughout, so it is safe while hooks run.
 func GC(c Config, all bool) ([]string, error) {
@@ -158,10 +162,16 @@ func GC(c Config, all bool) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
+	c, disconnect, err := c.connect()
+	if err != nil {
+		return nil, err
+	}
+	defer disconnect()
 	var report []string
 	for _, s := range stores {
 		nc := c
 		nc.Bridge, nc.Subnet = s.Bridge(), s.Subnet()
+		s.Free = nc.freeDrained
 		err := s.Do(func(tx *ipam.Tx) error {
 			r, err := nc.gc(tx)
 			report = append(report, r...)
@@ -179,6 +189,15 @@ func (c Config) gc(tx *ipam.Tx) ([]string, error) {
 	if err != nil {
 		return report, err
 	}
+	if n, err := c.settle(tx, false); err != nil {
+		return report, err
+	} else if n > 0 {
+		report = append(report, fmt.Sprintf("%s: freed %d addresses of containers whose veths are gone", c.Bridge, n))
+	}
+	drained, err := tx.Draining()
+	if err != nil {
+		return report, err
+	}
 	leases, bad, err := tx.List()
 	if err != nil {
 		return report, err
@@ -190,10 +209,10 @@ func (c Config) gc(tx *ipam.Tx) ([]string, error) {
 		report = append(report, fmt.Sprintf("%s: discarded unreadable lease file %s", c.Bridge, p))
 	}
 	ours := map[string]bool{}
-	for _, l := range leases {
+	for _, l := range append(leases, drained...) { // a drained veth is the kernel's to delete
 		ours[l.Veth+" "+alias(l.ID)] = true
 	}
-	ports, err := bridge.Ports(c.Bridge)
+	ports, err := c.host.Ports(c.Bridge)
 	if err != nil {
 		return report, err
 	}
@@ -207,7 +226,7 @@ func (c Config) gc(tx *ipam.Tx) ([]string, error) {
 				continue
 			}
 		}
-		if _, err := bridge.Detach(p.Name, p.Alias); err != nil {
+		if err := c.host.Detach(p.Name, p.Alias); err != nil {
 			return report, err
 		}
 		report = append(report, fmt.Sprintf("%s: deleted veth %s (no lease)", c.Bridge, p.Name))
@@ -215,7 +234,7 @@ func (c Config) gc(tx *ipam.Tx) ([]string, error) {
 	if n, err := tx.PruneIndex(); err != nil {
 		return report, err
 	} else if n > 0 {
-		report = append(report, fmt.Sprintf("%s: pruned %d stale index entries", c.Bridge, n))
+		report = append(report, fmt.Sprintf("%s: fixed %d lease index entries", c.Bridge, n))
 	}
 	if n, err := tx.Sweep(); err != nil {
 		return report, err
@@ -277,6 +296,11 @@ func RemoveNetwork(c Config) ([]string, error) {
 	if err := c.Check(); err != nil {
 		return nil, err
 	}
+	c, disconnect, err := c.connect()
+	if err != nil {
+		return nil, err
+	}
+	defer disconnect()
 	store, err := ipam.Open(c.StateDir, c.Bridge, c.Subnet)
 	if err != nil {
 		return nil, err
@@ -305,7 +329,7 @@ func RemoveNetwork(c Config) ([]string, error) {
 		if err := c.uninstallFirewall(); err != nil {
 			return err
 		}
-		if err := bridge.Remove(c.Bridge); err != nil {
+		if err := c.host.Remove(c.Bridge); err != nil {
 			return err
 		}
 		report = append(report, fmt.Sprintf("removed bridge %s, its firewall rules and its store", c.Bridge))

@@ -1,10 +1,10 @@
 package hook
 
 import (
-	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -12,6 +12,7 @@ import (
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 
 	"github.com/bridgehook/bridgehook/bridge"
 	"github.com/bridgehook/bridgehook/ipam"
@@ -45,6 +46,11 @@ func Setup(c Config, st specs.State) (res Result, err error) {
 	if err != nil {
 		return res, err
 	}
+	c, disconnect, err := c.connect()
+	if err != nil {
+		return res, err
+	}
+	defer disconnect()
 	tm := c.timer()
 	ns, ino, err := openNetns(st.Pid)
 	if err != nil {
@@ -56,6 +62,7 @@ func Setup(c Config, st specs.State) (res Result, err error) {
 	if err != nil {
 		return res, err
 	}
+	store.Free = c.freeDrained
 	tm.step("open store")
 
 	var undo undoStack
@@ -146,12 +153,23 @@ func Setup(c Config, st specs.State) (res Result, err error) {
 	if c.DefaultRoute {
 		ep.Gateway = c.Subnet.Addr().Next()
 	}
-	if err = bridge.Attach(br, ns, ep); err != nil {
+	err = c.host.Attach(br, ns, ep)
+	if errors.Is(err, unix.EEXIST) {
+		// The veth's name, or the container's interface, may still be
+		// held by the pair of a container that is gone (a reused pid, or
+		// a namespace that outlives its containers): delete those, and
+		// try once more.
+		if serr := store.Do(func(tx *ipam.Tx) error { _, err := c.settle(tx, true); return err }); serr != nil {
+			return res, fmt.Errorf("%w (and clearing veths of gone containers: %v)", err, serr)
+		}
+		err = c.host.Attach(br, ns, ep)
+	}
+	if err != nil {
 		return res, err
 	}
 	tm.step("attach veth")
 	if len(c.DNS) > 0 || c.HostDNS {
-		undo.push(func() error { _, err := bridge.Detach(ep.Host, ep.Alias); return err })
+		undo.push(func() error { return c.host.Detach(ep.Host, ep.Alias) })
 		err = c.writeResolvConf(req.rootfs)
 		tm.step("write resolv.conf")
 	}
@@ -234,12 +252,23 @@ func (c Config) checkPorts(tx *ipam.Tx, id string, ports []nat.Port) error {
 	return nil
 }
 
-// forget undoes a lease's setup from what the lease records: the veth
-// (when the kernel has not deleted it with the namespace), the port rules,
-// the address.
+// forget undoes a lease's setup from what the lease records: the veth, the
+// port rules, the address. The veth of a container that is gone is left
+// to the kernel, which deletes the pair with the container's namespace
+// (deleting it ourselves would wait 15-30 ms for that same cleanup); until
+// it is gone its address is drained, not released, so that no other
+// container gets it meanwhile.
 func (c Config) forget(tx *ipam.Tx, l ipam.Lease) error {
-	if _, err := bridge.Detach(l.Veth, alias(l.ID)); err != nil {
-		return err
+	state := bridge.Gone
+	if alive(l) {
+		if err := c.host.Detach(l.Veth, alias(l.ID)); err != nil {
+			return err
+		}
+	} else {
+		var err error
+		if state, err = c.host.State(l.Veth, alias(l.ID)); err != nil {
+			return err
+		}
 	}
 	if len(l.Ports) > 0 {
 		pub, err := published(l.ID, l.IP, l.Ports)
@@ -250,7 +279,48 @@ func (c Config) forget(tx *ipam.Tx, l ipam.Lease) error {
 			return err
 		}
 	}
+	if state != bridge.Gone {
+		return tx.Drain(l)
+	}
 	return tx.Remove(l)
+}
+
+// freeDrained is the store's Free: a drained address may be leased again
+// once its veth is gone, deleted now if need be (its namespace still dying,
+// or kept alive by something else than the container, such as a bind
+// mount).
+func (c Config) freeDrained(l ipam.Lease) bool {
+	return c.host.Detach(l.Veth, alias(l.ID)) == nil
+}
+
+// settle frees the drained addresses whose veths are gone, deleting those
+// still there whose namespace lives on; with all, it deletes the dying ones
+// too rather than leave them to the kernel.
+func (c Config) settle(tx *ipam.Tx, all bool) (int, error) {
+	drained, err := tx.Draining()
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, l := range drained {
+		state, err := c.host.State(l.Veth, alias(l.ID))
+		if err != nil {
+			return n, err
+		}
+		if state == bridge.Dying && !all {
+			continue
+		}
+		if state != bridge.Gone {
+			if err := c.host.Detach(l.Veth, alias(l.ID)); err != nil {
+				return n, err
+			}
+		}
+		if err := tx.Settle(l); err != nil {
+			return n, err
+		}
+		n++
+	}
+	return n, nil
 }
 
 // ensureNetwork makes sure the bridge exists with its address and its
@@ -267,11 +337,11 @@ func (c Config) ensureNetwork(tx *ipam.Tx) (br bridge.Bridge, created, installed
 	}
 	// A setup with other options than the record's re-installs the rules.
 	if recorded && rec.ICC == c.ICC && rec.Internal == c.Internal {
-		if br, ok := bridge.Find(c.Bridge); ok && br.Index == rec.BridgeIndex {
+		if br, ok := c.host.Find(c.Bridge); ok && br.Index == rec.BridgeIndex {
 			return br, false, false, nat.EnableForwarding()
 		}
 	}
-	br, created, err = bridge.Ensure(c.Bridge, c.gateway(), c.MTU)
+	br, created, err = c.host.Ensure(c.Bridge, c.gateway(), c.MTU)
 	if err != nil {
 		return br, false, false, err
 	}
@@ -279,7 +349,7 @@ func (c Config) ensureNetwork(tx *ipam.Tx) (br bridge.Bridge, created, installed
 		if err != nil && created {
 			tx.ClearNetwork()
 			c.uninstallFirewall()
-			bridge.Remove(c.Bridge)
+			c.host.Remove(c.Bridge)
 			created = false
 		}
 	}()
@@ -343,7 +413,7 @@ func (c Config) removeIfUnused(tx *ipam.Tx) error {
 	if err := c.uninstallFirewall(); err != nil {
 		return err
 	}
-	return bridge.Remove(c.Bridge)
+	return c.host.Remove(c.Bridge)
 }
 
 // lockFirewall serialises firewall changes across networks and hooks.
@@ -386,6 +456,11 @@ func Teardown(c Config, id string) (res Result, err error) {
 			return err
 		}
 		tm.step("lookup")
+		c, disconnect, err := c.connect()
+		if err != nil {
+			return err
+		}
+		defer disconnect()
 		if err := c.forget(tx, l); err != nil {
 			return err
 		}
@@ -403,8 +478,9 @@ func alias(id string) string {
 	if len(id) <= 200 {
 		return "bridgehook:" + id
 	}
-	sum := sha256.Sum256([]byte(id))
-	return "bridgehook:sha256:" + hex.EncodeToString(sum[:])
+	h := fnv.New128a() // not crypto/sha256: see ipam's idPath
+	h.Write([]byte(id))
+	return "bridgehook:fnv128a:" + hex.EncodeToString(h.Sum(nil))
 }
 
 // openNetns opens the network namespace of pid and returns it with its
@@ -485,12 +561,17 @@ func Repair(c Config) error {
 	if err := c.Check(); err != nil {
 		return err
 	}
+	c, disconnect, err := c.connect()
+	if err != nil {
+		return err
+	}
+	defer disconnect()
 	store, err := ipam.Open(c.StateDir, c.Bridge, c.Subnet)
 	if err != nil {
 		return err
 	}
 	return store.Do(func(tx *ipam.Tx) error {
-		br, _, err := bridge.Ensure(c.Bridge, c.gateway(), c.MTU)
+		br, _, err := c.host.Ensure(c.Bridge, c.gateway(), c.MTU)
 		if err != nil {
 			return err
 		}

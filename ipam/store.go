@@ -8,11 +8,11 @@
 package ipam
 
 import (
-	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -49,6 +49,11 @@ type Store struct {
 	bridge string
 	subnet netip.Prefix
 	lock   *flock.Flock
+
+	// Free is asked, when Allocate meets an address that is draining
+	// (see Drain), to make the address usable again: true if it did. Nil
+	// leaves draining addresses alone.
+	Free func(Lease) bool
 }
 
 const (
@@ -66,7 +71,7 @@ func Open(stateDir, bridge string, subnet netip.Prefix) (*Store, error) {
 		return nil, err
 	}
 	dir := Path(stateDir, bridge, subnet)
-	for _, d := range []string{dir, filepath.Join(dir, "leases"), filepath.Join(dir, "ids")} {
+	for _, d := range []string{dir, filepath.Join(dir, "leases"), filepath.Join(dir, "ids"), filepath.Join(dir, "draining")} {
 		if err := os.Mkdir(d, dirMode); err != nil && !errors.Is(err, os.ErrExist) {
 			return nil, fmt.Errorf("lease store %s: %w (is --state-dir writable, with space left?)", stateDir, err)
 		}
@@ -180,11 +185,17 @@ type Tx struct{ s *Store }
 
 func (t *Tx) leasePath(ip netip.Addr) string { return filepath.Join(t.s.dir, "leases", ip.String()) }
 
+func (t *Tx) drainPath(ip netip.Addr) string { return filepath.Join(t.s.dir, "draining", ip.String()) }
+
 // idPath names the index file of a container id. Ids may be up to 1024
 // bytes, longer than a file name may be, so the file is named by a hash.
+// FNV, not SHA-256: importing crypto costs every hook process over a
+// millisecond of start-up, and Lookup checks the id in the lease anyway, so
+// a collision can only hide a lease, never hand out the wrong one.
 func (t *Tx) idPath(id string) string {
-	sum := sha256.Sum256([]byte(id))
-	return filepath.Join(t.s.dir, "ids", hex.EncodeToString(sum[:16]))
+	h := fnv.New128a()
+	h.Write([]byte(id))
+	return filepath.Join(t.s.dir, "ids", hex.EncodeToString(h.Sum(nil)))
 }
 
 // Lookup returns the lease held by container id.
@@ -240,6 +251,9 @@ func (t *Tx) Allocate(l Lease) (Lease, error) {
 		if _, err := os.Lstat(t.leasePath(l.IP)); err == nil {
 			return Lease{}, fmt.Errorf("address %s is already leased", l.IP)
 		}
+		if !t.free(l.IP) {
+			return Lease{}, fmt.Errorf("address %s is still in use by a container being torn down", l.IP)
+		}
 	} else {
 		ip, err := t.next()
 		if err != nil {
@@ -289,6 +303,66 @@ func (t *Tx) Release(id string) (Lease, bool, error) {
 		return Lease{}, false, err
 	}
 	return l, true, nil
+}
+
+// Drain releases lease l's container id but keeps its address out of use:
+// for a container that is gone while its veth is not yet, which the kernel
+// deletes with the container's network namespace a little later. The
+// address is handed out again once Store.Free says the veth is gone (or
+// Settle is called), so it never sits on two interfaces at once.
+func (t *Tx) Drain(l Lease) error {
+	if err := os.Rename(t.leasePath(l.IP), t.drainPath(l.IP)); err != nil {
+		return fmt.Errorf("release %s: %w", l.IP, err)
+	}
+	if err := os.Remove(t.idPath(l.ID)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("release index of %s: %w", l.IP, err)
+	}
+	return nil
+}
+
+// Draining lists the leases that Drain set aside.
+func (t *Tx) Draining() ([]Lease, error) {
+	ents, err := os.ReadDir(filepath.Join(t.s.dir, "draining"))
+	if err != nil {
+		return nil, fmt.Errorf("list draining leases: %w", err)
+	}
+	var ls []Lease
+	for _, e := range ents {
+		ip, err := netip.ParseAddr(e.Name())
+		if err != nil {
+			continue
+		}
+		var l Lease
+		if b, err := os.ReadFile(t.drainPath(ip)); err == nil && json.Unmarshal(b, &l) == nil && l.IP == ip {
+			ls = append(ls, l)
+		} else {
+			// Nothing to wait for that can be named: free the address.
+			os.Remove(t.drainPath(ip))
+		}
+	}
+	return ls, nil
+}
+
+// Settle frees the address of draining lease l.
+func (t *Tx) Settle(l Lease) error {
+	if err := os.Remove(t.drainPath(l.IP)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("free %s: %w", l.IP, err)
+	}
+	return nil
+}
+
+// free reports whether ip, which has no lease, is usable: not draining, or
+// draining and let go by Store.Free.
+func (t *Tx) free(ip netip.Addr) bool {
+	b, err := os.ReadFile(t.drainPath(ip))
+	if errors.Is(err, os.ErrNotExist) {
+		return true
+	}
+	var l Lease
+	if err != nil || json.Unmarshal(b, &l) != nil || l.IP != ip {
+		return t.Settle(Lease{IP: ip}) == nil
+	}
+	return t.s.Free != nil && t.s.Free(l) && t.Settle(l) == nil
 }
 
 // Remove frees the lease of address ip whoever holds it, for reclaiming
@@ -415,7 +489,9 @@ func (t *Tx) Sweep() (int, error) {
 }
 
 // PruneIndex removes index entries whose lease is gone or held by another
-// id, as a crash between writing a lease and its index can leave.
+// id, as a crash between writing a lease and its index can leave, and
+// writes the entries that leases lack (a store from a version that named
+// them by another hash). It returns the number of entries changed.
 func (t *Tx) PruneIndex() (int, error) {
 	dir := filepath.Join(t.s.dir, "ids")
 	ents, err := os.ReadDir(dir)
@@ -437,6 +513,19 @@ func (t *Tx) PruneIndex() (int, error) {
 				n++
 			}
 		}
+	}
+	leases, _, err := t.List()
+	if err != nil {
+		return n, err
+	}
+	for _, l := range leases {
+		if target, err := os.Readlink(t.idPath(l.ID)); err == nil && target == l.IP.String() {
+			continue
+		}
+		if err := symlinkAtomic(l.IP.String(), t.idPath(l.ID)); err != nil {
+			return n, fmt.Errorf("write lease index %s: %w", l.IP, err)
+		}
+		n++
 	}
 	return n, nil
 }
@@ -469,7 +558,7 @@ func (t *Tx) next() (netip.Addr, error) {
 	}
 	ip := start
 	for {
-		if _, err := os.Lstat(t.leasePath(ip)); errors.Is(err, os.ErrNotExist) {
+		if _, err := os.Lstat(t.leasePath(ip)); errors.Is(err, os.ErrNotExist) && t.free(ip) {
 			return ip, nil
 		}
 		if ip == last {

@@ -295,3 +295,118 @@ func checkDistinct(t *testing.T, ips []netip.Addr) {
 		seen[ip] = true
 	}
 }
+
+// A drained address is out of use until Free lets it go: the allocator
+// walks past it while Free says no, and takes it once Free says yes.
+func TestDrainedAddressWaitsForFree(t *testing.T) {
+	s := open(t, t.TempDir(), "10.1.0.0/29") // five usable addresses
+	var ips []netip.Addr
+	for i := range 5 {
+		ips = append(ips, alloc(t, s, fmt.Sprint("c", i)))
+	}
+	var asked []netip.Addr
+	gone := false
+	s.Free = func(l Lease) bool {
+		asked = append(asked, l.IP)
+		return gone
+	}
+	err := s.Do(func(tx *Tx) error {
+		l, ok, err := tx.Lookup("c2")
+		if err != nil || !ok {
+			return fmt.Errorf("lookup c2: %v %v", ok, err)
+		}
+		return tx.Drain(l)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = s.Do(func(tx *Tx) error {
+		if _, ok, _ := tx.Lookup("c2"); ok {
+			t.Error("a drained lease is still found by its id")
+		}
+		if ls, _, _ := tx.List(); len(ls) != 4 {
+			t.Errorf("List has %d leases, want the 4 not drained", len(ls))
+		}
+		if d, _ := tx.Draining(); len(d) != 1 || d[0].ID != "c2" || d[0].IP != ips[2] {
+			t.Errorf("Draining = %+v, want c2's lease", d)
+		}
+		if _, err := tx.Allocate(Lease{ID: "new"}); !errors.Is(err, ErrExhausted) {
+			t.Errorf("allocate while the only free address drains: %v, want ErrExhausted", err)
+		}
+		if _, err := tx.Allocate(Lease{ID: "static", IP: ips[2]}); err == nil {
+			t.Error("a drained address was leased by request while Free says no")
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(asked) == 0 || asked[0] != ips[2] {
+		t.Fatalf("Free asked about %v, want %s", asked, ips[2])
+	}
+	gone = true
+	if got := alloc(t, s, "new"); got != ips[2] {
+		t.Fatalf("after Free let it go, allocated %s, want %s", got, ips[2])
+	}
+	s.Do(func(tx *Tx) error {
+		if d, _ := tx.Draining(); len(d) != 0 {
+			t.Errorf("Draining = %+v after the address was reused", d)
+		}
+		return nil
+	})
+}
+
+// Without a Free, drained addresses stay out of use; Settle frees one.
+func TestSettleFreesDrainedAddress(t *testing.T) {
+	s := open(t, t.TempDir(), "10.1.0.0/30") // one usable address
+	ip := alloc(t, s, "a")
+	err := s.Do(func(tx *Tx) error {
+		l, _, err := tx.Lookup("a")
+		if err != nil {
+			return err
+		}
+		if err := tx.Drain(l); err != nil {
+			return err
+		}
+		if _, err := tx.Allocate(Lease{ID: "b"}); !errors.Is(err, ErrExhausted) {
+			t.Errorf("allocate with no Free over a drained address: %v, want ErrExhausted", err)
+		}
+		return tx.Settle(l)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := alloc(t, s, "b"); got != ip {
+		t.Fatalf("after Settle, allocated %s, want %s", got, ip)
+	}
+}
+
+// gc's PruneIndex puts back the index entry a lease lacks, so that the
+// lease is found by its id again (a store written by a version that named
+// entries by another hash has none the current one can find).
+func TestPruneIndexRewritesMissingEntries(t *testing.T) {
+	dir := t.TempDir()
+	s := open(t, dir, "10.1.0.0/24")
+	ip := alloc(t, s, "a")
+	entries, _ := filepath.Glob(filepath.Join(s.Dir(), "ids", "*"))
+	if len(entries) != 1 {
+		t.Fatalf("index entries %v", entries)
+	}
+	os.Rename(entries[0], filepath.Join(s.Dir(), "ids", "0123456789abcdef"))
+	err := s.Do(func(tx *Tx) error {
+		if _, ok, _ := tx.Lookup("a"); ok {
+			t.Fatal("lease found with its index entry misnamed")
+		}
+		n, err := tx.PruneIndex()
+		if n != 2 {
+			t.Errorf("PruneIndex changed %d entries, want 2 (one removed, one written)", n)
+		}
+		if l, ok, _ := tx.Lookup("a"); !ok || l.IP != ip {
+			t.Errorf("after PruneIndex, lookup a = %+v, %v", l, ok)
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
