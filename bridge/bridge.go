@@ -349,17 +349,10 @@ const (
 
 // State finds the veth called host that carries alias.
 func (h *Host) State(host, alias string) (VethState, error) {
-	link, err := h.nl.LinkByName(host)
-	var notFound netlink.LinkNotFoundError
-	if errors.As(err, &notFound) {
-		return Gone, nil
-	}
-	if err != nil {
-		return Gone, fmt.Errorf("find veth %s: %w", host, err)
-	}
+	link, err := h.veth(host, alias)
 	switch {
-	case link.Attrs().Alias != alias:
-		return Gone, nil
+	case err != nil || link == nil:
+		return Gone, err
 	case peerDying(link):
 		return Dying, nil
 	}
@@ -373,16 +366,9 @@ func (h *Host) State(host, alias string) (VethState, error) {
 // Deleting a veth costs 15-30 ms here, most of it the kernel waiting for
 // RCU; a pair whose namespace dies anyway need not be deleted (see State).
 func (h *Host) Detach(host, alias string) error {
-	link, err := h.nl.LinkByName(host)
-	var notFound netlink.LinkNotFoundError
-	if errors.As(err, &notFound) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("find veth %s: %w", host, err)
-	}
-	if link.Attrs().Alias != alias {
-		return nil
+	link, err := h.veth(host, alias)
+	if err != nil || link == nil {
+		return err
 	}
 	// The kernel may be deleting it with its namespace meanwhile: gone is
 	// as good as deleted.
@@ -390,6 +376,22 @@ func (h *Host) Detach(host, alias string) error {
 		return fmt.Errorf("delete veth %s: %w", host, err)
 	}
 	return nil
+}
+
+// veth returns the link called host if it carries alias, else nil.
+func (h *Host) veth(host, alias string) (netlink.Link, error) {
+	link, err := h.nl.LinkByName(host)
+	var notFound netlink.LinkNotFoundError
+	if errors.As(err, &notFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("find veth %s: %w", host, err)
+	}
+	if link.Attrs().Alias != alias {
+		return nil, nil
+	}
+	return link, nil
 }
 
 // peerDying reports whether the other end of veth link is in a network
