@@ -314,9 +314,9 @@ func TestRepairAfterFirewallFlush(t *testing.T) {
 }
 
 // draining lists the addresses teardown set aside until their veths go.
-func (s *sandbox) draining() []ipam.Lease {
+func (s *sandbox) draining(subnet string) []ipam.Lease {
 	s.t.Helper()
-	st, err := ipam.Open(s.stateDir, "netns0", netip.MustParsePrefix("172.19.0.0/16"))
+	st, err := ipam.Open(s.stateDir, "netns0", netip.MustParsePrefix(subnet))
 	if err != nil {
 		s.t.Fatal(err)
 	}
@@ -351,7 +351,7 @@ func (s *sandbox) lifetime(id string, pid int) ipam.Lease {
 func TestTeardownAfterExitLeavesThePairToTheKernel(t *testing.T) {
 	sb := newSandbox(t)
 	l := sb.lifetime("c1", sb.container())
-	if d := sb.draining(); len(d) > 1 || len(d) == 1 && d[0].IP != l.IP {
+	if d := sb.draining("172.19.0.0/16"); len(d) > 1 || len(d) == 1 && d[0].IP != l.IP {
 		t.Fatalf("draining %+v, want at most c1's %s", d, l.IP)
 	}
 	sb.waitVethsGone()
@@ -361,7 +361,7 @@ func TestTeardownAfterExitLeavesThePairToTheKernel(t *testing.T) {
 	if l2, ok := sb.lease("c2", "172.19.0.0/16"); !ok || l2.IP != l.IP {
 		t.Fatalf("c2 got %+v (found %v), want %s", l2, ok, l.IP)
 	}
-	if d := sb.draining(); len(d) != 0 {
+	if d := sb.draining("172.19.0.0/16"); len(d) != 0 {
 		t.Errorf("still draining after the address was leased again: %+v", d)
 	}
 }
@@ -393,7 +393,7 @@ func TestNamespaceThatOutlivesItsContainer(t *testing.T) {
 	}
 
 	l1 := sb.lifetime("c1", start())
-	if d := sb.draining(); len(d) != 1 || d[0].IP != l1.IP {
+	if d := sb.draining("172.19.0.0/16"); len(d) != 1 || d[0].IP != l1.IP {
 		t.Fatalf("draining %+v, want c1's %s: its veth lives on with the namespace", d, l1.IP)
 	}
 
@@ -406,7 +406,7 @@ func TestNamespaceThatOutlivesItsContainer(t *testing.T) {
 	if v := sb.veths(); len(v) != 1 || v[0] != l2.Veth {
 		t.Errorf("veths %v, want only c2's %s", v, l2.Veth)
 	}
-	if d := sb.draining(); len(d) != 0 {
+	if d := sb.draining("172.19.0.0/16"); len(d) != 0 {
 		t.Errorf("still draining: %+v", d)
 	}
 	addrs, _ := inside(t, pid2).AddrList(nil, netlink.FAMILY_V4)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -96,8 +97,13 @@ func TestGCFreesWhatDeadContainersHeld(t *testing.T) {
 	if ls := sb.leases("netns0", "10.99.0.0/29"); len(ls) != 4 {
 		t.Errorf("leases after gc: %d, want 4", len(ls))
 	}
-	if v := sb.veths(); len(v) != 4 {
+	// gc's promise: when it returns, the dead container's veth is gone
+	// too, not left to the kernel's namespace cleanup.
+	if v := sb.veths(); len(v) != 4 || slices.Contains(v, fmt.Sprint("netnsv0-", pids[2])) {
 		t.Errorf("veths after gc: %v", v)
+	}
+	if d := sb.draining("10.99.0.0/29"); len(d) != 0 {
+		t.Errorf("addresses still draining after gc: %+v", d)
 	}
 	// The full subnet's freed address goes to a new container.
 	sb.mustHook(setupState("new", sb.container()))

@@ -439,6 +439,22 @@ func (h *Host) Ports(name string) ([]Port, error) {
 	return ports, nil
 }
 
+// Unlabelled lists the veths that carry no alias, wherever they are
+// attached: a setup killed half-way leaves its veth like that.
+func (h *Host) Unlabelled() ([]string, error) {
+	links, err := h.nl.LinkList()
+	if err != nil {
+		return nil, fmt.Errorf("list links: %w", err)
+	}
+	var names []string
+	for _, l := range links {
+		if l.Type() == "veth" && l.Attrs().Alias == "" {
+			names = append(names, l.Attrs().Name)
+		}
+	}
+	return names, nil
+}
+
 // PeerAddr finds, in the namespace ns, the interface iface that is the
 // other end of the host veth p, and returns its IPv4 address in subnet:
 // how gc recovers a lease the store lost.

@@ -160,3 +160,16 @@ func (c Config) vethName(pid int) string {
 	h.Write([]byte(c.Iface))
 	return fmt.Sprintf("bh%s-%d", hex.EncodeToString(h.Sum(nil))[:5], pid)
 }
+
+// isVethName reports whether s is a host veth name as vethName makes them.
+func isVethName(s string) bool {
+	head, pid, ok := strings.Cut(s, "-")
+	if !ok || pid == "" || strings.Trim(pid, "0123456789") != "" {
+		return false
+	}
+	if n, ok := strings.CutPrefix(head, "netnsv"); ok {
+		return len(n) == 1 && n[0] >= '0' && n[0] <= '9'
+	}
+	h, ok := strings.CutPrefix(head, "bh")
+	return ok && len(h) == 5 && strings.Trim(h, "0123456789abcdef") == ""
+}

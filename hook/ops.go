@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -145,18 +146,24 @@ func Inspect(c Config, id string) (Endpoint, error) {
 // GC brings the store and the kernel back into agreement, and says what it
 // did, a line per action:
 //   - a lease whose namespace is gone (pid gone, or reused by a process in
-//     another namespace) is released, its address drained until its veth
-//     is gone (see forget);
-//   - a drained address whose veth is gone is freed; a veth that lives on
-//     (something else keeps its namespace) is deleted first;
+//     another namespace) is released, and so is the lease of a live
+//     container whose setup was killed before it made the veth;
+//   - the veths of containers that are gone are deleted, whether their
+//     namespace is still dying or something else keeps it alive, and their
+//     addresses freed;
 //   - an unreadable lease file is rebuilt from the kernel when a live
 //     container still holds its address, else discarded;
 //   - a veth on the bridge that no lease accounts for is adopted when a
-//     live container is behind it (the store lost its lease), else deleted;
+//     live container is behind it (the store lost its lease; its published
+//     ports are read back from the rules), else deleted;
+//   - port rules that no lease accounts for are removed;
 //   - index entries without a lease are pruned, and leases without one
 //     get theirs back.
 //
-// It holds the store's lock throughout, so it is safe while hooks run.
+// So when it returns, nothing is left of a container that is gone: no
+// lease, no veth, no rule, and its address is free. It holds the store's
+// lock throughout, so it is safe while hooks run, and it leaves the leases
+// of setups still in progress alone.
 func GC(c Config, all bool) ([]string, error) {
 	stores, err := c.stores(all)
 	if err != nil {
@@ -189,10 +196,13 @@ func (c Config) gc(tx *ipam.Tx) ([]string, error) {
 	if err != nil {
 		return report, err
 	}
-	if n, err := c.settle(tx, false); err != nil {
+	// The veths of containers that are gone are deleted now, not left to
+	// the kernel's namespace cleanup: gc promises that when it returns,
+	// nothing of them is left.
+	if n, err := c.settle(tx, true); err != nil {
 		return report, err
 	} else if n > 0 {
-		report = append(report, fmt.Sprintf("%s: freed %d addresses of containers whose veths are gone", c.Bridge, n))
+		report = append(report, fmt.Sprintf("%s: freed %d addresses of containers that are gone, and their veths", c.Bridge, n))
 	}
 	drained, err := tx.Draining()
 	if err != nil {
@@ -209,8 +219,13 @@ func (c Config) gc(tx *ipam.Tx) ([]string, error) {
 		report = append(report, fmt.Sprintf("%s: discarded unreadable lease file %s", c.Bridge, p))
 	}
 	ours := map[string]bool{}
-	for _, l := range append(leases, drained...) { // a drained veth is the kernel's to delete
+	for _, l := range append(leases, drained...) {
 		ours[l.Veth+" "+alias(l.ID)] = true
+	}
+	fw := nat.New(c.runner())
+	pubs, err := fw.Published(c.network())
+	if err != nil {
+		return report, err
 	}
 	ports, err := c.host.Ports(c.Bridge)
 	if err != nil {
@@ -221,6 +236,12 @@ func (c Config) gc(tx *ipam.Tx) ([]string, error) {
 			continue
 		}
 		if l, ok := c.fromKernel(p); ok {
+			// Its published ports are in the rules the store lost it from.
+			for _, pub := range pubs {
+				if pub.IP == l.IP && pub.ID == nat.Label(l.ID) {
+					l.Ports = portStrings(pub.Ports)
+				}
+			}
 			if _, err := tx.Allocate(l); err == nil {
 				report = append(report, fmt.Sprintf("%s: rebuilt lease %s for %s from %s", c.Bridge, l.IP, l.ID, p.Name))
 				continue
@@ -230,6 +251,16 @@ func (c Config) gc(tx *ipam.Tx) ([]string, error) {
 			return report, err
 		}
 		report = append(report, fmt.Sprintf("%s: deleted veth %s (no lease)", c.Bridge, p.Name))
+	}
+	halfMade, err := c.dropHalfMade(tx)
+	report = append(report, halfMade...)
+	if err != nil {
+		return report, err
+	}
+	stale, err := c.dropStalePorts(tx, pubs)
+	report = append(report, stale...)
+	if err != nil {
+		return report, err
 	}
 	if n, err := tx.PruneIndex(); err != nil {
 		return report, err
@@ -244,9 +275,83 @@ func (c Config) gc(tx *ipam.Tx) ([]string, error) {
 	return report, nil
 }
 
-// reclaim releases the leases whose container is gone, deleting their
-// veths if the kernel has not already. Setup runs it before declaring the
-// subnet exhausted.
+// dropHalfMade deletes the veths of setups killed between creating the
+// pair and labelling it (netlink makes, enslaves and labels a veth in
+// three calls): unlabelled, named as we name them, and named by no lease
+// of any network. A setup writes its lease before it makes its veth, so
+// listing the veths before reading the leases never catches one at work.
+func (c Config) dropHalfMade(tx *ipam.Tx) ([]string, error) {
+	unlabelled, err := c.host.Unlabelled()
+	if err != nil {
+		return nil, err
+	}
+	var candidates []string
+	for _, v := range unlabelled {
+		if isVethName(v) {
+			candidates = append(candidates, v)
+		}
+	}
+	if len(candidates) == 0 {
+		return nil, nil
+	}
+	named := map[string]bool{}
+	stores, err := ipam.Stores(c.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	for _, s := range stores {
+		var ls []ipam.Lease
+		if s.Dir() == tx.Dir() {
+			ls, _, err = tx.List() // ours is locked by this gc already
+		} else {
+			ls, err = s.Peek()
+		}
+		if err != nil {
+			return nil, err
+		}
+		for _, l := range ls {
+			named[l.Veth] = true
+		}
+	}
+	var report []string
+	for _, v := range candidates {
+		if named[v] {
+			continue
+		}
+		if err := c.host.Detach(v, ""); err != nil {
+			return report, err
+		}
+		report = append(report, fmt.Sprintf("%s: deleted veth %s (unlabelled: its setup was killed half-way)", c.Bridge, v))
+	}
+	return report, nil
+}
+
+// dropStalePorts removes the port rules no lease accounts for: those of a
+// lease the store lost outright, whose container is gone. The network's
+// rules are installed again from the leases, in one atomic restore.
+func (c Config) dropStalePorts(tx *ipam.Tx, pubs []nat.Published) ([]string, error) {
+	leases, _, err := tx.List()
+	if err != nil {
+		return nil, err
+	}
+	var stale []string
+	for _, pub := range pubs {
+		if !slices.ContainsFunc(leases, func(l ipam.Lease) bool {
+			return l.IP == pub.IP && nat.Label(l.ID) == pub.ID && len(l.Ports) > 0
+		}) {
+			stale = append(stale, fmt.Sprintf("%s: removed the port rules of %s (%s): it has no lease", c.Bridge, pub.ID, pub.IP))
+		}
+	}
+	if len(stale) == 0 {
+		return nil, nil
+	}
+	return stale, c.installFirewall(tx)
+}
+
+// reclaim releases the leases whose container is gone, and those of live
+// containers whose setup died before it wired them (killed between the
+// lease and the veth): no interface, and no process holding the lease
+// (ipam.Tx.Pending). Setup runs it before declaring the subnet exhausted.
 func (c Config) reclaim(tx *ipam.Tx) ([]string, error) {
 	leases, _, err := tx.List()
 	if err != nil {
@@ -254,13 +359,26 @@ func (c Config) reclaim(tx *ipam.Tx) ([]string, error) {
 	}
 	var report []string
 	for _, l := range leases {
+		why := fmt.Sprintf("pid %d is gone or in another namespace", l.PID)
 		if alive(l) {
-			continue
+			// Pending first: a setup that finishes between the two checks
+			// has its veth by the time it lets go of the lease.
+			if tx.Pending(l) {
+				continue
+			}
+			state, err := c.host.State(l.Veth, alias(l.ID))
+			if err != nil {
+				return report, err
+			}
+			if state != bridge.Gone {
+				continue
+			}
+			why = fmt.Sprintf("its setup died before pid %d got its veth", l.PID)
 		}
 		if err := c.forget(tx, l); err != nil {
 			return report, err
 		}
-		report = append(report, fmt.Sprintf("%s: reclaimed %s from %s (pid %d is gone or in another namespace)", c.Bridge, l.IP, l.ID, l.PID))
+		report = append(report, fmt.Sprintf("%s: reclaimed %s from %s (%s)", c.Bridge, l.IP, l.ID, why))
 	}
 	return report, nil
 }

@@ -118,4 +118,16 @@ func TestVethNames(t *testing.T) {
 	if got := c.vethName(4194304); len(got) > 15 || !strings.HasPrefix(got, "bh") {
 		t.Errorf("uplink-a: %s", got)
 	}
+	// gc recognises our names, and only ours, on an unlabelled veth.
+	for _, iface := range []string{"eth0", "eth7", "uplink-a"} {
+		c.Iface = iface
+		if name := c.vethName(77); !isVethName(name) {
+			t.Errorf("isVethName(%q) = false", name)
+		}
+	}
+	for _, name := range []string{"veth1234", "netnsv0-", "netnsv10-5", "netnsv0-12a", "bhxyz12-5", "bh12345", "eth0", "docker0"} {
+		if isVethName(name) {
+			t.Errorf("isVethName(%q) = true", name)
+		}
+	}
 }

@@ -8,7 +8,9 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
+	"time"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"github.com/vishvananda/netns"
@@ -63,7 +65,18 @@ func Setup(c Config, st specs.State) (res Result, err error) {
 		return res, err
 	}
 	store.Free = c.freeDrained
+	// Until this process exits or closes the store, gc sees the lease
+	// it allocates as a setup in progress (see ipam.Tx.Pending).
+	defer store.Close()
 	tm.step("open store")
+	unlockPorts := func() {}
+	if len(req.ports) > 0 {
+		// Held from the check of the host ports until the lease that
+		// claims them is written: see checkPorts.
+		if unlockPorts, err = lockPorts(c.StateDir); err != nil {
+			return res, err
+		}
+	}
 
 	var undo undoStack
 	defer func() {
@@ -100,6 +113,7 @@ func Setup(c Config, st specs.State) (res Result, err error) {
 		if err := c.checkPorts(tx, st.ID, req.ports); err != nil {
 			return err
 		}
+		failpoint("ports-checked")
 		l, err := c.allocate(tx, ipam.Lease{
 			ID: st.ID, IP: req.ip, PID: st.Pid, NetnsInode: ino,
 			Veth: c.vethName(st.Pid), Iface: c.Iface, Ports: portStrings(req.ports),
@@ -133,9 +147,11 @@ func Setup(c Config, st specs.State) (res Result, err error) {
 		tm.step("publish ports")
 		return nil
 	})
+	unlockPorts()
 	if err != nil || res.Reused {
 		return res, err
 	}
+	failpoint("leased")
 
 	mtu := c.MTU
 	if mtu == 0 {
@@ -195,61 +211,83 @@ func (c Config) allocate(tx *ipam.Tx, want ipam.Lease) (ipam.Lease, error) {
 
 // checkPorts refuses host ports that a live container already publishes,
 // on this network or another; a dead container's claim is reclaimed.
+//
+// The caller holds the ports lock (lockPorts) from this check until the
+// lease that claims ports is written, so two setups cannot both find a
+// port free. That makes reading other networks' stores under their locks
+// safe: the ports lock is always taken first, by one hook at a time, and a
+// hook that holds a store's lock without it never waits for another store.
 func (c Config) checkPorts(tx *ipam.Tx, id string, ports []nat.Port) error {
 	if len(ports) == 0 {
 		return nil
 	}
-	type holder struct {
-		l    ipam.Lease
-		same bool
+	if err := c.releasePorts(tx, id, ports, true); err != nil {
+		return err
 	}
-	var holders []holder
-	mine, _, err := tx.List()
+	others, err := ipam.Stores(c.StateDir)
 	if err != nil {
 		return err
 	}
-	for _, l := range mine {
-		holders = append(holders, holder{l, true})
-	}
-	others, _ := ipam.Stores(c.StateDir)
 	for _, s := range others {
 		if s.Bridge() == c.Bridge && s.Subnet() == c.Subnet {
 			continue
 		}
-		// Another network's lock is not ours to take (two hooks could wait
-		// on each other); its files are replaced atomically, so a read
-		// without it is still a consistent lease.
-		ls, _ := s.Peek()
-		for _, l := range ls {
-			holders = append(holders, holder{l, false})
+		nc := c
+		nc.Bridge, nc.Subnet = s.Bridge(), s.Subnet()
+		nc.ICC, nc.Internal = true, false // of no matter to port rules
+		if err := s.Do(func(tx *ipam.Tx) error { return nc.releasePorts(tx, id, ports, false) }); err != nil {
+			return err
 		}
 	}
-	for _, h := range holders {
-		if h.l.ID == id && h.same {
+	return nil
+}
+
+// releasePorts fails if a live container of tx's network publishes one of
+// ports, and forgets the dead ones that do. An id's own lease on its own
+// network is no clash: it is being set up again.
+func (c Config) releasePorts(tx *ipam.Tx, id string, ports []nat.Port, own bool) error {
+	leases, _, err := tx.List()
+	if err != nil {
+		return err
+	}
+	for _, l := range leases {
+		if l.ID == id && own {
 			continue
 		}
-		for _, s := range h.l.Ports {
+		clash := ""
+		for _, s := range l.Ports {
 			theirs, err := nat.ParsePorts(s)
 			if err != nil {
 				continue
 			}
 			for _, p := range ports {
-				if !p.Overlaps(theirs[0]) {
-					continue
-				}
-				if alive(h.l) {
-					return inputErr("host port %s is already published by container %s (%s on %s); choose another host port",
-						p, h.l.ID, h.l.IP, h.l.Veth)
-				}
-				if h.same {
-					if err := c.forget(tx, h.l); err != nil {
-						return err
-					}
+				if p.Overlaps(theirs[0]) && clash == "" {
+					clash = p.String()
 				}
 			}
 		}
+		if clash == "" {
+			continue
+		}
+		if alive(l) {
+			return inputErr("host port %s is already published by container %s (%s on %s); choose another host port",
+				clash, l.ID, l.IP, l.Veth)
+		}
+		if err := c.forget(tx, l); err != nil {
+			return err
+		}
 	}
 	return nil
+}
+
+// lockPorts serialises the claims of host ports across every network
+// under stateDir.
+func lockPorts(stateDir string) (unlock func(), err error) {
+	lock := flock.New(filepath.Join(stateDir, "ports.lock"))
+	if err := lock.Lock(); err != nil {
+		return nil, fmt.Errorf("lock host ports: %w", err)
+	}
+	return func() { lock.Unlock() }, nil
 }
 
 // forget undoes a lease's setup from what the lease records: the veth, the
@@ -580,4 +618,28 @@ func Repair(c Config) error {
 		}
 		return tx.SetNetwork(c.record(br))
 	})
+}
+
+// failpoint stops the hook at the point called name when the environment
+// asks for it, so that tests can hit a moment exactly:
+// BRIDGEHOOK_FAILPOINT=name parks the hook there (it says so on stderr
+// and waits to be killed, as by a runtime's timeout or the OOM killer);
+// BRIDGEHOOK_FAILPOINT=name:DURATION pauses it there, widening a race.
+func failpoint(name string) {
+	fp := os.Getenv("BRIDGEHOOK_FAILPOINT")
+	if fp == "" {
+		return
+	}
+	at, pause, _ := strings.Cut(fp, ":")
+	if at != name {
+		return
+	}
+	if d, err := time.ParseDuration(pause); err == nil {
+		time.Sleep(d)
+		return
+	}
+	fmt.Fprintf(os.Stderr, "bridgehook: failpoint %s\n", name)
+	for {
+		time.Sleep(time.Hour)
+	}
 }

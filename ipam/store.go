@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/gofrs/flock"
+	"golang.org/x/sys/unix"
 )
 
 // ErrExhausted is returned by Allocate when every usable address is leased.
@@ -49,6 +50,10 @@ type Store struct {
 	bridge string
 	subnet netip.Prefix
 	lock   *flock.Flock
+
+	// held are the lease files this process allocated and still holds a
+	// lock on (see Pending), until Close.
+	held map[netip.Addr]*os.File
 
 	// Free is asked, when Allocate meets an address that is draining
 	// (see Drain), to make the address usable again: true if it did. Nil
@@ -158,6 +163,24 @@ func (s *Store) Destroy() error {
 	return nil
 }
 
+// Close lets go of the leases this process allocated: from then on, a
+// lease whose container has no interface may be reclaimed (see Pending).
+// The kernel does the same when the process dies.
+func (s *Store) Close() {
+	for _, f := range s.held {
+		f.Close()
+	}
+	s.held = nil
+}
+
+// letGo closes the lease file of ip if this process holds it.
+func (s *Store) letGo(ip netip.Addr) {
+	if f, ok := s.held[ip]; ok {
+		f.Close()
+		delete(s.held, ip)
+	}
+}
+
 // Bridge is the bridge of the store's network.
 func (s *Store) Bridge() string { return s.bridge }
 
@@ -182,6 +205,9 @@ func (s *Store) Do(fn func(*Tx) error) error {
 
 // Tx is the store as seen while its lock is held.
 type Tx struct{ s *Store }
+
+// Dir is the directory of the store tx holds.
+func (t *Tx) Dir() string { return t.s.dir }
 
 func (t *Tx) leasePath(ip netip.Addr) string { return filepath.Join(t.s.dir, "leases", ip.String()) }
 
@@ -281,14 +307,37 @@ func (t *Tx) write(l Lease) error {
 	if err != nil {
 		return err
 	}
-	if err := writeAtomic(t.leasePath(l.IP), b); err != nil {
+	f, err := writeAtomic(t.leasePath(l.IP), b, true)
+	if err != nil {
 		return fmt.Errorf("write lease %s in %s: %w (is --state-dir writable, with space left?)", l.IP, t.s.dir, err)
 	}
 	if err := symlinkAtomic(l.IP.String(), t.idPath(l.ID)); err != nil {
+		f.Close()
 		os.Remove(t.leasePath(l.IP))
 		return fmt.Errorf("write lease index %s: %w", l.IP, err)
 	}
+	if t.s.held == nil {
+		t.s.held = map[netip.Addr]*os.File{}
+	}
+	t.s.letGo(l.IP)
+	t.s.held[l.IP] = f
 	return nil
+}
+
+// Pending reports whether the process that allocated lease l still runs
+// and has not closed its store: its setup may be between the lease and the
+// container's interface, so a lease without an interface is not yet a
+// lease to reclaim. The allocating process holds a lock on the lease file
+// from before the file appears until it closes the store or dies, so the
+// answer needs no pid, which could be reused.
+func (t *Tx) Pending(l Lease) bool {
+	f, err := os.Open(t.leasePath(l.IP))
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	err = unix.Flock(int(f.Fd()), unix.LOCK_SH|unix.LOCK_NB)
+	return errors.Is(err, unix.EWOULDBLOCK)
 }
 
 // Release frees the lease of container id and returns it. An unknown id is
@@ -311,6 +360,7 @@ func (t *Tx) Release(id string) (Lease, bool, error) {
 // address is handed out again once Store.Free says the veth is gone (or
 // Settle is called), so it never sits on two interfaces at once.
 func (t *Tx) Drain(l Lease) error {
+	t.s.letGo(l.IP)
 	if err := os.Rename(t.leasePath(l.IP), t.drainPath(l.IP)); err != nil {
 		return fmt.Errorf("release %s: %w", l.IP, err)
 	}
@@ -370,6 +420,7 @@ func (t *Tx) free(ip netip.Addr) bool {
 func (t *Tx) Remove(l Lease) error { return t.remove(l) }
 
 func (t *Tx) remove(l Lease) error {
+	t.s.letGo(l.IP)
 	if err := os.Remove(t.leasePath(l.IP)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("release %s: %w", l.IP, err)
 	}
@@ -417,7 +468,7 @@ func (t *Tx) SetNetwork(n Network) error {
 	if err != nil {
 		return err
 	}
-	if err := writeAtomic(filepath.Join(t.s.dir, "network.json"), b); err != nil {
+	if _, err := writeAtomic(filepath.Join(t.s.dir, "network.json"), b, false); err != nil {
 		return fmt.Errorf("write network record: %w", err)
 	}
 	return nil
@@ -608,24 +659,36 @@ func symlinkAtomic(target, path string) error {
 
 // writeAtomic replaces path with data so that a reader, or the next hook
 // after a crash, sees either the old file or the new one, never a torn one.
-func writeAtomic(path string, data []byte) (err error) {
+// With hold, the file is returned open and exclusively flocked, the lock
+// taken before the file appears under its name; else it is closed.
+//
+// There is no fsync. Rename is atomic against a killed process: the data
+// is in the page cache, whoever dies. An fsync would only guard against a
+// power loss or a kernel crash, after which the store is gone anyway (it
+// lives under /run, cleared at boot) and so are the containers it
+// describes. It cost about 0.8 ms per allocation on an ext4 /run.
+func writeAtomic(path string, data []byte, hold bool) (*os.File, error) {
 	f, err := os.CreateTemp(filepath.Dir(path), ".tmp-") // mode 0600
 	if err != nil {
-		return err
+		return nil, err
 	}
-	defer func() {
-		if err != nil {
-			os.Remove(f.Name())
+	if _, err = f.Write(data); err == nil && hold {
+		err = unix.Flock(int(f.Fd()), unix.LOCK_EX)
+	}
+	if err == nil {
+		err = os.Rename(f.Name(), path)
+	}
+	if err != nil || !hold {
+		if cerr := f.Close(); err == nil {
+			err = cerr
 		}
-	}()
-	if _, err = f.Write(data); err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
 	}
 	if err != nil {
-		return err
+		os.Remove(f.Name())
+		return nil, err
 	}
-	return os.Rename(f.Name(), path)
+	if hold {
+		return f, nil
+	}
+	return nil, nil
 }

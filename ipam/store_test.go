@@ -410,3 +410,58 @@ func TestPruneIndexRewritesMissingEntries(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A lease is pending while the process that allocated it holds its store
+// open, and no longer once it lets go, releases it, or dies (the kernel
+// drops the lock then, as Close does).
+func TestPendingUntilTheAllocatorLetsGo(t *testing.T) {
+	dir := t.TempDir()
+	setup := open(t, dir, "10.1.0.0/24")
+	other := open(t, dir, "10.1.0.0/24") // gc, in another process
+	pending := func(id string) bool {
+		t.Helper()
+		var p bool
+		err := other.Do(func(tx *Tx) error {
+			l, ok, err := tx.Lookup(id)
+			if !ok || err != nil {
+				t.Fatalf("lookup %s: %v %v", id, ok, err)
+			}
+			p = tx.Pending(l)
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	alloc(t, setup, "a")
+	alloc(t, setup, "b")
+	if !pending("a") || !pending("b") {
+		t.Fatal("leases of a store still open are not pending")
+	}
+	release(t, setup, "b")
+	alloc(t, setup, "b") // a new lease of b: held again
+	if !pending("b") {
+		t.Error("a lease allocated again is not pending")
+	}
+	setup.Close()
+	if pending("a") || pending("b") {
+		t.Error("leases still pending after Close")
+	}
+	if len(setup.held) != 0 {
+		t.Errorf("%d lease files still open", len(setup.held))
+	}
+}
+
+// Releasing lets go of the lease file: a long-lived process that
+// allocates and releases does not pile up open files.
+func TestReleaseClosesTheHeldFile(t *testing.T) {
+	s := open(t, t.TempDir(), "10.1.0.0/24")
+	for i := range 50 {
+		alloc(t, s, fmt.Sprint("c", i))
+		release(t, s, fmt.Sprint("c", i))
+	}
+	if len(s.held) != 0 {
+		t.Errorf("%d lease files open after releasing every lease", len(s.held))
+	}
+}

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 )
 
@@ -127,10 +128,7 @@ const maxPorts = 1024
 // of it; a range mapped to the same ports needs one rule.
 func (n Network) PortRules(p Published) ([]Rule, error) {
 	var rules []Rule
-	who := p.ID
-	if len(who) > 64 {
-		who = who[:64] + "..."
-	}
+	who := Label(p.ID)
 	for _, port := range p.Ports {
 		spec := []string{}
 		if port.HostIP.IsValid() {
@@ -158,6 +156,102 @@ func (n Network) PortRules(p Published) ([]Rule, error) {
 		return nil, fmt.Errorf("%d port rules for one container; at most %d", len(rules), maxPorts)
 	}
 	return rules, nil
+}
+
+// Label is how a port rule's comment names container id: ids may be 1024
+// bytes, comments 256.
+func Label(id string) string {
+	if len(id) > 64 {
+		return id[:64] + "..."
+	}
+	return id
+}
+
+// Published returns the published ports that network n's rules hold, an
+// entry per container address, its ID the Label the rules carry: how gc
+// finds the ports of a lease the store lost, and the rules no lease
+// accounts for.
+func (f *Firewall) Published(n Network) ([]Published, error) {
+	saved, err := f.r.Save()
+	if err != nil {
+		return nil, fmt.Errorf("read firewall: %w", err)
+	}
+	return publishedIn(n, saved), nil
+}
+
+// publishedIn reads the port rules of n out of iptables-save output.
+func publishedIn(n Network, saved string) []Published {
+	prefix := "bridgehook " + n.Bridge + ": "
+	var pubs []Published
+	index := map[netip.Addr]int{}
+	for _, line := range strings.Split(saved, "\n") {
+		if !strings.HasPrefix(line, "-A "+n.dnatChain()+" ") {
+			continue
+		}
+		f := unquote(line)
+		var comment, to string
+		for i := 0; i+1 < len(f); i++ {
+			switch f[i] {
+			case "--comment":
+				comment = f[i+1]
+			case "--to-destination":
+				to = f[i+1]
+			}
+		}
+		who, port, ok := strings.Cut(strings.TrimPrefix(comment, prefix), " ")
+		ports, err := ParsePorts(port)
+		if !ok || err != nil {
+			continue
+		}
+		ip, err := netip.ParseAddr(to)
+		if ap, aerr := netip.ParseAddrPort(to); aerr == nil {
+			ip, err = ap.Addr(), nil
+		}
+		if err != nil {
+			continue
+		}
+		i, seen := index[ip]
+		if !seen {
+			i = len(pubs)
+			index[ip] = i
+			pubs = append(pubs, Published{ID: who, IP: ip})
+		}
+		// A remapped range has a rule per port, each naming the range.
+		if !slices.Contains(pubs[i].Ports, ports[0]) {
+			pubs[i].Ports = append(pubs[i].Ports, ports[0])
+		}
+	}
+	return pubs
+}
+
+// unquote splits an iptables-save line into words, as quote wrote them.
+func unquote(line string) []string {
+	var words []string
+	var w strings.Builder
+	quoted, inWord := false, false
+	for i := 0; i < len(line); i++ {
+		c := line[i]
+		switch {
+		case c == '\\' && quoted && i+1 < len(line) && line[i+1] == '"':
+			w.WriteByte('"')
+			i++
+		case c == '"':
+			quoted, inWord = !quoted, true
+		case c == ' ' && !quoted:
+			if inWord {
+				words = append(words, w.String())
+				w.Reset()
+				inWord = false
+			}
+		default:
+			w.WriteByte(c)
+			inWord = true
+		}
+	}
+	if inWord {
+		words = append(words, w.String())
+	}
+	return words
 }
 
 func colonRange(a, b uint16) string {

@@ -1,6 +1,7 @@
 package nat
 
 import (
+	"fmt"
 	"net/netip"
 	"strings"
 	"testing"
@@ -107,4 +108,64 @@ func TestQuote(t *testing.T) {
 	if want := `-m comment --comment "say \"hi\" there"`; got != want {
 		t.Errorf("got %s, want %s", got, want)
 	}
+}
+
+// gc reads published ports back from the rules: what PortRules wrote,
+// through iptables-save's quoting, comes back per container address.
+func TestPublishedReadsBackPortRules(t *testing.T) {
+	long := strings.Repeat("x", 100)
+	in := []Published{
+		{ID: "web", IP: netip.MustParseAddr("172.19.0.2"), Ports: mustPorts(t, "8080:80, 127.0.0.1:5353:53/udp")},
+		{ID: long, IP: netip.MustParseAddr("172.19.0.3"), Ports: mustPorts(t, "9000-9002:7000-7002, 6000-6001:6000-6001")},
+	}
+	f := &fake{}
+	fw := New(f)
+	if err := fw.Install(testNet, in); err != nil {
+		t.Fatal(err)
+	}
+	// Another network's rules are not this one's.
+	if err := fw.Install(Network{Bridge: "br1", Subnet: netip.MustParsePrefix("10.1.0.0/24")},
+		[]Published{{ID: "other", IP: netip.MustParseAddr("10.1.0.2"), Ports: mustPorts(t, "7070:70")}}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := fw.Published(testNet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 {
+		t.Fatalf("got %+v, want 2 containers", got)
+	}
+	want := []Published{{ID: "web", IP: in[0].IP, Ports: in[0].Ports}, {ID: Label(long), IP: in[1].IP, Ports: in[1].Ports}}
+	for i := range want {
+		if got[i].ID != want[i].ID || got[i].IP != want[i].IP || fmt.Sprint(got[i].Ports) != fmt.Sprint(want[i].Ports) {
+			t.Errorf("container %d: got %+v, want %+v", i, got[i], want[i])
+		}
+	}
+	if Label(long) != long[:64]+"..." || Label("web") != "web" {
+		t.Errorf("Label: %q", Label(long))
+	}
+}
+
+func TestUnquote(t *testing.T) {
+	for in, want := range map[string][]string{
+		`-A X -m comment --comment "bridgehook a: b 1:2/tcp" -j DNAT`: {"-A", "X", "-m", "comment", "--comment", "bridgehook a: b 1:2/tcp", "-j", "DNAT"},
+		`a "say \"hi\"" b`: {"a", `say "hi"`, "b"},
+		`  a   b `:         {"a", "b"},
+	} {
+		if got := unquote(in); fmt.Sprint(got) != fmt.Sprint(want) || len(got) != len(want) {
+			t.Errorf("unquote(%q) = %q, want %q", in, got, want)
+		}
+		if got := unquote(quote(want)); fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Errorf("unquote(quote(%q)) = %q", want, got)
+		}
+	}
+}
+
+func mustPorts(t *testing.T, s string) []Port {
+	t.Helper()
+	p, err := ParsePorts(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
 }
