@@ -9,7 +9,7 @@ GO ?= go
 # `ip netns`, util-linux for nsenter/unshare, and podman for the hooks.d test.
 DEBS := runc crun iptables busybox-static iproute2 util-linux podman
 
-.PHONY: build test lint demo bench fuzz stress deps clean
+.PHONY: build test lint demo bench fuzz stress flaky deps clean
 
 # Static: a dynamically linked binary spends ~3 ms in the loader on every
 # container start.
@@ -49,6 +49,11 @@ fuzz:
 # The long versions of the concurrency and crash tests.
 stress:
 	BRIDGEHOOK_STRESS=1 $(GO) test -count=1 -timeout 60m -run 'Concurrent|Killed' -v .
+
+# The privileged suite FLAKY_RUNS (10) times in a row while the stress
+# tests load the machine beside it: a test that fails once is a failing test.
+flaky: deps
+	bash .ci/flaky
 
 # Installs the Debian packages above that are missing.
 deps:

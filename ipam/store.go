@@ -51,8 +51,10 @@ type Store struct {
 	subnet netip.Prefix
 	lock   *flock.Flock
 
-	// held are the lease files this process allocated and still holds a
-	// lock on (see Pending), until Close.
+	// held is the lease file this process allocated last and still holds
+	// a lock on (see Pending), until Close. A hook allocates one lease;
+	// holding only the last keeps a process that allocates many (gc) to
+	// one open file.
 	held map[netip.Addr]*os.File
 
 	// Free is asked, when Allocate meets an address that is draining
@@ -316,11 +318,8 @@ func (t *Tx) write(l Lease) error {
 		os.Remove(t.leasePath(l.IP))
 		return fmt.Errorf("write lease index %s: %w", l.IP, err)
 	}
-	if t.s.held == nil {
-		t.s.held = map[netip.Addr]*os.File{}
-	}
-	t.s.letGo(l.IP)
-	t.s.held[l.IP] = f
+	t.s.Close()
+	t.s.held = map[netip.Addr]*os.File{l.IP: f}
 	return nil
 }
 
