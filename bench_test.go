@@ -247,7 +247,7 @@ func leaseBench(t *testing.T, held, runs int) (alloc, rel figures) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	err = st.Do(func(tx *ipam.Tx) error {
+	err = st.Do(func(tx ipam.Tx) error {
 		for i := range held {
 			if _, err := tx.Allocate(ipam.Lease{ID: fmt.Sprint("held", i)}); err != nil {
 				return err
@@ -261,13 +261,13 @@ func leaseBench(t *testing.T, held, runs int) (alloc, rel figures) {
 	for i := range runs {
 		id := fmt.Sprint("b", i)
 		start := time.Now()
-		err := st.Do(func(tx *ipam.Tx) error { _, err := tx.Allocate(ipam.Lease{ID: id}); return err })
+		err := st.Do(func(tx ipam.Tx) error { _, err := tx.Allocate(ipam.Lease{ID: id}); return err })
 		alloc = append(alloc, time.Since(start))
 		if err != nil {
 			t.Fatal(err)
 		}
 		start = time.Now()
-		err = st.Do(func(tx *ipam.Tx) error { _, _, err := tx.Release(id); return err })
+		err = st.Do(func(tx ipam.Tx) error { _, _, err := tx.Release(id); return err })
 		rel = append(rel, time.Since(start))
 		if err != nil {
 			t.Fatal(err)

@@ -45,7 +45,7 @@ func TestDemo(t *testing.T) {
 	say("The firewall rules bridgehook installed (in our own chains):")
 	show(strings.Join(sb.rules(), "\n") + "\n")
 	say("bridgehook ls")
-	ls, _, _ := sb.out("ls")
+	ls, _, _ := sb.run("", "ls")
 	show(ls)
 	for _, id := range []string{"a", "b"} {
 		runc.run(t, "delete", "-f", id)

@@ -6,13 +6,10 @@ package main
 
 import (
 	"bufio"
-	"context"
 	"errors"
 	"fmt"
 	"net/netip"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -21,8 +18,6 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
-
-	"github.com/bridgehook/bridgehook/ipam"
 )
 
 func portsState(id string, pid int, ports string) string {
@@ -50,21 +45,23 @@ func TestPortClaimsAcrossNetworksAreExact(t *testing.T) {
 	var wg sync.WaitGroup
 	for i := range n {
 		wg.Go(func() {
-			// A deadlock would show as hooks that never end.
-			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-			defer cancel()
-			args := append(append([]string{"--net=" + sb.path, binary}, sb.flags...), network(i)...)
-			c := exec.CommandContext(ctx, "nsenter", args...)
+			c := sb.bridgehook(portsState(fmt.Sprint("c", i), pids[i], "8080:80"), network(i)...)
 			// Widen the moment between the check of the ports and the
 			// lease that claims them, where two setups could both win.
 			c.Env = append(os.Environ(), "BRIDGEHOOK_FAILPOINT=ports-checked:20ms")
-			c.Stdin = strings.NewReader(portsState(fmt.Sprint("c", i), pids[i], "8080:80"))
 			var stderr strings.Builder
 			c.Stderr = &stderr
-			c.Run()
-			if ctx.Err() != nil {
-				t.Errorf("hook %d did not finish in 60 s: deadlock?", i)
+			if err := c.Start(); err != nil {
+				t.Error(err)
+				return
 			}
+			// A deadlock would show as hooks that never end.
+			deadlock := time.AfterFunc(60*time.Second, func() {
+				t.Errorf("hook %d did not finish in 60 s: deadlock?", i)
+				c.Process.Kill()
+			})
+			c.Wait()
+			deadlock.Stop()
 			outcomes[i] = outcome{c.ProcessState.ExitCode(), stderr.String()}
 		})
 	}
@@ -126,7 +123,7 @@ func TestGCDuringConcurrentSetups(t *testing.T) {
 				return
 			default:
 			}
-			if stdout, stderr, code := sb.out("gc"); code != 0 {
+			if stdout, stderr, code := sb.run("", "gc"); code != 0 {
 				t.Errorf("gc: exit %d %s %s", code, stdout, stderr)
 				return
 			}
@@ -172,9 +169,8 @@ func TestSetupKilledBetweenLeaseAndVeth(t *testing.T) {
 	sb := newSandbox(t)
 	sb.mustHook(setupState("first", sb.container()))
 	pid := sb.container()
-	c := sb.cmd(append([]string{binary}, sb.flags...)...)
+	c := sb.bridgehook(portsState("c1", pid, "8080:80"))
 	c.Env = append(os.Environ(), "BRIDGEHOOK_FAILPOINT=leased")
-	c.Stdin = strings.NewReader(portsState("c1", pid, "8080:80"))
 	stderr, err := c.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -205,7 +201,7 @@ func TestSetupKilledBetweenLeaseAndVeth(t *testing.T) {
 	}
 
 	// The setup is still going: gc leaves its lease alone.
-	if stdout, stderr, code := sb.out("gc"); code != 0 || strings.Contains(stdout, "c1") {
+	if stdout, stderr, code := sb.run("", "gc"); code != 0 || strings.Contains(stdout, "c1") {
 		t.Fatalf("gc during the setup: exit %d %q %q", code, stdout, stderr)
 	}
 	l, ok := sb.lease("c1", "172.19.0.0/16")
@@ -215,7 +211,7 @@ func TestSetupKilledBetweenLeaseAndVeth(t *testing.T) {
 
 	c.Process.Signal(syscall.SIGKILL)
 	c.Wait()
-	stdout, stderr2, code := sb.out("gc")
+	stdout, stderr2, code := sb.run("", "gc")
 	want := fmt.Sprintf("reclaimed %s from c1 (its setup died before pid %d got its veth)", l.IP, pid)
 	if code != 0 || !strings.Contains(stdout, want) {
 		t.Fatalf("gc after the kill: exit %d %q %q, want %q", code, stdout, stderr2, want)
@@ -246,15 +242,16 @@ func TestGCRemovesRulesOfLostLeases(t *testing.T) {
 	a, b := sb.container(), sb.container()
 	sb.mustHook(portsState("a", a, "8080:80, 9000:9000/udp"))
 	sb.mustHook(portsState("b", b, "8081:80"))
-	leases := filepath.Join(ipam.Path(sb.stateDir, "netns0", mustPrefix("172.19.0.0/16")), "leases")
+	st := sb.store("netns0", "172.19.0.0/16")
+	defer st.Close()
 	for _, ip := range []string{"172.19.0.2", "172.19.0.3"} {
-		if err := os.Remove(filepath.Join(leases, ip)); err != nil {
+		if err := st.DamageLease(netip.MustParseAddr(ip), nil); err != nil {
 			t.Fatal(err)
 		}
 	}
 	kill(t, a)
 
-	stdout, stderr, code := sb.out("gc")
+	stdout, stderr, code := sb.run("", "gc")
 	if code != 0 {
 		t.Fatalf("gc: exit %d %s %s", code, stdout, stderr)
 	}
@@ -281,7 +278,7 @@ func TestGCRemovesRulesOfLostLeases(t *testing.T) {
 	if v := sb.veths(); len(v) != 1 || v[0] != fmt.Sprint("netnsv0-", b) {
 		t.Errorf("veths after gc: %v", v)
 	}
-	if stdout, _, _ := sb.out("gc"); strings.TrimSpace(stdout) != "nothing to do" {
+	if stdout, _, _ := sb.run("", "gc"); strings.TrimSpace(stdout) != "nothing to do" {
 		t.Errorf("second gc: %q", stdout)
 	}
 }

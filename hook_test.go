@@ -3,7 +3,6 @@ package main
 import (
 	"fmt"
 	"net"
-	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -186,12 +185,9 @@ func TestBadInputLeavesNothingBehind(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			out, err := sb.hook(tt.state, tt.args...)
-			if err == nil {
-				t.Fatalf("exit 0, want a failure; stderr: %s", out)
-			}
-			if code := err.(*exec.ExitError).ExitCode(); code != 2 {
-				t.Errorf("exit %d, want 2 for bad input", code)
+			_, out, code := sb.run(tt.state, tt.args...)
+			if code != 2 {
+				t.Errorf("exit %d, want 2 for bad input; stderr: %s", code, out)
 			}
 			if !strings.Contains(out, tt.want) || strings.Count(out, "\n") != 1 || !strings.HasPrefix(out, "bridgehook: ") {
 				t.Errorf("stderr %q, want one line containing %q", out, tt.want)
@@ -311,20 +307,6 @@ func TestRepairAfterFirewallFlush(t *testing.T) {
 	if got := sb.rules(); !slices.Equal(sorted(got), sorted(wantRules)) {
 		t.Errorf("after repair, rules:\n%s", strings.Join(got, "\n"))
 	}
-}
-
-// draining lists the addresses teardown set aside until their veths go.
-func (s *sandbox) draining(subnet string) []ipam.Lease {
-	s.t.Helper()
-	st, err := ipam.Open(s.stateDir, "netns0", netip.MustParsePrefix(subnet))
-	if err != nil {
-		s.t.Fatal(err)
-	}
-	var ls []ipam.Lease
-	if err := st.Do(func(tx *ipam.Tx) (err error) { ls, err = tx.Draining(); return err }); err != nil {
-		s.t.Fatal(err)
-	}
-	return ls
 }
 
 // lifetime sets container id (process pid) up, ends the process as a

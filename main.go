@@ -150,6 +150,7 @@ func init() {
 // and the logs.
 type env struct {
 	cfg    hook.Config
+	debug  *slog.Logger // --debug: step timings
 	cmd    string
 	json   bool // ls --json
 	all    bool // ls, gc --all
@@ -232,7 +233,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	e.log, closeLog = newLogs(logFile, stderr)
 	defer closeLog()
 	if debug {
-		e.cfg.Debug = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+		e.debug = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
 	err := func() error {
 		p, err := hook.ParseSubnet(subnet)
@@ -305,10 +306,10 @@ func runHook(e *env, args []string) error {
 	var res hook.Result
 	if action == hook.ActionSetup {
 		e.cmd = "setup"
-		res, err = hook.Setup(e.cfg, st)
+		res, err = hook.Setup(e.cfg, st, e.debug)
 	} else {
 		e.cmd = "teardown"
-		res, err = hook.Teardown(e.cfg, st.ID)
+		res, err = hook.Teardown(e.cfg, st.ID, e.debug)
 	}
 	if err != nil {
 		return fmt.Errorf("%s %s: %w", e.cmd, st.ID, err)

@@ -1,11 +1,9 @@
 package main
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
-	"os"
-	"path/filepath"
+	"net/netip"
 	"slices"
 	"strings"
 	"syscall"
@@ -15,23 +13,10 @@ import (
 	"github.com/bridgehook/bridgehook/ipam"
 )
 
-// out runs the binary in the sandbox and returns stdout, stderr, exit code.
-func (s *sandbox) out(args ...string) (string, string, int) {
-	c := s.cmd(append(append([]string{binary}, s.flags...), args...)...)
-	var stdout, stderr bytes.Buffer
-	c.Stdout, c.Stderr = &stdout, &stderr
-	err := c.Run()
-	code := 0
-	if err != nil {
-		code = c.ProcessState.ExitCode()
-	}
-	return stdout.String(), stderr.String(), code
-}
-
-func (s *sandbox) ls() []hook.Network {
+func (s *sandbox) ls() []hook.NetworkView {
 	s.t.Helper()
-	stdout, stderr, code := s.out("ls", "--json")
-	var nets []hook.Network
+	stdout, stderr, code := s.run("", "ls", "--json")
+	var nets []hook.NetworkView
 	if code != 0 || json.Unmarshal([]byte(stdout), &nets) != nil {
 		s.t.Fatalf("ls --json: exit %d %s %s", code, stdout, stderr)
 	}
@@ -59,19 +44,19 @@ func TestLsAndInspect(t *testing.T) {
 		eps[0].Veth != fmt.Sprint("netnsv0-", a) || eps[0].MAC != "0a:58:ac:13:00:02" || eps[1].ID != "b" {
 		t.Errorf("endpoints: %+v", eps)
 	}
-	table, _, _ := sb.out("ls")
+	table, _, _ := sb.run("", "ls")
 	for _, want := range []string{"IP", "CONTAINER", "STATUS", "172.19.0.2", "172.19.0.3", "running"} {
 		if !strings.Contains(table, want) {
 			t.Errorf("ls table lacks %q:\n%s", want, table)
 		}
 	}
 
-	stdout, _, code := sb.out("inspect", "b")
+	stdout, _, code := sb.run("", "inspect", "b")
 	var ep hook.Endpoint
 	if code != 0 || json.Unmarshal([]byte(stdout), &ep) != nil || ep.IP != "172.19.0.3" || ep.PID != b {
 		t.Errorf("inspect b: exit %d %s", code, stdout)
 	}
-	if _, stderr, code := sb.out("inspect", "nope"); code != 2 || !strings.Contains(stderr, `no endpoint for container "nope"`) {
+	if _, stderr, code := sb.run("", "inspect", "nope"); code != 2 || !strings.Contains(stderr, `no endpoint for container "nope"`) {
 		t.Errorf("inspect nope: exit %d %q", code, stderr)
 	}
 
@@ -90,7 +75,7 @@ func TestGCFreesWhatDeadContainersHeld(t *testing.T) {
 	}
 	kill(t, pids[2]) // dies without a poststop
 
-	stdout, stderr, code := sb.out("gc")
+	stdout, stderr, code := sb.run("", "gc")
 	if code != 0 || !strings.Contains(stdout, "reclaimed 10.99.0.4 from c2") {
 		t.Fatalf("gc: exit %d %q %q", code, stdout, stderr)
 	}
@@ -110,7 +95,7 @@ func TestGCFreesWhatDeadContainersHeld(t *testing.T) {
 	if l, _ := sb.lease("new", "10.99.0.0/29"); l.IP.String() != "10.99.0.4" {
 		t.Errorf("new container got %s, want the freed 10.99.0.4", l.IP)
 	}
-	if stdout, _, _ := sb.out("gc"); strings.TrimSpace(stdout) != "nothing to do" {
+	if stdout, _, _ := sb.run("", "gc"); strings.TrimSpace(stdout) != "nothing to do" {
 		t.Errorf("second gc: %q", stdout)
 	}
 }
@@ -136,13 +121,19 @@ func TestGCRebuildsACorruptStore(t *testing.T) {
 		pids[i] = sb.container()
 		sb.mustHook(setupState(fmt.Sprint("c", i), pids[i]))
 	}
-	leases := filepath.Join(ipam.Path(sb.stateDir, "netns0", mustPrefix("10.99.0.0/28")), "leases")
-	os.WriteFile(filepath.Join(leases, "10.99.0.2"), []byte("\x00garbage"), 0o600) // c0
-	os.WriteFile(filepath.Join(leases, "10.99.0.3"), nil, 0o600)                   // c1, truncated
-	// The store loses c2's lease altogether.
-	os.Remove(filepath.Join(leases, "10.99.0.4"))
+	st := sb.store("netns0", "10.99.0.0/28")
+	defer st.Close()
+	for ip, data := range map[string][]byte{
+		"10.99.0.2": []byte("\x00garbage"), // c0
+		"10.99.0.3": {},                    // c1, truncated
+		"10.99.0.4": nil,                   // c2: the store loses it altogether
+	} {
+		if err := st.DamageLease(netip.MustParseAddr(ip), data); err != nil {
+			t.Fatal(err)
+		}
+	}
 
-	if _, stderr, code := sb.out("inspect", "c0"); code == 0 || !strings.Contains(stderr, "bridgehook gc") {
+	if _, stderr, code := sb.run("", "inspect", "c0"); code == 0 || !strings.Contains(stderr, "bridgehook gc") {
 		t.Errorf("inspect of a corrupt lease: exit %d %q", code, stderr)
 	}
 	// Until gc runs, setups steer clear of the unreadable leases.
@@ -155,7 +146,7 @@ func TestGCRebuildsACorruptStore(t *testing.T) {
 		}
 	}
 
-	stdout, stderr, code := sb.out("gc")
+	stdout, stderr, code := sb.run("", "gc")
 	if code != 0 {
 		t.Fatalf("gc: exit %d %s %s", code, stdout, stderr)
 	}
@@ -182,18 +173,18 @@ func TestNetworkRm(t *testing.T) {
 	sb := newSandbox(t)
 	pid := sb.container()
 	sb.mustHook(setupState("busy", pid))
-	if _, stderr, code := sb.out("network", "rm"); code != 2 || !strings.Contains(stderr, "busy (172.19.0.2") {
+	if _, stderr, code := sb.run("", "network", "rm"); code != 2 || !strings.Contains(stderr, "busy (172.19.0.2") {
 		t.Fatalf("network rm with a live lease: exit %d %q", code, stderr)
 	}
 	if _, err := sb.nl.LinkByName("netns0"); err != nil {
 		t.Fatal("refused network rm removed the bridge")
 	}
 	sb.mustHook(stopState("busy"))
-	if stdout, stderr, code := sb.out("network", "rm"); code != 0 {
+	if stdout, stderr, code := sb.run("", "network", "rm"); code != 0 {
 		t.Fatalf("network rm: exit %d %s %s", code, stdout, stderr)
 	}
-	if _, err := os.Stat(ipam.Path(sb.stateDir, "netns0", mustPrefix("172.19.0.0/16"))); !os.IsNotExist(err) {
-		t.Errorf("store left: %v", err)
+	if ipam.Exists(sb.stateDir, "netns0", mustPrefix("172.19.0.0/16")) {
+		t.Error("store left")
 	}
 	sb.assertEmpty()
 }

@@ -147,14 +147,38 @@ func (s *sandbox) cmd(args ...string) *exec.Cmd {
 	return exec.Command("nsenter", append([]string{"--net=" + s.path}, args...)...)
 }
 
-// hook runs the bridgehook binary in the sandbox with state on stdin.
-func (s *sandbox) hook(state string, args ...string) (stderr string, err error) {
+// bridgehook is the command that runs the binary under test in the
+// sandbox, with the sandbox's flags, then args, and stdin on its stdin:
+// the one way the tests run it.
+func (s *sandbox) bridgehook(stdin string, args ...string) *exec.Cmd {
 	c := s.cmd(append(append([]string{binary}, s.flags...), args...)...)
-	c.Stdin = strings.NewReader(state)
-	var buf bytes.Buffer
-	c.Stderr = &buf
-	err = c.Run()
-	return buf.String(), err
+	c.Stdin = strings.NewReader(stdin)
+	return c
+}
+
+// run runs the binary to its end and returns what it printed and its exit
+// code.
+func (s *sandbox) run(stdin string, args ...string) (stdout, stderr string, code int) {
+	c := s.bridgehook(stdin, args...)
+	var out, errs bytes.Buffer
+	c.Stdout, c.Stderr = &out, &errs
+	if err := c.Run(); err != nil {
+		code = c.ProcessState.ExitCode()
+		if code == 0 { // it did not even start
+			s.t.Fatalf("run bridgehook: %v", err)
+		}
+	}
+	return out.String(), errs.String(), code
+}
+
+// hook runs the binary as a runtime runs a hook, with state on stdin, and
+// returns its stderr, and an error if it failed.
+func (s *sandbox) hook(state string, args ...string) (string, error) {
+	_, stderr, code := s.run(state, args...)
+	if code != 0 {
+		return stderr, fmt.Errorf("exit status %d", code)
+	}
+	return stderr, nil
 }
 
 func (s *sandbox) mustHook(state string, args ...string) {
@@ -218,29 +242,40 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-// store opens the sandbox's lease store of the default network or subnet.
-func (s *sandbox) lease(id, subnet string) (ipam.Lease, bool) {
-	s.t.Helper()
-	st, err := ipam.Open(s.stateDir, "netns0", netip.MustParsePrefix(subnet))
-	if err != nil {
-		s.t.Fatal(err)
-	}
-	var l ipam.Lease
-	var ok bool
-	if err := st.Do(func(tx *ipam.Tx) (err error) { l, ok, err = tx.Lookup(id); return err }); err != nil {
-		s.t.Fatal(err)
-	}
-	return l, ok
-}
-
-func (s *sandbox) leases(bridge, subnet string) []ipam.Lease {
+// store opens the sandbox's lease store of network bridge/subnet: the one
+// way tests read the store, and damage it (ipam.Disk.DamageLease). Close
+// it when done: leases it allocates are pending until then.
+func (s *sandbox) store(bridge, subnet string) *ipam.Disk {
 	s.t.Helper()
 	st, err := ipam.Open(s.stateDir, bridge, netip.MustParsePrefix(subnet))
 	if err != nil {
 		s.t.Fatal(err)
 	}
-	var ls []ipam.Lease
-	err = st.Do(func(tx *ipam.Tx) error {
+	return st
+}
+
+// do runs fn on the store of network bridge/subnet, with its lock held.
+func (s *sandbox) do(bridge, subnet string, fn func(ipam.Tx) error) {
+	s.t.Helper()
+	st := s.store(bridge, subnet)
+	defer st.Close()
+	if err := st.Do(fn); err != nil {
+		s.t.Fatal(err)
+	}
+}
+
+// lease returns container id's lease on the default bridge's subnet.
+func (s *sandbox) lease(id, subnet string) (l ipam.Lease, ok bool) {
+	s.t.Helper()
+	s.do("netns0", subnet, func(tx ipam.Tx) (err error) { l, ok, err = tx.Lookup(id); return err })
+	return l, ok
+}
+
+// leases lists the leases of network bridge/subnet, failing the test if
+// one is unreadable.
+func (s *sandbox) leases(bridge, subnet string) (ls []ipam.Lease) {
+	s.t.Helper()
+	s.do(bridge, subnet, func(tx ipam.Tx) error {
 		var bad []string
 		var err error
 		ls, bad, err = tx.List()
@@ -249,9 +284,13 @@ func (s *sandbox) leases(bridge, subnet string) []ipam.Lease {
 		}
 		return err
 	})
-	if err != nil {
-		s.t.Fatal(err)
-	}
+	return ls
+}
+
+// draining lists the addresses teardown set aside until their veths go.
+func (s *sandbox) draining(subnet string) (ls []ipam.Lease) {
+	s.t.Helper()
+	s.do("netns0", subnet, func(tx ipam.Tx) (err error) { ls, err = tx.Draining(); return err })
 	return ls
 }
 

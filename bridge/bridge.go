@@ -14,6 +14,15 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// ErrNotBridge: a link of the bridge's name exists and is something else.
+var ErrNotBridge = errors.New("not a bridge")
+
+// ErrOverlap: a new bridge's subnet overlaps a route the host has.
+var ErrOverlap = errors.New("subnet overlaps a route")
+
+// ErrOtherAddress: the bridge exists with another network's address.
+var ErrOtherAddress = errors.New("bridge has another address")
+
 // Host is a netlink connection to the network namespace of the thread
 // that opened it, the host's: one socket for all of a hook's calls, where
 // the library's package-level functions open and close one per call.
@@ -60,7 +69,7 @@ func (h *Host) Ensure(name string, gw netip.Prefix, mtu int) (br Bridge, created
 		}
 	}()
 	if link.Type() != "bridge" {
-		return Bridge{}, false, fmt.Errorf("%s exists and is a %s, not a bridge (choose another --bridge)", name, link.Type())
+		return Bridge{}, false, fmt.Errorf("%w: %s exists and is a %s", ErrNotBridge, name, link.Type())
 	}
 	if err := h.ensureAddr(link, gw); err != nil {
 		return Bridge{}, false, err
@@ -132,7 +141,7 @@ func (h *Host) checkOverlap(subnet netip.Prefix) error {
 			if l, err := h.nl.LinkByIndex(r.LinkIndex); err == nil {
 				dev = l.Attrs().Name
 			}
-			return fmt.Errorf("subnet %s overlaps the route to %s on %s; choose another --subnet", subnet, p, dev)
+			return fmt.Errorf("%w: %s overlaps the route to %s on %s", ErrOverlap, subnet, p, dev)
 		}
 	}
 	return nil
@@ -168,8 +177,7 @@ func (h *Host) ensureAddr(link netlink.Link, gw netip.Prefix) error {
 		}
 	}
 	if len(addrs) > 0 {
-		return fmt.Errorf("bridge %s has address %s, not %s (use the bridge's own subnet, or another --bridge)",
-			name, addrs[0].IPNet, want)
+		return fmt.Errorf("%w: %s has %s, not %s", ErrOtherAddress, name, addrs[0].IPNet, want)
 	}
 	if err := h.nl.AddrAdd(link, &netlink.Addr{IPNet: want}); err != nil && !errors.Is(err, unix.EEXIST) {
 		return fmt.Errorf("add %s to bridge %s: %w", want, name, err)
@@ -311,7 +319,7 @@ func configure(ns netns.NsHandle, ep Endpoint) error {
 
 // Present reports whether the container's namespace ns already has iface
 // with address addr: a second setup of the same container is then a no-op.
-func Present(ns netns.NsHandle, iface string, addr netip.Prefix) bool {
+func (h *Host) Present(ns netns.NsHandle, iface string, addr netip.Prefix) bool {
 	c, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
 	if err != nil {
 		return false
@@ -458,7 +466,7 @@ func (h *Host) Unlabelled() ([]string, error) {
 // PeerAddr finds, in the namespace ns, the interface iface that is the
 // other end of the host veth p, and returns its IPv4 address in subnet:
 // how gc recovers a lease the store lost.
-func PeerAddr(ns netns.NsHandle, iface string, p Port, subnet netip.Prefix) (netip.Addr, bool) {
+func (h *Host) PeerAddr(ns netns.NsHandle, iface string, p Port, subnet netip.Prefix) (netip.Addr, bool) {
 	c, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
 	if err != nil {
 		return netip.Addr{}, false

@@ -1,6 +1,11 @@
-// Package hook turns an OCI container state into a wired-up container:
-// it is the only package that knows the runtime-spec, and the only one that
-// orchestrates the lease store (ipam), the bridge and the firewall (nat).
+// Package hook wires containers to networks: it is the only package that
+// orchestrates the lease store (ipam), the bridge (bridge) and the
+// firewall (nat), and the only one that knows the runtime-spec.
+//
+// Config is a network as plain data. Open connects it: a Network holds
+// the store, the netlink connection and the firewall one command shares.
+// Its Setup and Teardown are the steps and their undos; the OCI face
+// (Setup, Teardown of a state) and the CLI's commands sit on top.
 package hook
 
 import (
@@ -12,11 +17,11 @@ import (
 	"strings"
 	"time"
 
-	"github.com/bridgehook/bridgehook/bridge"
 	"github.com/bridgehook/bridgehook/nat"
 )
 
-// Config is one network and how containers join it, from the hook's flags.
+// Config is one network and how containers join it: plain data, from the
+// hook's flags.
 type Config struct {
 	Bridge   string
 	Subnet   netip.Prefix
@@ -35,32 +40,15 @@ type Config struct {
 	// HostDNS, the host's.
 	DNS     []netip.Addr
 	HostDNS bool
-
-	// Firewall runs iptables; nil means the host's.
-	Firewall nat.Runner
-	// Debug, when set, is told how long each step took.
-	Debug *slog.Logger
-
-	host *bridge.Host // from connect
 }
 
-// connect opens the netlink connection that one command's steps share.
-func (c Config) connect() (Config, func(), error) {
-	h, err := bridge.OpenHost()
-	if err != nil {
-		return c, nil, err
-	}
-	c.host = h
-	return c, h.Close, nil
-}
-
-// timer reports the steps of one hook run to Config.Debug.
+// timer reports the steps of one hook run to a debug log.
 type timer struct {
 	log  *slog.Logger
 	last time.Time
 }
 
-func (c Config) timer() *timer { return &timer{log: c.Debug, last: time.Now()} }
+func newTimer(log *slog.Logger) *timer { return &timer{log: log, last: time.Now()} }
 
 // step reports that step just finished.
 func (t *timer) step(step string) {
@@ -145,7 +133,7 @@ func (c Config) gateway() netip.Prefix {
 	return netip.PrefixFrom(c.Subnet.Addr().Next(), c.Subnet.Bits())
 }
 
-func (c Config) network() nat.Network {
+func (c Config) natNetwork() nat.Network {
 	return nat.Network{Bridge: c.Bridge, Subnet: c.Subnet, Isolated: !c.ICC, Internal: c.Internal}
 }
 

@@ -1,11 +1,14 @@
 package hook
 
+// The OCI face: a runtime's container state in, a Request out.
+
 import (
 	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -15,6 +18,43 @@ import (
 	"github.com/bridgehook/bridgehook/nat"
 )
 
+// Setup wires the container of OCI state st into network c.
+func Setup(c Config, st specs.State, debug *slog.Logger) (Result, error) {
+	if err := c.Check(); err != nil {
+		return Result{}, err
+	}
+	if err := CheckID(st.ID); err != nil {
+		return Result{}, err
+	}
+	if err := CheckPID(st); err != nil {
+		return Result{}, err
+	}
+	req, err := c.requestOf(st)
+	if err != nil {
+		return Result{}, err
+	}
+	return connected(c, debug, func(n *Network) (Result, error) { return n.Setup(req) })
+}
+
+// Teardown takes container id off network c.
+func Teardown(c Config, id string, debug *slog.Logger) (Result, error) {
+	if err := CheckID(id); err != nil {
+		return Result{}, err
+	}
+	return connected(c, debug, func(n *Network) (Result, error) { return n.Teardown(id) })
+}
+
+// connected runs fn on network c, opened for it and closed after.
+func connected(c Config, debug *slog.Logger, fn func(*Network) (Result, error)) (Result, error) {
+	n, err := Open(c)
+	if err != nil {
+		return Result{}, err
+	}
+	defer n.Close()
+	n.Debug = debug
+	return fn(n)
+}
+
 // The annotations a container asks with.
 const (
 	// AnnotationPorts publishes ports: [HOST_IP:]HOST_PORT[-END]:CONTAINER_PORT[-END][/PROTO],...
@@ -23,22 +63,15 @@ const (
 	AnnotationIP = "bridgehook.ip"
 )
 
-// request is what one container asks of the network, checked before
-// anything is changed.
-type request struct {
-	ports  []nat.Port
-	ip     netip.Addr // invalid: any
-	rootfs string     // the container's root, for resolv.conf
-}
-
 // maxSpec caps the config.json read for annotations.
 const maxSpec = 16 << 20
 
-// requestOf reads the container's annotations from the state, or from the
+// requestOf reads what the container asks of the network, checked before
+// anything is changed: its annotations from the state, or from the
 // bundle's config.json when the runtime sent none, and its root when DNS
 // is to be written.
-func (c Config) requestOf(st specs.State) (request, error) {
-	var req request
+func (c Config) requestOf(st specs.State) (Request, error) {
+	req := Request{ID: st.ID, PID: st.Pid}
 	ann := st.Annotations
 	wantDNS := len(c.DNS) > 0 || c.HostDNS
 	if (ann == nil || wantDNS) && st.Bundle != "" {
@@ -50,13 +83,13 @@ func (c Config) requestOf(st specs.State) (request, error) {
 			ann = spec.Annotations
 		}
 		if spec.Root != nil {
-			req.rootfs = spec.Root.Path
-			if !filepath.IsAbs(req.rootfs) {
-				req.rootfs = filepath.Join(st.Bundle, req.rootfs)
+			req.Rootfs = spec.Root.Path
+			if !filepath.IsAbs(req.Rootfs) {
+				req.Rootfs = filepath.Join(st.Bundle, req.Rootfs)
 			}
 		}
 	}
-	if wantDNS && req.rootfs == "" {
+	if wantDNS && req.Rootfs == "" {
 		return req, inputErr("--dns/--resolv-conf: no root filesystem: the state has no \"bundle\", or its config.json no \"root\"")
 	}
 	if s, ok := ann[AnnotationPorts]; ok {
@@ -67,14 +100,14 @@ func (c Config) requestOf(st specs.State) (request, error) {
 		if c.Internal {
 			return req, inputErr("annotation %s: network %s is --internal, so nothing can be published on it", AnnotationPorts, c.Bridge)
 		}
-		req.ports = ports
+		req.Ports = ports
 	}
 	if s, ok := ann[AnnotationIP]; ok {
 		ip, err := netip.ParseAddr(s)
 		if err != nil || !ip.Is4() {
 			return req, inputErr("annotation %s: %q is not an IPv4 address", AnnotationIP, s)
 		}
-		req.ip = ip
+		req.IP = ip
 	}
 	return req, nil
 }

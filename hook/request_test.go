@@ -19,16 +19,16 @@ func TestRequestFromStateOrBundle(t *testing.T) {
 	c := Defaults()
 	// The runtime sent no annotations: they come from config.json.
 	req, err := c.requestOf(specs.State{ID: "a", Bundle: bundle})
-	if err != nil || len(req.ports) != 1 || req.ports[0].String() != "8080:80/tcp" || req.ip.String() != "172.19.0.9" {
+	if err != nil || len(req.Ports) != 1 || req.Ports[0].String() != "8080:80/tcp" || req.IP.String() != "172.19.0.9" {
 		t.Fatalf("from config.json: %+v %v", req, err)
 	}
 	// The state's annotations win.
 	req, err = c.requestOf(specs.State{ID: "a", Bundle: bundle, Annotations: map[string]string{"x": "y"}})
-	if err != nil || len(req.ports) != 0 || req.ip.IsValid() {
+	if err != nil || len(req.Ports) != 0 || req.IP.IsValid() {
 		t.Fatalf("from the state: %+v %v", req, err)
 	}
 	c.DNS = []netip.Addr{netip.MustParseAddr("10.0.0.53")}
-	if req, err = c.requestOf(specs.State{ID: "a", Bundle: bundle, Annotations: map[string]string{}}); err != nil || req.rootfs != filepath.Join(bundle, "rootfs") {
+	if req, err = c.requestOf(specs.State{ID: "a", Bundle: bundle, Annotations: map[string]string{}}); err != nil || req.Rootfs != filepath.Join(bundle, "rootfs") {
 		t.Fatalf("rootfs: %+v %v", req, err)
 	}
 

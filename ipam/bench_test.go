@@ -10,15 +10,15 @@ import (
 
 // fill writes n leases directly, without fsync, as a quick stand-in for n
 // allocations: the benchmarks measure what comes after.
-func fill(b *testing.B, s *Store, n int) {
-	ip := s.Gateway().Next()
+func fill(b *testing.B, s *Disk, n int) {
+	ip := s.r.First
 	for i := range n {
 		id := fmt.Sprint("held", i)
 		if err := os.WriteFile(filepath.Join(s.dir, "leases", ip.String()),
 			[]byte(fmt.Sprintf(`{"id":%q,"ip":%q}`, id, ip)), 0o600); err != nil {
 			b.Fatal(err)
 		}
-		if err := os.Symlink(ip.String(), (&Tx{s: s}).idPath(id)); err != nil {
+		if err := os.Symlink(ip.String(), (&diskTx{s: s}).idPath(id)); err != nil {
 			b.Fatal(err)
 		}
 		ip = ip.Next()
@@ -41,7 +41,7 @@ func BenchmarkAllocateRelease(b *testing.B) {
 			b.ResetTimer()
 			for i := 0; b.Loop(); i++ {
 				id := fmt.Sprint("c", i)
-				err := s.Do(func(tx *Tx) error {
+				err := s.Do(func(tx Tx) error {
 					if _, err := tx.Allocate(Lease{ID: id}); err != nil {
 						return err
 					}

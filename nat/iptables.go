@@ -11,16 +11,16 @@ import (
 	"github.com/coreos/go-iptables/iptables"
 )
 
-// IPTables is the Runner that runs the host's iptables. go-iptables runs
+// execRunner is the runner of the host's iptables. go-iptables runs
 // `iptables --version` when it is created, so it is created on first use:
 // a warm setup never needs it.
-type IPTables struct {
+type execRunner struct {
 	once sync.Once
 	ipt  *iptables.IPTables
 	err  error
 }
 
-func (t *IPTables) get() (*iptables.IPTables, error) {
+func (t *execRunner) get() (*iptables.IPTables, error) {
 	t.once.Do(func() { t.ipt, t.err = iptables.New() })
 	return t.ipt, t.err
 }
@@ -54,14 +54,14 @@ func run(name string, stdin string) (string, error) {
 	return out.String(), nil
 }
 
-func (t *IPTables) Save() (string, error) { return run("iptables-save", "") }
+func (t *execRunner) Save() (string, error) { return run("iptables-save", "") }
 
-func (t *IPTables) Restore(input string) error {
+func (t *execRunner) Restore(input string) error {
 	_, err := run("iptables-restore", input)
 	return err
 }
 
-func (t *IPTables) Exists(table, chain string, spec ...string) (bool, error) {
+func (t *execRunner) Exists(table, chain string, spec ...string) (bool, error) {
 	ipt, err := t.get()
 	if err != nil {
 		return false, err
@@ -69,7 +69,7 @@ func (t *IPTables) Exists(table, chain string, spec ...string) (bool, error) {
 	return ipt.Exists(table, chain, spec...)
 }
 
-func (t *IPTables) DeleteIfExists(table, chain string, spec ...string) error {
+func (t *execRunner) DeleteIfExists(table, chain string, spec ...string) error {
 	ipt, err := t.get()
 	if err != nil {
 		return err
@@ -77,7 +77,7 @@ func (t *IPTables) DeleteIfExists(table, chain string, spec ...string) error {
 	return ipt.DeleteIfExists(table, chain, spec...)
 }
 
-func (t *IPTables) ChainExists(table, chain string) (bool, error) {
+func (t *execRunner) ChainExists(table, chain string) (bool, error) {
 	ipt, err := t.get()
 	if err != nil {
 		return false, err
@@ -85,7 +85,7 @@ func (t *IPTables) ChainExists(table, chain string) (bool, error) {
 	return ipt.ChainExists(table, chain)
 }
 
-func (t *IPTables) ClearAndDeleteChain(table, chain string) error {
+func (t *execRunner) ClearAndDeleteChain(table, chain string) error {
 	ipt, err := t.get()
 	if err != nil {
 		return err

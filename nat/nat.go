@@ -1,7 +1,11 @@
 // Package nat keeps a network's firewall rules: MASQUERADE for traffic that
-// leaves the bridge, FORWARD accepts, and ip_forward.
+// leaves the bridge, FORWARD accepts, published ports, and ip_forward.
 //
-// Every rule lives in chains of our own, one pair per network, jumped to
+// Firewall is what callers see: the rules of a network as one thing to
+// install, verify and remove, and a container's ports to publish and
+// withdraw. IPTables is its implementation through iptables.
+//
+// Every rule lives in chains of our own, one set per network, jumped to
 // from the built-in chains, and carries a comment naming its network. So
 // installing is one atomic iptables-restore of our chains, and checking,
 // listing and removing never touch a rule that is not ours.
@@ -14,6 +18,8 @@ import (
 	"os"
 	"slices"
 	"strings"
+
+	"github.com/gofrs/flock"
 )
 
 // Network is what the rules of one network depend on.
@@ -171,7 +177,7 @@ func Label(id string) string {
 // entry per container address, its ID the Label the rules carry: how gc
 // finds the ports of a lease the store lost, and the rules no lease
 // accounts for.
-func (f *Firewall) Published(n Network) ([]Published, error) {
+func (f *IPTables) Published(n Network) ([]Published, error) {
 	saved, err := f.r.Save()
 	if err != nil {
 		return nil, fmt.Errorf("read firewall: %w", err)
@@ -261,9 +267,33 @@ func colonRange(a, b uint16) string {
 	return fmt.Sprintf("%d:%d", a, b)
 }
 
-// Runner runs iptables. The go-iptables runner is the real one; tests use a
-// fake that records what it was given.
-type Runner interface {
+// Firewall holds the rules of networks.
+type Firewall interface {
+	// Install makes n's rules exactly n's policy plus the ports of pubs,
+	// and turns on what they need of the kernel (IP forwarding, and
+	// route_localnet on the bridge for ports reached through 127.0.0.1).
+	// Running it again changes nothing.
+	Install(n Network, pubs []Published) error
+	// Uninstall removes n's rules; what is gone already is skipped.
+	Uninstall(n Network) error
+	// Verify reports whether n's rules (without ports) are all in place.
+	Verify(n Network) (bool, error)
+	// Forward turns IP forwarding on if something turned it off: the one
+	// check a setup makes of a network it trusts.
+	Forward() error
+	// Publish adds p's port rules to an installed network, all or none.
+	Publish(n Network, p Published) error
+	// Unpublish removes p's port rules, and the UDP conntrack entries that
+	// would keep sending its ports' traffic to a container that is gone.
+	Unpublish(n Network, p Published) error
+	// Published reads back the ports n's rules publish, an entry per
+	// container address, its ID the Label the rules carry.
+	Published(n Network) ([]Published, error)
+}
+
+// runner runs iptables. The go-iptables runner is the real one; tests use
+// a fake that records what it was given.
+type runner interface {
 	// Save returns the output of iptables-save for every table.
 	Save() (string, error)
 	// Restore feeds input to iptables-restore --noflush, atomically.
@@ -274,17 +304,53 @@ type Runner interface {
 	ClearAndDeleteChain(table, chain string) error
 }
 
-// Firewall installs and removes networks' rules through a Runner.
-type Firewall struct{ r Runner }
+// IPTables is the Firewall of the host's iptables.
+type IPTables struct {
+	r runner
+	// lock serialises changes to the built-in chains, which all networks
+	// share, across processes: the jump check and the restore are two
+	// commands.
+	lock string
+	// sysctl turns a /proc/sys switch on.
+	sysctl func(path string) error
+}
 
-// New returns a Firewall that runs iptables through r.
-func New(r Runner) *Firewall { return &Firewall{r: r} }
+// NewIPTables returns the iptables Firewall; lockFile is the flock that
+// serialises installs and removals across processes.
+func NewIPTables(lockFile string) *IPTables {
+	return &IPTables{r: &execRunner{}, lock: lockFile, sysctl: sysctlOn}
+}
+
+func (f *IPTables) locked(fn func() error) error {
+	if f.lock == "" {
+		return fn()
+	}
+	lock := flock.New(f.lock)
+	if err := lock.Lock(); err != nil {
+		return fmt.Errorf("lock firewall: %w", err)
+	}
+	defer lock.Unlock()
+	return fn()
+}
 
 // Install makes network n's chains hold exactly n.Rules() and the port
-// rules of pubs, and makes sure the built-in chains jump to them once. It
-// is idempotent; callers serialise it across hooks (the jump check and the
-// restore are two commands).
-func (f *Firewall) Install(n Network, pubs []Published) error {
+// rules of pubs, and makes sure the built-in chains jump to them once.
+func (f *IPTables) Install(n Network, pubs []Published) error {
+	if err := f.Forward(); err != nil {
+		return err
+	}
+	// The host reaches published ports through 127.0.0.1 only so: the
+	// kernel drops loopback-sourced packets routed out of an interface
+	// unless route_localnet is on for it.
+	if !n.Internal {
+		if err := f.sysctl("/proc/sys/net/ipv4/conf/" + n.Bridge + "/route_localnet"); err != nil {
+			return err
+		}
+	}
+	return f.locked(func() error { return f.install(n, pubs) })
+}
+
+func (f *IPTables) install(n Network, pubs []Published) error {
 	saved, err := f.r.Save()
 	if err != nil {
 		return fmt.Errorf("read firewall: %w", err)
@@ -305,7 +371,7 @@ func (f *Firewall) Install(n Network, pubs []Published) error {
 
 // Publish adds the port rules of p in one iptables-restore: one process
 // whatever the number of ports, and all or none of them.
-func (f *Firewall) Publish(n Network, p Published) error {
+func (f *IPTables) Publish(n Network, p Published) error {
 	rules, err := n.PortRules(p)
 	if err != nil {
 		return err
@@ -318,7 +384,7 @@ func (f *Firewall) Publish(n Network, p Published) error {
 
 // Unpublish removes the port rules of p, and the UDP conntrack entries
 // that would keep sending its ports' traffic to a container that is gone.
-func (f *Firewall) Unpublish(n Network, p Published) error {
+func (f *IPTables) Unpublish(n Network, p Published) error {
 	rules, err := n.PortRules(p)
 	if err != nil {
 		return err
@@ -425,8 +491,8 @@ func quote(spec []string) string {
 	return strings.Join(out, " ")
 }
 
-// Installed reports whether every rule and jump of n is in place.
-func (f *Firewall) Installed(n Network) (bool, error) {
+// Verify reports whether every rule and jump of n is in place.
+func (f *IPTables) Verify(n Network) (bool, error) {
 	for _, j := range n.jumps() {
 		ok, err := f.r.ChainExists(j.Table, j.To)
 		if err != nil || !ok {
@@ -445,7 +511,11 @@ func (f *Firewall) Installed(n Network) (bool, error) {
 }
 
 // Uninstall removes n's jumps and chains. What is already gone is skipped.
-func (f *Firewall) Uninstall(n Network) error {
+func (f *IPTables) Uninstall(n Network) error {
+	return f.locked(func() error { return f.uninstall(n) })
+}
+
+func (f *IPTables) uninstall(n Network) error {
 	gone := map[string]bool{}
 	for _, j := range n.jumps() {
 		ok, err := f.r.ChainExists(j.Table, j.To)
@@ -474,17 +544,10 @@ func (f *Firewall) Uninstall(n Network) error {
 
 const ipForward = "/proc/sys/net/ipv4/ip_forward"
 
-// EnableForwarding turns on IPv4 forwarding in the caller's namespace. It
-// writes only when needed: the read is cheaper than the write.
-func EnableForwarding() error { return sysctlOn(ipForward) }
+// Forward turns on IPv4 forwarding in the caller's namespace.
+func (f *IPTables) Forward() error { return f.sysctl(ipForward) }
 
-// EnableLocalnet lets the host reach published ports through 127.0.0.1:
-// the kernel drops loopback-sourced packets routed out of an interface
-// unless route_localnet is on for it.
-func EnableLocalnet(bridge string) error {
-	return sysctlOn("/proc/sys/net/ipv4/conf/" + bridge + "/route_localnet")
-}
-
+// sysctlOn writes only when needed: the read is cheaper than the write.
 func sysctlOn(path string) error {
 	b, err := os.ReadFile(path)
 	if err == nil && strings.TrimSpace(string(b)) == "1" {
@@ -495,3 +558,5 @@ func sysctlOn(path string) error {
 	}
 	return nil
 }
+
+var _ Firewall = (*IPTables)(nil)

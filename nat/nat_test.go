@@ -11,6 +11,11 @@ import (
 type fake struct {
 	saved    string
 	restores []string
+	sysctls  []string
+}
+
+func (f *fake) firewall() *IPTables {
+	return &IPTables{r: f, sysctl: func(p string) error { f.sysctls = append(f.sysctls, p); return nil }}
 }
 
 func (f *fake) Save() (string, error) { return f.saved, nil }
@@ -36,7 +41,7 @@ var testNet = Network{Bridge: "netns0", Subnet: netip.MustParsePrefix("172.19.0.
 
 func TestInstallAddsJumpsOnce(t *testing.T) {
 	f := &fake{}
-	fw := New(f)
+	fw := f.firewall()
 	for range 3 {
 		if err := fw.Install(testNet, nil); err != nil {
 			t.Fatal(err)
@@ -119,7 +124,7 @@ func TestPublishedReadsBackPortRules(t *testing.T) {
 		{ID: long, IP: netip.MustParseAddr("172.19.0.3"), Ports: mustPorts(t, "9000-9002:7000-7002, 6000-6001:6000-6001")},
 	}
 	f := &fake{}
-	fw := New(f)
+	fw := f.firewall()
 	if err := fw.Install(testNet, in); err != nil {
 		t.Fatal(err)
 	}

@@ -13,7 +13,7 @@ import (
 	"testing"
 )
 
-func open(t testing.TB, dir, subnet string) *Store {
+func open(t testing.TB, dir, subnet string) *Disk {
 	t.Helper()
 	s, err := Open(dir, "br0", netip.MustParsePrefix(subnet))
 	if err != nil {
@@ -22,10 +22,10 @@ func open(t testing.TB, dir, subnet string) *Store {
 	return s
 }
 
-func alloc(t testing.TB, s *Store, id string) netip.Addr {
+func alloc(t testing.TB, s Store, id string) netip.Addr {
 	t.Helper()
 	var l Lease
-	err := s.Do(func(tx *Tx) (err error) {
+	err := s.Do(func(tx Tx) (err error) {
 		l, err = tx.Allocate(Lease{ID: id})
 		return err
 	})
@@ -35,10 +35,10 @@ func alloc(t testing.TB, s *Store, id string) netip.Addr {
 	return l.IP
 }
 
-func release(t testing.TB, s *Store, id string) bool {
+func release(t testing.TB, s Store, id string) bool {
 	t.Helper()
 	var ok bool
-	err := s.Do(func(tx *Tx) (err error) {
+	err := s.Do(func(tx Tx) (err error) {
 		_, ok, err = tx.Release(id)
 		return err
 	})
@@ -48,8 +48,25 @@ func release(t testing.TB, s *Store, id string) bool {
 	return ok
 }
 
+// both runs test against the store on disk and the one in memory: they
+// keep the same rules.
+func both(t *testing.T, subnet string, test func(t *testing.T, s Store)) {
+	t.Run("disk", func(t *testing.T) { test(t, open(t, t.TempDir(), subnet)) })
+	t.Run("memory", func(t *testing.T) {
+		m, err := NewMemory("br0", netip.MustParsePrefix(subnet))
+		if err != nil {
+			t.Fatal(err)
+		}
+		test(t, m)
+	})
+}
+
 func TestAllocateOrderSkipsReservedAndWraps(t *testing.T) {
-	s := open(t, t.TempDir(), "10.1.0.0/29") // .0 network, .1 gateway, .7 broadcast
+	// .0 network, .1 gateway, .7 broadcast
+	both(t, "10.1.0.0/29", testAllocateOrder)
+}
+
+func testAllocateOrder(t *testing.T, s Store) {
 	var got []string
 	for i := range 5 {
 		got = append(got, alloc(t, s, fmt.Sprint("c", i)).String())
@@ -58,7 +75,7 @@ func TestAllocateOrderSkipsReservedAndWraps(t *testing.T) {
 	if strings.Join(got, " ") != want {
 		t.Fatalf("got %v, want %s", got, want)
 	}
-	err := s.Do(func(tx *Tx) error { _, err := tx.Allocate(Lease{ID: "c5"}); return err })
+	err := s.Do(func(tx Tx) error { _, err := tx.Allocate(Lease{ID: "c5"}); return err })
 	if !errors.Is(err, ErrExhausted) || !strings.Contains(err.Error(), "10.1.0.0/29: 5 of 5 addresses leased") {
 		t.Fatalf("full subnet: got %v", err)
 	}
@@ -75,7 +92,10 @@ func TestAllocateOrderSkipsReservedAndWraps(t *testing.T) {
 }
 
 func TestReleasedAddressNotReusedAtOnce(t *testing.T) {
-	s := open(t, t.TempDir(), "10.1.0.0/24")
+	both(t, "10.1.0.0/24", testReleasedNotReused)
+}
+
+func testReleasedNotReused(t *testing.T, s Store) {
 	a := alloc(t, s, "a")
 	release(t, s, "a")
 	if b := alloc(t, s, "b"); b == a {
@@ -84,9 +104,12 @@ func TestReleasedAddressNotReusedAtOnce(t *testing.T) {
 }
 
 func TestLookupReleaseAndUnknownIDs(t *testing.T) {
-	s := open(t, t.TempDir(), "10.1.0.0/24")
+	both(t, "10.1.0.0/24", testLookupRelease)
+}
+
+func testLookupRelease(t *testing.T, s Store) {
 	ip := alloc(t, s, "web")
-	err := s.Do(func(tx *Tx) error {
+	err := s.Do(func(tx Tx) error {
 		l, ok, err := tx.Lookup("web")
 		if err != nil || !ok || l.IP != ip || l.ID != "web" || l.Created.IsZero() {
 			return fmt.Errorf("lookup web = %+v, %v, %v", l, ok, err)
@@ -108,7 +131,7 @@ func TestLookupReleaseAndUnknownIDs(t *testing.T) {
 	if release(t, s, "never") {
 		t.Error("release of an unknown id found a lease")
 	}
-	err = s.Do(func(tx *Tx) error {
+	err = s.Do(func(tx Tx) error {
 		ls, bad, err := tx.List()
 		if err != nil || len(ls)+len(bad) != 0 {
 			return fmt.Errorf("after release: leases %v, bad %v, %v", ls, bad, err)
@@ -121,26 +144,32 @@ func TestLookupReleaseAndUnknownIDs(t *testing.T) {
 }
 
 func TestStaticAddress(t *testing.T) {
-	s := open(t, t.TempDir(), "10.1.0.0/24")
+	both(t, "10.1.0.0/24", testStatic)
+}
+
+func testStatic(t *testing.T, s Store) {
 	want := netip.MustParseAddr("10.1.0.77")
-	err := s.Do(func(tx *Tx) error {
+	err := s.Do(func(tx Tx) error {
 		l, err := tx.Allocate(Lease{ID: "a", IP: want})
 		if err != nil || l.IP != want {
 			return fmt.Errorf("static: %v, %v", l.IP, err)
-		}
-		for ip, msg := range map[string]string{
-			"10.1.0.77": "already leased", "10.1.0.1": "gateway", "10.1.0.0": "network address",
-			"10.1.0.255": "broadcast", "10.2.0.5": "outside",
-		} {
-			_, err := tx.Allocate(Lease{ID: "b", IP: netip.MustParseAddr(ip)})
-			if err == nil || !strings.Contains(err.Error(), msg) {
-				return fmt.Errorf("static %s: got %v, want %q", ip, err, msg)
-			}
 		}
 		return nil
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+	for ip, want := range map[string]struct {
+		err error
+		msg string
+	}{
+		"10.1.0.77": {ErrTaken, "leased"}, "10.1.0.0": {ErrUnusable, "network address"}, "10.1.0.1": {ErrUnusable, "gateway"},
+		"10.1.0.255": {ErrUnusable, "broadcast"}, "10.2.0.5": {ErrUnusable, "outside"},
+	} {
+		err := s.Do(func(tx Tx) error { _, err := tx.Allocate(Lease{ID: "b", IP: netip.MustParseAddr(ip)}); return err })
+		if !errors.Is(err, want.err) || !strings.Contains(err.Error(), want.msg) {
+			t.Errorf("allocate %s: %v, want %v saying %q", ip, err, want.err, want.msg)
+		}
 	}
 }
 
@@ -149,8 +178,8 @@ func TestStaleIndexDoesNotFindAnotherContainersLease(t *testing.T) {
 	s := open(t, dir, "10.1.0.0/30") // one usable address: .2
 	alloc(t, s, "old")
 	// A crash between removing a lease and its index leaves the index.
-	err := s.Do(func(tx *Tx) error {
-		if err := os.Remove(tx.leasePath(netip.MustParseAddr("10.1.0.2"))); err != nil {
+	err := s.Do(func(tx Tx) error {
+		if err := os.Remove(tx.(*diskTx).leasePath(netip.MustParseAddr("10.1.0.2"))); err != nil {
 			return err
 		}
 		_, err := tx.Allocate(Lease{ID: "new"})
@@ -162,7 +191,7 @@ func TestStaleIndexDoesNotFindAnotherContainersLease(t *testing.T) {
 	if release(t, s, "old") {
 		t.Fatal("release of the stale id freed the new container's lease")
 	}
-	err = s.Do(func(tx *Tx) error {
+	err = s.Do(func(tx Tx) error {
 		l, ok, err := tx.Lookup("new")
 		if !ok || err != nil || l.IP.String() != "10.1.0.2" {
 			return fmt.Errorf("new lost its lease: %+v %v %v", l, ok, err)
@@ -181,8 +210,8 @@ func TestCorruptLeaseNamedAndNeverReused(t *testing.T) {
 	if err := os.WriteFile(path, []byte("garbage\x00"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	err := s.Do(func(tx *Tx) error { _, _, err := tx.Lookup("a"); return err })
-	if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), "bridgehook gc") {
+	err := s.Do(func(tx Tx) error { _, _, err := tx.Lookup("a"); return err })
+	if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), path) {
 		t.Errorf("lookup of a corrupt lease: %v", err)
 	}
 	for i := range 4 {
@@ -218,7 +247,7 @@ func TestFileModes(t *testing.T) {
 }
 
 func TestOpenRejectsBadSubnets(t *testing.T) {
-	for _, p := range []string{"10.0.0.0/31", "10.0.0.1/24", "fd00::/64"} {
+	for _, p := range []string{"10.0.0.0/31", "10.0.0.1/24", "fd00::/127"} {
 		if _, err := Open(t.TempDir(), "br0", netip.MustParsePrefix(p)); err == nil {
 			t.Errorf("Open(%s) accepted it", p)
 		}
@@ -296,31 +325,30 @@ func checkDistinct(t *testing.T, ips []netip.Addr) {
 	}
 }
 
-// A drained address is out of use until Free lets it go: the allocator
-// walks past it while Free says no, and takes it once Free says yes.
-func TestDrainedAddressWaitsForFree(t *testing.T) {
-	s := open(t, t.TempDir(), "10.1.0.0/29") // five usable addresses
+// A drained address is out of use until Settle: its id is released at
+// once, but neither the allocator nor a request by address takes it.
+func TestDrainedAddressWaitsForSettle(t *testing.T) {
+	both(t, "10.1.0.0/29", testDrain) // five usable addresses
+}
+
+func testDrain(t *testing.T, s Store) {
 	var ips []netip.Addr
 	for i := range 5 {
 		ips = append(ips, alloc(t, s, fmt.Sprint("c", i)))
 	}
-	var asked []netip.Addr
-	gone := false
-	s.Free = func(l Lease) bool {
-		asked = append(asked, l.IP)
-		return gone
-	}
-	err := s.Do(func(tx *Tx) error {
+	var drained Lease
+	err := s.Do(func(tx Tx) error {
 		l, ok, err := tx.Lookup("c2")
 		if err != nil || !ok {
 			return fmt.Errorf("lookup c2: %v %v", ok, err)
 		}
+		drained = l
 		return tx.Drain(l)
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	err = s.Do(func(tx *Tx) error {
+	err = s.Do(func(tx Tx) error {
 		if _, ok, _ := tx.Lookup("c2"); ok {
 			t.Error("a drained lease is still found by its id")
 		}
@@ -333,55 +361,26 @@ func TestDrainedAddressWaitsForFree(t *testing.T) {
 		if _, err := tx.Allocate(Lease{ID: "new"}); !errors.Is(err, ErrExhausted) {
 			t.Errorf("allocate while the only free address drains: %v, want ErrExhausted", err)
 		}
-		if _, err := tx.Allocate(Lease{ID: "static", IP: ips[2]}); err == nil {
-			t.Error("a drained address was leased by request while Free says no")
+		if _, err := tx.Allocate(Lease{ID: "static", IP: ips[2]}); !errors.Is(err, ErrTaken) {
+			t.Errorf("a drained address was leased by request: %v", err)
 		}
-		return nil
+		return tx.Settle(drained)
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(asked) == 0 || asked[0] != ips[2] {
-		t.Fatalf("Free asked about %v, want %s", asked, ips[2])
-	}
-	gone = true
 	if got := alloc(t, s, "new"); got != ips[2] {
-		t.Fatalf("after Free let it go, allocated %s, want %s", got, ips[2])
+		t.Fatalf("after Settle, allocated %s, want %s", got, ips[2])
 	}
-	s.Do(func(tx *Tx) error {
+	s.Do(func(tx Tx) error {
 		if d, _ := tx.Draining(); len(d) != 0 {
-			t.Errorf("Draining = %+v after the address was reused", d)
+			t.Errorf("Draining = %+v after the address was settled", d)
 		}
 		return nil
 	})
 }
 
-// Without a Free, drained addresses stay out of use; Settle frees one.
-func TestSettleFreesDrainedAddress(t *testing.T) {
-	s := open(t, t.TempDir(), "10.1.0.0/30") // one usable address
-	ip := alloc(t, s, "a")
-	err := s.Do(func(tx *Tx) error {
-		l, _, err := tx.Lookup("a")
-		if err != nil {
-			return err
-		}
-		if err := tx.Drain(l); err != nil {
-			return err
-		}
-		if _, err := tx.Allocate(Lease{ID: "b"}); !errors.Is(err, ErrExhausted) {
-			t.Errorf("allocate with no Free over a drained address: %v, want ErrExhausted", err)
-		}
-		return tx.Settle(l)
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got := alloc(t, s, "b"); got != ip {
-		t.Fatalf("after Settle, allocated %s, want %s", got, ip)
-	}
-}
-
-// gc's PruneIndex puts back the index entry a lease lacks, so that the
+// Tidy puts back the index entry a lease lacks, so that the
 // lease is found by its id again (a store written by a version that named
 // entries by another hash has none the current one can find).
 func TestPruneIndexRewritesMissingEntries(t *testing.T) {
@@ -393,16 +392,16 @@ func TestPruneIndexRewritesMissingEntries(t *testing.T) {
 		t.Fatalf("index entries %v", entries)
 	}
 	os.Rename(entries[0], filepath.Join(s.Dir(), "ids", "0123456789abcdef"))
-	err := s.Do(func(tx *Tx) error {
+	err := s.Do(func(tx Tx) error {
 		if _, ok, _ := tx.Lookup("a"); ok {
 			t.Fatal("lease found with its index entry misnamed")
 		}
-		n, err := tx.PruneIndex()
-		if n != 2 {
-			t.Errorf("PruneIndex changed %d entries, want 2 (one removed, one written)", n)
+		report, err := tx.Tidy()
+		if len(report) != 1 || report[0] != "fixed 2 lease index entries" {
+			t.Errorf("Tidy said %q, want 2 entries fixed (one removed, one written)", report)
 		}
 		if l, ok, _ := tx.Lookup("a"); !ok || l.IP != ip {
-			t.Errorf("after PruneIndex, lookup a = %+v, %v", l, ok)
+			t.Errorf("after Tidy, lookup a = %+v, %v", l, ok)
 		}
 		return err
 	})
@@ -421,7 +420,7 @@ func TestPendingUntilTheAllocatorLetsGo(t *testing.T) {
 	pending := func(id string) bool {
 		t.Helper()
 		var p bool
-		err := other.Do(func(tx *Tx) error {
+		err := other.Do(func(tx Tx) error {
 			l, ok, err := tx.Lookup(id)
 			if !ok || err != nil {
 				t.Fatalf("lookup %s: %v %v", id, ok, err)

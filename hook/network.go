@@ -1,0 +1,193 @@
+package hook
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"syscall"
+
+	"github.com/vishvananda/netns"
+
+	"github.com/bridgehook/bridgehook/bridge"
+	"github.com/bridgehook/bridgehook/ipam"
+	"github.com/bridgehook/bridgehook/nat"
+)
+
+// Host is the kernel's side of networks as hook drives it: *bridge.Host
+// over netlink, or a fake in unit tests.
+type Host interface {
+	Ensure(name string, gw netip.Prefix, mtu int) (br bridge.Bridge, created bool, err error)
+	Find(name string) (bridge.Bridge, bool)
+	Remove(name string) error
+	Attach(br bridge.Bridge, ns netns.NsHandle, ep bridge.Endpoint) error
+	Detach(host, alias string) error
+	State(host, alias string) (bridge.VethState, error)
+	Ports(bridge string) ([]bridge.Port, error)
+	Unlabelled() ([]string, error)
+	Present(ns netns.NsHandle, iface string, addr netip.Prefix) bool
+	PeerAddr(ns netns.NsHandle, iface string, p bridge.Port, subnet netip.Prefix) (netip.Addr, bool)
+	Close()
+}
+
+// System is what hook asks of the machine about processes: /proc, or a
+// fake in unit tests.
+type System interface {
+	// Netns opens the network namespace of pid and returns it with its
+	// inode, refusing the namespaces that are not a container's.
+	Netns(pid int) (netns.NsHandle, uint64, error)
+	// NetnsInode is the inode of pid's network namespace.
+	NetnsInode(pid int) (uint64, error)
+}
+
+// Network is one network, connected: its configuration and the handles
+// one command's steps share. Build it with Open; close it when done.
+type Network struct {
+	Config
+	// Debug, when set, is told how long each step took.
+	Debug *slog.Logger
+
+	store ipam.Store
+	host  Host
+	fw    nat.Firewall
+	sys   System
+	// stores lists every network's store under the state directory, for
+	// the checks that look across networks.
+	stores func() ([]ipam.Store, error)
+}
+
+// Open checks c and connects to its network: the lease store under
+// c.StateDir (created if need be), netlink in the caller's network
+// namespace, and the firewall.
+func Open(c Config) (*Network, error) {
+	if err := c.Check(); err != nil {
+		return nil, err
+	}
+	store, err := ipam.Open(c.StateDir, c.Bridge, c.Subnet)
+	if err != nil {
+		return nil, hint(err)
+	}
+	host, err := bridge.OpenHost()
+	if err != nil {
+		return nil, err
+	}
+	return &Network{
+		Config: c,
+		store:  store,
+		host:   host,
+		fw:     nat.NewIPTables(filepath.Join(c.StateDir, "iptables.lock")),
+		sys:    procs{},
+		stores: func() ([]ipam.Store, error) { return ipam.Stores(c.StateDir) },
+	}, nil
+}
+
+// Close lets go of the store (leases this process allocated are no longer
+// pending) and the netlink connection.
+func (n *Network) Close() {
+	n.store.Close()
+	n.host.Close()
+}
+
+// on is network s seen through n's connections: for the commands and
+// checks that go across networks. Its options are n's until adopt reads
+// the network's own.
+func (n *Network) on(s ipam.Store) *Network {
+	o := *n
+	o.Bridge, o.Subnet, o.store = s.Bridge(), s.Subnet(), s
+	return &o
+}
+
+// adopt takes the options the network's rules were installed with from
+// its record, if any: gc --all and the port checks act on networks whose
+// flags they were not given.
+func (n *Network) adopt(tx ipam.Tx) {
+	if rec, ok := readRecord(tx); ok {
+		n.ICC, n.Internal = rec.ICC, rec.Internal
+	}
+}
+
+func (n *Network) timer() *timer { return newTimer(n.Debug) }
+
+// alive reports whether the lease's container still runs: its pid exists
+// and is in the namespace the lease was made for, not a reuse of the pid.
+func (n *Network) alive(l ipam.Lease) bool {
+	ino, err := n.sys.NetnsInode(l.PID)
+	return err == nil && ino == l.NetnsInode
+}
+
+// hint adds to an error of a leaf package what a person running
+// bridgehook can do about it: the leaves state facts, and only this face
+// knows the flags and commands.
+func hint(err error) error {
+	var pathErr *os.PathError
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, ipam.ErrUnsafe):
+		return inputErr("--state-dir: %v (give a real directory, mode 0700)", err)
+	case errors.Is(err, ipam.ErrExhausted):
+		return fmt.Errorf("%w (remove stopped containers, run \"bridgehook gc\", or use a larger --subnet)", err)
+	case errors.Is(err, ipam.ErrCorrupt):
+		return fmt.Errorf("%w (run \"bridgehook gc\" to rebuild it)", err)
+	case errors.Is(err, bridge.ErrNotBridge), errors.Is(err, bridge.ErrOtherAddress):
+		return inputErr("%v (choose another --bridge, or the bridge's own --subnet)", err)
+	case errors.Is(err, bridge.ErrOverlap):
+		return inputErr("%v; choose another --subnet", err)
+	case errors.As(err, &pathErr) && (errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EROFS) || errors.Is(err, syscall.EACCES)):
+		return fmt.Errorf("%w (is --state-dir writable, with space left?)", err)
+	}
+	return err
+}
+
+// procs is the System of /proc.
+type procs struct{}
+
+func (procs) NetnsInode(pid int) (uint64, error) {
+	return pathInode(fmt.Sprintf("/proc/%d/ns/net", pid))
+}
+
+func (procs) Netns(pid int) (netns.NsHandle, uint64, error) {
+	ns, err := netns.GetFromPid(pid)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ESRCH) {
+			return ns, 0, inputErr("pid %d: no such process; want the pid of the container's init, which runs while createRuntime and prestart hooks do", pid)
+		}
+		if errors.Is(err, os.ErrPermission) {
+			return ns, 0, inputErr("pid %d: its network namespace cannot be opened (%v); want the pid of a container's init", pid, err)
+		}
+		return ns, 0, fmt.Errorf("open network namespace of pid %d: %w", pid, err)
+	}
+	ino, err := fdInode(int(ns))
+	if err != nil {
+		ns.Close()
+		return ns, 0, fmt.Errorf("network namespace of pid %d: %w", pid, err)
+	}
+	for _, other := range []struct{ who, path string }{
+		{"the hook's own", "/proc/self/ns/net"},
+		{"PID 1's", "/proc/1/ns/net"},
+	} {
+		if o, err := pathInode(other.path); err == nil && o == ino {
+			ns.Close()
+			return ns, 0, inputErr("pid %d is in %s network namespace; refusing to touch it (give the container a network namespace of its own in config.json)", pid, other.who)
+		}
+	}
+	return ns, ino, nil
+}
+
+func fdInode(fd int) (uint64, error) {
+	var st syscall.Stat_t
+	if err := syscall.Fstat(fd, &st); err != nil {
+		return 0, err
+	}
+	return st.Ino, nil
+}
+
+func pathInode(path string) (uint64, error) {
+	var st syscall.Stat_t
+	if err := syscall.Stat(path, &st); err != nil {
+		return 0, err
+	}
+	return st.Ino, nil
+}

@@ -1,0 +1,44 @@
+package hook
+
+import (
+	"net/netip"
+
+	"github.com/bridgehook/bridgehook/bridge"
+	"github.com/bridgehook/bridgehook/ipam"
+)
+
+// record is what a setup last verified about the network's bridge and
+// firewall, kept in the network's store: a warm setup that finds the same
+// bridge (same ifindex, same options) trusts it instead of asking iptables
+// again. It is a cache of what the kernel holds, cleared before the
+// network is taken down, so a command killed half-way leaves a network
+// that is verified again, never trusted wrongly.
+type record struct {
+	Bridge      string       `json:"bridge"`
+	Subnet      netip.Prefix `json:"subnet"`
+	Gateway     netip.Addr   `json:"gateway"`
+	MTU         int          `json:"mtu"`
+	BridgeIndex int          `json:"bridge_index"`
+	// The options the rules were installed with.
+	ICC      bool `json:"icc"`
+	Internal bool `json:"internal"`
+}
+
+func readRecord(tx ipam.Tx) (record, bool) {
+	var r record
+	ok, err := tx.Record(&r)
+	return r, ok && err == nil
+}
+
+// recordOf is what the store keeps of a verified network.
+func (n *Network) recordOf(br bridge.Bridge) record {
+	return record{
+		Bridge: n.Bridge, Subnet: n.Subnet, Gateway: n.Subnet.Addr().Next(),
+		MTU: br.MTU, BridgeIndex: br.Index, ICC: n.ICC, Internal: n.Internal,
+	}
+}
+
+// trusts reports whether rec vouches for network n's bridge br.
+func (n *Network) trusts(rec record, br bridge.Bridge) bool {
+	return rec.ICC == n.ICC && rec.Internal == n.Internal && rec.BridgeIndex == br.Index
+}

@@ -1,0 +1,105 @@
+// Package ipam is the lease store: which container holds which address of a
+// network, every read-modify-write under one lock per network.
+//
+// Store and Tx are what callers see; Open gives the one on disk, a
+// directory per network under the state directory, and Memory one in
+// memory, for tests. The disk layout is private to this package. Both
+// choose addresses with the same allocator (Range).
+package ipam
+
+import (
+	"errors"
+	"net/netip"
+	"time"
+)
+
+// ErrExhausted is returned by Allocate when every usable address is leased.
+var ErrExhausted = errors.New("no free address")
+
+// ErrCorrupt marks a store file that cannot be read back.
+var ErrCorrupt = errors.New("corrupt lease store")
+
+// ErrUnsafe marks a state directory the store will not use.
+var ErrUnsafe = errors.New("unsafe state directory")
+
+// ErrTaken is returned by Allocate for an address that is leased, or still
+// draining (see Tx.Drain).
+var ErrTaken = errors.New("address taken")
+
+// ErrUnusable is returned by Allocate for an address that is not one of
+// the network's to lease: outside it, its network address, its gateway or
+// its broadcast address.
+var ErrUnusable = errors.New("address not leasable")
+
+// Lease is one container's address and the endpoint that uses it.
+type Lease struct {
+	ID         string     `json:"id"`
+	IP         netip.Addr `json:"ip"`
+	Iface      string     `json:"iface,omitempty"`
+	Veth       string     `json:"veth,omitempty"`
+	PID        int        `json:"pid,omitempty"`
+	NetnsInode uint64     `json:"netns_inode,omitempty"`
+	Ports      []string   `json:"ports,omitempty"`
+	Created    time.Time  `json:"created"`
+}
+
+// Store is the lease store of one network (bridge + subnet).
+type Store interface {
+	// Do runs fn with the store locked: every read and write of leases
+	// happens inside one Do.
+	Do(fn func(Tx) error) error
+	// Peek returns the leases without taking the lock: each is whole, the
+	// set may be a moment old.
+	Peek() ([]Lease, error)
+	// Close lets go of the leases this process allocated (see Tx.Pending).
+	Close()
+	// Destroy removes the store. The caller makes sure no lease is left
+	// that anyone cares about.
+	Destroy() error
+	Bridge() string
+	Subnet() netip.Prefix
+}
+
+// Tx is a store while its lock is held.
+type Tx interface {
+	// Lookup returns the lease held by container id.
+	Lookup(id string) (Lease, bool, error)
+	// Allocate leases want.IP, or with none the next free address after
+	// the last one handed out (so a just-released address is not reused at
+	// once), to want.ID and records want with it. It does not look for an
+	// existing lease of the id: callers decide what a second one means.
+	// The lease is pending (see Pending) until the store is closed.
+	Allocate(want Lease) (Lease, error)
+	// Release frees the lease of container id and returns it. An unknown
+	// id is not an error.
+	Release(id string) (Lease, bool, error)
+	// Remove frees lease l whoever holds it now.
+	Remove(l Lease) error
+	// List returns every lease, and the names of lease records it could
+	// not read (they still reserve their addresses).
+	List() (leases []Lease, unreadable []string, err error)
+
+	// Drain releases l's id but keeps its address out of use, for a
+	// container that is gone while its interface is not yet; Settle
+	// frees the address once the interface is gone.
+	Drain(l Lease) error
+	Draining() ([]Lease, error)
+	Settle(l Lease) error
+
+	// Pending reports whether the process that allocated l still runs and
+	// has not closed its store: its setup may be between the lease and
+	// the container's interface.
+	Pending(l Lease) bool
+
+	// Record reads into v what the caller last recorded about the
+	// network (SetRecord), reporting false when there is none or it no
+	// longer reads; ClearRecord forgets it.
+	Record(v any) (bool, error)
+	SetRecord(v any) error
+	ClearRecord() error
+
+	// Tidy repairs what crashes leave behind: it removes the unreadable
+	// lease records List names and the files of interrupted writes, and
+	// mends the index. It says what it did, a line per kind of repair.
+	Tidy() ([]string, error)
+}

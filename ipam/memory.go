@@ -1,0 +1,222 @@
+package ipam
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"sync"
+	"time"
+)
+
+// Memory is a lease store held in memory, with the disk store's rules and
+// allocator: for tests of the code above the store, which then need
+// neither root nor files. Pending reports the lease allocated last, until
+// Close, as if by another process still at work on it.
+type Memory struct {
+	bridge string
+	r      Range
+
+	mu       sync.Mutex
+	leases   map[netip.Addr]Lease
+	draining map[netip.Addr]Lease
+	pending  map[netip.Addr]bool
+	last     netip.Addr
+	record   []byte
+	// Unreadable are addresses whose records List reports as unreadable;
+	// they stay reserved until Tidy drops them.
+	Unreadable map[netip.Addr]bool
+	// Fail, if set, is asked before each change (Allocate, Release,
+	// Remove, Drain, Settle, SetRecord, ClearRecord) and fails it with
+	// the error it returns.
+	Fail func(op string) error
+}
+
+// NewMemory returns an empty store for network bridge/subnet.
+func NewMemory(bridge string, subnet netip.Prefix) (*Memory, error) {
+	r, err := RangeOf(subnet)
+	if err != nil {
+		return nil, err
+	}
+	return &Memory{
+		bridge: bridge, r: r,
+		leases: map[netip.Addr]Lease{}, draining: map[netip.Addr]Lease{}, pending: map[netip.Addr]bool{},
+		Unreadable: map[netip.Addr]bool{},
+	}, nil
+}
+
+func (m *Memory) Do(fn func(Tx) error) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return fn(memTx{m})
+}
+
+func (m *Memory) Peek() ([]Lease, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	ls, _, err := memTx{m}.List()
+	return ls, err
+}
+
+func (m *Memory) Close() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	clear(m.pending)
+}
+
+func (m *Memory) Destroy() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	clear(m.leases)
+	clear(m.draining)
+	m.record = nil
+	return nil
+}
+
+func (m *Memory) Bridge() string       { return m.bridge }
+func (m *Memory) Subnet() netip.Prefix { return m.r.Prefix }
+
+type memTx struct{ m *Memory }
+
+func (t memTx) fail(op string) error {
+	if t.m.Fail != nil {
+		return t.m.Fail(op)
+	}
+	return nil
+}
+
+func (t memTx) Lookup(id string) (Lease, bool, error) {
+	for _, l := range t.m.leases {
+		if l.ID == id {
+			return l, true, nil
+		}
+	}
+	return Lease{}, false, nil
+}
+
+func (t memTx) taken(ip netip.Addr) bool {
+	_, leased := t.m.leases[ip]
+	_, draining := t.m.draining[ip]
+	return leased || draining || t.m.Unreadable[ip]
+}
+
+func (t memTx) Allocate(l Lease) (Lease, error) {
+	if err := t.fail("allocate"); err != nil {
+		return Lease{}, err
+	}
+	if l.IP.IsValid() {
+		if err := t.m.r.Want(l.IP, t.taken); err != nil {
+			return Lease{}, err
+		}
+	} else {
+		ip, ok := t.m.r.Next(t.m.last, t.taken)
+		if !ok {
+			return Lease{}, fmt.Errorf("%w in %s: %d of %s addresses leased", ErrExhausted, t.m.r.Prefix, len(t.m.leases), t.m.r.Size())
+		}
+		l.IP = ip
+	}
+	if l.Created.IsZero() {
+		l.Created = time.Now().UTC().Truncate(time.Second)
+	}
+	t.m.leases[l.IP] = l
+	clear(t.m.pending) // a process holds the lease it allocated last
+	t.m.pending[l.IP] = true
+	t.m.last = l.IP
+	return l, nil
+}
+
+func (t memTx) Release(id string) (Lease, bool, error) {
+	l, ok, _ := t.Lookup(id)
+	if !ok {
+		return Lease{}, false, nil
+	}
+	return l, true, t.Remove(l)
+}
+
+func (t memTx) Remove(l Lease) error {
+	if err := t.fail("remove"); err != nil {
+		return err
+	}
+	if held, ok := t.m.leases[l.IP]; ok && held.ID == l.ID {
+		delete(t.m.leases, l.IP)
+		delete(t.m.pending, l.IP)
+	}
+	return nil
+}
+
+func (t memTx) List() ([]Lease, []string, error) {
+	var ls []Lease
+	for _, l := range t.m.leases {
+		ls = append(ls, l)
+	}
+	var bad []string
+	for ip := range t.m.Unreadable {
+		bad = append(bad, ip.String())
+	}
+	return ls, bad, nil
+}
+
+func (t memTx) Drain(l Lease) error {
+	if err := t.fail("drain"); err != nil {
+		return err
+	}
+	delete(t.m.leases, l.IP)
+	delete(t.m.pending, l.IP)
+	t.m.draining[l.IP] = l
+	return nil
+}
+
+func (t memTx) Draining() ([]Lease, error) {
+	var ls []Lease
+	for _, l := range t.m.draining {
+		ls = append(ls, l)
+	}
+	return ls, nil
+}
+
+func (t memTx) Settle(l Lease) error {
+	if err := t.fail("settle"); err != nil {
+		return err
+	}
+	delete(t.m.draining, l.IP)
+	return nil
+}
+
+func (t memTx) Pending(l Lease) bool { return t.m.pending[l.IP] }
+
+func (t memTx) Record(v any) (bool, error) {
+	if t.m.record == nil {
+		return false, nil
+	}
+	return json.Unmarshal(t.m.record, v) == nil, nil
+}
+
+func (t memTx) SetRecord(v any) error {
+	if err := t.fail("set record"); err != nil {
+		return err
+	}
+	b, err := json.Marshal(v)
+	t.m.record = b
+	return err
+}
+
+func (t memTx) ClearRecord() error {
+	if err := t.fail("clear record"); err != nil {
+		return err
+	}
+	t.m.record = nil
+	return nil
+}
+
+func (t memTx) Tidy() ([]string, error) {
+	var report []string
+	for ip := range t.m.Unreadable {
+		report = append(report, "discarded unreadable lease record "+ip.String())
+	}
+	clear(t.m.Unreadable)
+	return report, nil
+}
+
+var (
+	_ Store = (*Memory)(nil)
+	_ Tx    = memTx{}
+)
