@@ -44,8 +44,12 @@ demo: deps
 
 # The hook's cost on the container start path, against an empty Go program
 # started the same way, in a sandbox namespace; then the in-process parts.
+# BASE=REV adds rows for the binary of git revision REV, run in turn with
+# this one: how a change moves the figures, on one machine at one time.
+# RUNS=N runs each case N times (30).
 bench: deps
-	BRIDGEHOOK_BENCH=1 $(GO) test -count=1 -run '^TestBenchTable$$' -v . | grep -v -e '^=== RUN' -e '^--- PASS' -e '^PASS' -e '^ok '
+	$(if $(BASE),bash .ci/build-rev $(BASE) $(CURDIR)/bridgehook-base &&) \
+	BRIDGEHOOK_BENCH=1 BRIDGEHOOK_BENCH_RUNS=$(RUNS) $(if $(BASE),BRIDGEHOOK_BENCH_BASE=$(CURDIR)/bridgehook-base) $(GO) test -count=1 -run '^TestBenchTable$$' -v . | grep -v -e '^=== RUN' -e '^--- PASS' -e '^PASS' -e '^ok '
 	$(GO) test -run '^$$' -bench . -benchtime 2000x ./ipam ./hook
 
 # Each fuzz target for a bounded time (FUZZTIME), from the seeds in testdata/.

@@ -12,8 +12,10 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -92,7 +94,10 @@ func TestBenchTable(t *testing.T) {
 		t.Skip("run with make bench")
 	}
 	requireRoot(t, "runc", "busybox")
-	const runs = 30
+	runs := 30
+	if n, err := strconv.Atoi(os.Getenv("BRIDGEHOOK_BENCH_RUNS")); err == nil && n > 1 {
+		runs = n // BENCH_RUNS=N: more runs, for finer comparisons
+	}
 	empty := filepath.Join(t.TempDir(), "empty")
 	if err := os.WriteFile(empty+".go", []byte("package main\n\nfunc main() {}\n"), 0o644); err != nil {
 		t.Fatal(err)
@@ -124,7 +129,17 @@ func TestBenchTable(t *testing.T) {
 		for i := range ported {
 			ported[i] = sb.container()
 		}
+		// make bench BASE=REV: the binary of another revision, run in
+		// turn with this one, so that both see the same machine.
+		baseBin := os.Getenv("BRIDGEHOOK_BENCH_BASE")
+		basePids := make([]int, runs)
+		for i := range basePids {
+			if baseBin != "" && name == "" {
+				basePids[i] = sb.container()
+			}
+		}
 		var emptyF, startup, warm, down, downLive, ports figures
+		var baseStartup, baseWarm, baseDown figures
 		inNetns(t, sb.ns, func() {
 			hook := func(state string) time.Duration { return timeRun(t, state, binary, sb.flags...) }
 			hook(setupState("first", sb.container())) // the bridge and rules now exist
@@ -132,6 +147,10 @@ func TestBenchTable(t *testing.T) {
 				emptyF = append(emptyF, timeRun(t, setupState("x", 1), empty))
 				startup = append(startup, timeRun(t, setupState("x", 1), binary, "version"))
 				warm = append(warm, hook(setupState(fmt.Sprint("c", i), pids[i])))
+				if basePids[i] != 0 {
+					baseStartup = append(baseStartup, timeRun(t, setupState("x", 1), baseBin, "version"))
+					baseWarm = append(baseWarm, timeRun(t, setupState(fmt.Sprint("b", i), basePids[i]), baseBin, sb.flags...))
+				}
 				ports = append(ports, hook(fmt.Sprintf(`{"id":"p%d","pid":%d,"status":"creating","annotations":{"bridgehook.ports":"%d:80,%d:81/udp"}}`,
 					i, ported[i], 10000+i, 20000+i)))
 			}
@@ -141,6 +160,11 @@ func TestBenchTable(t *testing.T) {
 				procs[i].Kill()
 				waitFor(t, "container exit", func() bool { return !isRunning(pids[i]) })
 				down = append(down, hook(stopState(fmt.Sprint("c", i))))
+				if basePids[i] != 0 {
+					syscall.Kill(basePids[i], syscall.SIGKILL)
+					waitFor(t, "container exit", func() bool { return !isRunning(basePids[i]) })
+					baseDown = append(baseDown, timeRun(t, stopState(fmt.Sprint("b", i)), baseBin, sb.flags...))
+				}
 			}
 			// Teardown while the namespace still lives: the hook deletes
 			// the veth itself.
@@ -155,6 +179,11 @@ func TestBenchTable(t *testing.T) {
 			add("teardown (container exited, as at poststop)", down, true, "<= 3 ms above")
 			add("teardown (namespace alive: veth deleted)", downLive, true, "(no target)")
 			add("setup with 2 published ports", ports, true, "<= 15 ms above")
+			if baseBin != "" {
+				add("  base binary: bridgehook version", baseStartup, true, "(compare)")
+				add("  base binary: warm setup", baseWarm, true, "(compare)")
+				add("  base binary: teardown (container exited)", baseDown, true, "(compare)")
+			}
 		} else {
 			add(name, warm, true, "(for comparison)")
 		}

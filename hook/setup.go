@@ -57,17 +57,34 @@ func (n *Network) Setup(req Request) (res Result, err error) {
 	var undo undoStack
 	defer func() { err = undo.onError(err) }()
 
-	// 1. The bridge and its firewall rules, unless recorded as in place.
-	br, u, err := n.ensureNetwork()
-	undo.push(u)
-	if err != nil {
-		return res, err
+	// Steps 1 and 2 hold the store's lock together: a container has its
+	// lease by the time another hook can find the network without one
+	// and take it down (the undo of a failed cold setup, network rm).
+	if len(req.Ports) > 0 {
+		// Held from the check of the host ports until the lease that
+		// claims them is written: see checkPorts.
+		unlock, err := lockPorts(n.StateDir)
+		if err != nil {
+			return res, err
+		}
+		defer unlock()
 	}
-	tm.step("ensure bridge and firewall")
+	var br bridge.Bridge
+	err = n.store.Do(func(tx ipam.Tx) error {
+		// 1. The bridge and its firewall rules, unless recorded as in place.
+		b, u, err := n.ensureNetwork(tx)
+		undo.push(u)
+		if err != nil {
+			return err
+		}
+		br = b
+		tm.step("ensure bridge and firewall")
 
-	// 2. The lease, and the host ports it claims.
-	res, u, err = n.claim(req, ns, ino)
-	undo.push(u)
+		// 2. The lease, and the host ports it claims.
+		res, u, err = n.claim(tx, req, ns, ino)
+		undo.push(u)
+		return err
+	})
 	if err != nil || res.Reused {
 		return res, err
 	}
@@ -75,7 +92,7 @@ func (n *Network) Setup(req Request) (res Result, err error) {
 	failpoint("leased")
 
 	// 3. The veth pair, and the container's side of it.
-	u, err = n.attach(br, ns, res.Lease, len(req.Ports) > 0)
+	u, err := n.attach(br, ns, res.Lease, len(req.Ports) > 0)
 	undo.push(u)
 	if err != nil {
 		return res, err
@@ -97,93 +114,74 @@ func (n *Network) Setup(req Request) (res Result, err error) {
 // the store's lock, so that one hook per network creates the bridge and
 // installs its rules. Its undo removes the network again if this call
 // created the bridge and no container has joined it meanwhile.
-func (n *Network) ensureNetwork() (br bridge.Bridge, undo func() error, err error) {
-	err = n.store.Do(func(tx ipam.Tx) error {
-		if rec, ok := readRecord(tx); ok {
-			if found, ok := n.host.Find(n.Bridge); ok && n.trusts(rec, found) {
-				br = found
-				return n.fw.Forward()
-			}
+func (n *Network) ensureNetwork(tx ipam.Tx) (br bridge.Bridge, undo func() error, err error) {
+	if rec, ok := readRecord(tx); ok {
+		if found, ok := n.host.Find(n.Bridge); ok && n.trusts(rec, found) {
+			return found, nil, n.fw.Forward()
 		}
-		made, created, err := n.host.Ensure(n.Bridge, n.gateway(), n.MTU)
-		if err != nil {
-			return hint(err)
-		}
-		br = made
-		if created {
-			undo = func() error { return n.store.Do(n.removeIfUnused) }
-		}
-		if err := n.installFirewall(tx); err != nil {
-			return err
-		}
-		return tx.SetRecord(n.recordOf(br))
-	})
-	return br, undo, err
+	}
+	br, created, err := n.host.Ensure(n.Bridge, n.gateway(), n.MTU)
+	if err != nil {
+		return br, nil, hint(err)
+	}
+	if created {
+		undo = func() error { return n.store.Do(n.removeIfUnused) }
+	}
+	if err := n.installFirewall(tx); err != nil {
+		return br, undo, err
+	}
+	return br, undo, tx.SetRecord(n.recordOf(br))
 }
 
 // claim leases an address to the container, with the host ports it asks
-// for, under the store's lock: a second setup of a container that is
-// wired already is a no-op (Reused), an id held for a live namespace is
-// refused, and what a dead or half-set-up holder of the id left is undone
-// first. Its undo withdraws the ports and releases the lease.
-func (n *Network) claim(req Request, ns netns.NsHandle, ino uint64) (res Result, undo func() error, err error) {
-	if len(req.Ports) > 0 {
-		// Held from the check of the host ports until the lease that
-		// claims them is written: see checkPorts.
-		unlock, err := lockPorts(n.StateDir)
-		if err != nil {
-			return res, nil, err
-		}
-		defer unlock()
+// for: a second setup of a container that is wired already is a no-op
+// (Reused), an id held for a live namespace is refused, and what a dead
+// or half-set-up holder of the id left is undone first. Its undo withdraws
+// the ports and releases the lease.
+func (n *Network) claim(tx ipam.Tx, req Request, ns netns.NsHandle, ino uint64) (Result, func() error, error) {
+	old, ok, err := tx.Lookup(req.ID)
+	if err != nil {
+		return Result{}, nil, hint(err)
 	}
-	err = n.store.Do(func(tx ipam.Tx) error {
-		old, ok, err := tx.Lookup(req.ID)
-		if err != nil {
-			return hint(err)
+	if ok {
+		if old.NetnsInode == ino && n.host.Present(ns, old.Iface, n.prefix(old.IP)) {
+			return Result{Lease: old, Found: true, Reused: true}, nil, nil
 		}
-		if ok {
-			if old.NetnsInode == ino && n.host.Present(ns, old.Iface, n.prefix(old.IP)) {
-				res = Result{Lease: old, Found: true, Reused: true}
-				return nil
-			}
-			if old.NetnsInode != ino && n.alive(old) {
-				return inputErr("container id %q already holds %s for a live network namespace (pid %d); container ids must be unique per network", req.ID, old.IP, old.PID)
-			}
-			// A setup that failed half-way, or an id whose container died
-			// without a teardown: start afresh.
-			if err := n.forget(tx, old); err != nil {
-				return err
-			}
+		if old.NetnsInode != ino && n.alive(old) {
+			return Result{}, nil, inputErr("container id %q already holds %s for a live network namespace (pid %d); container ids must be unique per network", req.ID, old.IP, old.PID)
 		}
-		if err := n.checkPorts(tx, req.ID, req.Ports); err != nil {
-			return err
+		// A setup that failed half-way, or an id whose container died
+		// without a teardown: start afresh.
+		if err := n.forget(tx, old); err != nil {
+			return Result{}, nil, err
 		}
-		failpoint("ports-checked")
-		l, err := n.allocate(tx, ipam.Lease{
-			ID: req.ID, IP: req.IP, PID: req.PID, NetnsInode: ino,
-			Veth: n.vethName(req.PID), Iface: n.Iface, Ports: portStrings(req.Ports),
-		})
-		if err != nil {
-			return err
-		}
-		res = Result{Lease: l, Found: true}
-		release := func(tx ipam.Tx) error { _, _, err := tx.Release(req.ID); return err }
-		undo = func() error { return n.store.Do(release) }
-		if len(req.Ports) == 0 {
-			return nil
-		}
-		pub := nat.Published{ID: req.ID, IP: l.IP, Ports: req.Ports}
-		if err := n.fw.Publish(n.natNetwork(), pub); err != nil {
-			return err
-		}
-		undo = func() error {
-			return n.store.Do(func(tx ipam.Tx) error {
-				return errors.Join(n.fw.Unpublish(n.natNetwork(), pub), release(tx))
-			})
-		}
-		return nil
+	}
+	if err := n.checkPorts(tx, req.ID, req.Ports); err != nil {
+		return Result{}, nil, err
+	}
+	failpoint("ports-checked")
+	l, err := n.allocate(tx, ipam.Lease{
+		ID: req.ID, IP: req.IP, PID: req.PID, NetnsInode: ino,
+		Veth: n.vethName(req.PID), Iface: n.Iface, Ports: portStrings(req.Ports),
 	})
-	return res, undo, err
+	if err != nil {
+		return Result{}, nil, err
+	}
+	res := Result{Lease: l, Found: true}
+	release := func(tx ipam.Tx) error { _, _, err := tx.Release(req.ID); return err }
+	if len(req.Ports) == 0 {
+		return res, func() error { return n.store.Do(release) }, nil
+	}
+	pub := nat.Published{ID: req.ID, IP: l.IP, Ports: req.Ports}
+	withdraw := func() error {
+		return n.store.Do(func(tx ipam.Tx) error {
+			return errors.Join(n.fw.Unpublish(n.natNetwork(), pub), release(tx))
+		})
+	}
+	if err := n.fw.Publish(n.natNetwork(), pub); err != nil {
+		return res, func() error { return n.store.Do(release) }, err
+	}
+	return res, withdraw, nil
 }
 
 // attach creates the veth pair into the container and configures its side
