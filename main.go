@@ -110,15 +110,19 @@ Examples:
   bridgehook gc
   bridgehook gc --all    # e.g. from a systemd timer
 `},
-	"repair": {root: true, usage: `bridgehook [flags] repair
+	"repair": {root: true, usage: `bridgehook [flags] repair [--all]
 
 A setup that finds the network's bridge as it left it trusts its firewall
 rules and runs no iptables. After something flushed the firewall (a
-firewalld reload, an iptables-restore), repair puts the network's bridge,
-address and rules back. Running it again changes nothing.
+firewalld reload, an iptables-restore, a restart of nftables.service),
+repair puts the network's bridge, address and rules back. Running it again
+changes nothing. --all repairs every network under --state-dir, each with
+the options (--icc, --internal) its rules were installed with: what the
+systemd units in systemd/ run.
 
-Example:
+Examples:
   bridgehook --bridge br1 --subnet 10.88.0.0/24 repair
+  bridgehook repair --all
 `},
 	"network": {root: true, usage: `bridgehook [flags] network rm
 
@@ -192,7 +196,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	fs.BoolVar(&cfg.HostDNS, "resolv-conf", false, "write the host's name servers (loopback ones skipped) to the container's /etc/resolv.conf")
 	fs.BoolVar(&debug, "debug", false, "report how long each step takes, on stderr")
 	fs.BoolVar(&jsonOut, "json", false, "ls: print JSON")
-	fs.BoolVar(&all, "all", false, "ls, gc: every network under --state-dir")
+	fs.BoolVar(&all, "all", false, "ls, gc, repair: every network under --state-dir")
 	fs.Usage = func() {
 		fmt.Fprint(stderr, overview)
 		fs.PrintDefaults()
@@ -400,10 +404,14 @@ func runRepair(e *env, args []string) error {
 	if err := noArgs(args); err != nil {
 		return err
 	}
-	if err := hook.Repair(e.cfg); err != nil {
+	report, err := hook.Repair(e.cfg, e.all)
+	for _, line := range report {
+		fmt.Fprintln(e.stdout, line)
+		e.log.file.Info("repaired", "network", line)
+	}
+	if err != nil {
 		return fmt.Errorf("repair: %w", err)
 	}
-	e.log.both.Info("repaired", "bridge", e.cfg.Bridge, "subnet", e.cfg.Subnet.String())
 	return nil
 }
 

@@ -118,6 +118,22 @@ func TestAFullSubnetReclaimsWhatTheDeadHold(t *testing.T) {
 	}
 }
 
+// A setup killed between creating its veth and labelling it leaves the
+// name taken: the next setup of that container deletes the leftover.
+func TestAHalfMadeVethOfThisPidIsReplaced(t *testing.T) {
+	w := newWorld(t, "10.1.0.0/24")
+	w.host.veths["netnsv0-10"] = &fakeVeth{state: bridge.Live, pid: 10, iface: "eth0"}
+	l := w.mustSetup("a", w.container(10), "")
+	if v := w.host.veths[l.Veth]; v == nil || v.alias != "bridgehook:a" {
+		t.Errorf("veth %+v, want a's", v)
+	}
+	// A labelled veth of the name is someone's: it is left alone.
+	w.host.veths["netnsv0-11"] = &fakeVeth{alias: "bridgehook:other", state: bridge.Live, pid: 99}
+	if _, err := w.setup("b", w.container(11), ""); err == nil || w.host.veths["netnsv0-11"].alias != "bridgehook:other" {
+		t.Errorf("setup over another container's veth: %v, veth %+v", err, w.host.veths["netnsv0-11"])
+	}
+}
+
 func TestAStaticAddress(t *testing.T) {
 	w := newWorld(t, "10.1.0.0/24")
 	l, err := w.n.Setup(Request{ID: "a", PID: w.container(10), IP: netip.MustParseAddr("10.1.0.77")})
@@ -423,7 +439,7 @@ func TestCommandsOverTheDiskStore(t *testing.T) {
 	}
 	os.Chmod(c.StateDir, 0o777)
 	for name, f := range map[string]func() error{
-		"repair":     func() error { return Repair(c) },
+		"repair":     func() error { _, err := Repair(c, false); return err },
 		"network rm": func() error { _, err := RemoveNetwork(c); return err },
 		"gc":         func() error { _, err := GC(c, false); return err },
 	} {

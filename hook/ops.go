@@ -462,28 +462,58 @@ func (n *Network) Remove() ([]string, error) {
 	return report, n.store.Destroy()
 }
 
-// Repair re-creates what c's network needs and re-installs its rules.
-func Repair(c Config) error {
+// Repair re-creates what c's network needs and re-installs its rules;
+// with all, every network's under the state directory, each with the
+// options its rules were installed with. It says what it repaired.
+func Repair(c Config, all bool) ([]string, error) {
+	if all && !ipam.Exists(c.StateDir, c.Bridge, c.Subnet) {
+		// Not the flags' network: look without creating its store.
+		stores, err := ipam.Stores(c.StateDir)
+		if err != nil || len(stores) == 0 {
+			return nil, err
+		}
+		c.Bridge, c.Subnet = stores[0].Bridge(), stores[0].Subnet()
+	}
 	n, err := Open(c)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer n.Close()
-	return n.Repair()
+	stores := []ipam.Store{n.store}
+	if all {
+		if stores, err = n.stores(); err != nil {
+			return nil, err
+		}
+	}
+	var report []string
+	for _, s := range stores {
+		o := n.on(s)
+		err := s.Do(func(tx ipam.Tx) error {
+			if all {
+				o.adopt(tx)
+			}
+			return o.repair(tx)
+		})
+		if err != nil {
+			return report, fmt.Errorf("repair %s: %w", s.Bridge(), err)
+		}
+		report = append(report, fmt.Sprintf("%s: bridge and rules in place (%s)", o.Bridge, o.Subnet))
+	}
+	return report, nil
 }
 
 // Repair re-creates the bridge and re-installs the firewall rules: for
 // after a firewall reload (firewalld, iptables-restore, a flush) removed
 // them, which warm setups do not check.
-func (n *Network) Repair() error {
-	return n.store.Do(func(tx ipam.Tx) error {
-		br, _, err := n.host.Ensure(n.Bridge, n.gateway(), n.MTU)
-		if err != nil {
-			return hint(err)
-		}
-		if err := n.installFirewall(tx); err != nil {
-			return err
-		}
-		return tx.SetRecord(n.recordOf(br))
-	})
+func (n *Network) Repair() error { return n.store.Do(n.repair) }
+
+func (n *Network) repair(tx ipam.Tx) error {
+	br, _, err := n.host.Ensure(n.Bridge, n.gateway(), n.MTU)
+	if err != nil {
+		return hint(err)
+	}
+	if err := n.installFirewall(tx); err != nil {
+		return err
+	}
+	return tx.SetRecord(n.recordOf(br))
 }

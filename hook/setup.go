@@ -207,9 +207,15 @@ func (n *Network) attach(br bridge.Bridge, ns netns.NsHandle, l ipam.Lease, hair
 	if errors.Is(err, unix.EEXIST) {
 		// The veth's name, or the container's interface, may still be
 		// held by the pair of a container that is gone (a reused pid, or
-		// a namespace that outlives its containers): delete those, and
-		// try once more.
-		if serr := n.store.Do(func(tx ipam.Tx) error { _, err := n.settle(tx, true); return err }); serr != nil {
+		// a namespace that outlives its containers), or by the unlabelled
+		// pair of an earlier setup of this pid killed half-way (no other
+		// lease can name a veth named for this pid): delete those, and try
+		// once more.
+		serr := n.store.Do(func(tx ipam.Tx) error { _, err := n.settle(tx, true); return err })
+		if serr == nil {
+			serr = n.host.Detach(ep.Host, "")
+		}
+		if serr != nil {
 			return nil, fmt.Errorf("%w (and clearing veths of gone containers: %v)", err, serr)
 		}
 		err = n.host.Attach(br, ns, ep)
