@@ -60,14 +60,13 @@ func (n *Network) Setup(req Request) (res Result, err error) {
 	// Steps 1 and 2 hold the store's lock together: a container has its
 	// lease by the time another hook can find the network without one
 	// and take it down (the undo of a failed cold setup, network rm).
+	unlockPorts := func() {}
 	if len(req.Ports) > 0 {
 		// Held from the check of the host ports until the lease that
 		// claims them is written: see checkPorts.
-		unlock, err := lockPorts(n.StateDir)
-		if err != nil {
+		if unlockPorts, err = lockPorts(n.StateDir); err != nil {
 			return res, err
 		}
-		defer unlock()
 	}
 	var br bridge.Bridge
 	err = n.store.Do(func(tx ipam.Tx) error {
@@ -85,6 +84,7 @@ func (n *Network) Setup(req Request) (res Result, err error) {
 		undo.push(u)
 		return err
 	})
+	unlockPorts()
 	if err != nil || res.Reused {
 		return res, err
 	}
