@@ -103,8 +103,11 @@ pid is gone, or reused by a process in another namespace); frees the
 addresses that teardowns held back until the kernel deleted their veths,
 deleting the veths that something else keeps alive; rebuilds leases that
 the store lost or cannot read from the live veths on the bridge; deletes
-veths no lease accounts for. Safe to run while hooks run. --all does every
-network under --state-dir.
+veths no lease accounts for, and port rules no lease accounts for; frees
+the lease of a setup that was killed before it gave its container a veth.
+When it returns, nothing is left of a container that is gone: no lease,
+no veth, no rule. Safe to run while hooks run: it leaves setups in
+progress alone. --all does every network under --state-dir.
 
 Examples:
   bridgehook gc
