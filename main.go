@@ -101,7 +101,7 @@ Brings the lease store and the kernel back into agreement, and prints what
 it did: releases leases whose container's network namespace is gone (the
 pid is gone, or reused by a process in another namespace); frees the
 addresses that teardowns held back until the kernel deleted their veths,
-deleting the veths that something else keeps alive; rebuilds leases that
+deleting those veths itself if they are still there; rebuilds leases that
 the store lost or cannot read from the live veths on the bridge; deletes
 veths no lease accounts for, and port rules no lease accounts for; frees
 the lease of a setup that was killed before it gave its container a veth.
