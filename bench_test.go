@@ -125,18 +125,13 @@ func TestBenchTable(t *testing.T) {
 			pids[i] = sb.container()
 			procs[i], _ = os.FindProcess(pids[i])
 		}
-		ported := make([]int, runs)
-		for i := range ported {
-			ported[i] = sb.container()
-		}
+		ported := sb.containers(runs)
 		// make bench BASE=REV: the binary of another revision, run in
 		// turn with this one, so that both see the same machine.
 		baseBin := os.Getenv("BRIDGEHOOK_BENCH_BASE")
-		basePids := make([]int, runs)
-		for i := range basePids {
-			if baseBin != "" && name == "" {
-				basePids[i] = sb.container()
-			}
+		var basePids []int
+		if baseBin != "" && name == "" {
+			basePids = sb.containers(runs)
 		}
 		var emptyF, startup, warm, down, downLive, ports figures
 		var baseStartup, baseWarm, baseDown figures
@@ -147,7 +142,7 @@ func TestBenchTable(t *testing.T) {
 				emptyF = append(emptyF, timeRun(t, setupState("x", 1), empty))
 				startup = append(startup, timeRun(t, setupState("x", 1), binary, "version"))
 				warm = append(warm, hook(setupState(fmt.Sprint("c", i), pids[i])))
-				if basePids[i] != 0 {
+				if basePids != nil {
 					baseStartup = append(baseStartup, timeRun(t, setupState("x", 1), baseBin, "version"))
 					baseWarm = append(baseWarm, timeRun(t, setupState(fmt.Sprint("b", i), basePids[i]), baseBin, sb.flags...))
 				}
@@ -160,7 +155,7 @@ func TestBenchTable(t *testing.T) {
 				procs[i].Kill()
 				waitFor(t, "container exit", func() bool { return !isRunning(pids[i]) })
 				down = append(down, hook(stopState(fmt.Sprint("c", i))))
-				if basePids[i] != 0 {
+				if basePids != nil {
 					syscall.Kill(basePids[i], syscall.SIGKILL)
 					waitFor(t, "container exit", func() bool { return !isRunning(basePids[i]) })
 					baseDown = append(baseDown, timeRun(t, stopState(fmt.Sprint("b", i)), baseBin, sb.flags...))
@@ -207,10 +202,7 @@ func TestBenchTable(t *testing.T) {
 	sb64 := newSandbox(t)
 	onTmpfs(t, sb64)
 	const n = 64
-	p64 := make([]int, n)
-	for i := range p64 {
-		p64[i] = sb64.container()
-	}
+	p64 := sb64.containers(n)
 	each := make(figures, n)
 	first := sb64.container()
 	inNetns(t, sb64.ns, func() { timeRun(t, setupState("first", first), binary, sb64.flags...) })

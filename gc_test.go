@@ -30,10 +30,7 @@ func portsState(id string, pid int, ports string) string {
 func TestPortClaimsAcrossNetworksAreExact(t *testing.T) {
 	sb := newSandbox(t)
 	const n = 20
-	pids := make([]int, n)
-	for i := range pids {
-		pids[i] = sb.container()
-	}
+	pids := sb.containers(n)
 	network := func(i int) []string {
 		return []string{"--bridge", fmt.Sprint("br", i%4), "--subnet", fmt.Sprintf("10.20.%d.0/24", i%4)}
 	}
@@ -108,10 +105,7 @@ func TestGCDuringConcurrentSetups(t *testing.T) {
 	const subnet = "10.78.0.0/24"
 	sb := newSandbox(t, "--subnet", subnet)
 	n := 100
-	pids := make([]int, n)
-	for i := range pids {
-		pids[i] = sb.container()
-	}
+	pids := sb.containers(n)
 	stop := make(chan struct{})
 	gcs := make(chan int)
 	go func() {

@@ -246,10 +246,7 @@ func TestRefusesToRunAsNonRoot(t *testing.T) {
 func TestTwentySetupsAtOnce(t *testing.T) {
 	sb := newSandbox(t)
 	const n = 20
-	pids := make([]int, n)
-	for i := range pids {
-		pids[i] = sb.container()
-	}
+	pids := sb.containers(n)
 	run := func(state func(i int) string) {
 		var wg sync.WaitGroup
 		for i := range n {

@@ -45,10 +45,7 @@ func TestConcurrentHundredOnOneNetwork(t *testing.T) {
 	sb := newSandbox(t)
 	n := 100
 	for round := range stress(1, 5) {
-		pids := make([]int, n)
-		for i := range pids {
-			pids[i] = sb.container()
-		}
+		pids := sb.containers(n)
 		sb.parallel(n, func(i int) string { return setupState(fmt.Sprint("r", round, "c", i), pids[i]) }, sameFlags)
 		ls := sb.leases("netns0", "172.19.0.0/16")
 		distinct := map[netip.Addr]bool{}
@@ -74,10 +71,7 @@ func TestConcurrentHundredOnOneNetwork(t *testing.T) {
 func TestConcurrentHundredOnFourNetworks(t *testing.T) {
 	sb := newSandbox(t)
 	n := 100
-	pids := make([]int, n)
-	for i := range pids {
-		pids[i] = sb.container()
-	}
+	pids := sb.containers(n)
 	net := func(i int) []string {
 		return []string{"--bridge", fmt.Sprint("br", i%4), "--subnet", fmt.Sprintf("10.10.%d.0/24", i%4)}
 	}

@@ -215,6 +215,16 @@ func (s *sandbox) container() int {
 	return pid
 }
 
+// containers starts n containers (see container) and returns their pids.
+func (s *sandbox) containers(n int) []int {
+	s.t.Helper()
+	pids := make([]int, n)
+	for i := range pids {
+		pids[i] = s.container()
+	}
+	return pids
+}
+
 func inodeOf(path string) (uint64, error) {
 	var st syscall.Stat_t
 	err := syscall.Stat(path, &st)

@@ -367,7 +367,7 @@ func TestRemoveAndRepair(t *testing.T) {
 		t.Errorf("remove of a network in use: %v", err)
 	}
 	delete(w.fw.installed, "netns0") // a firewall reload
-	if err := w.n.Repair(); err != nil || len(w.fw.installed) != 1 {
+	if err := w.store.Do(w.n.repair); err != nil || len(w.fw.installed) != 1 {
 		t.Errorf("repair: %v, rules %v", err, w.fw.installed)
 	}
 	w.kill(10, false)

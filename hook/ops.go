@@ -149,10 +149,25 @@ func Inspect(c Config, id string) (Endpoint, error) {
 }
 
 // GC runs gc on c's network, or with all on every network under the state
-// directory.
+// directory, each with the options its rules were installed with.
 func GC(c Config, all bool) ([]string, error) {
 	if !all && !ipam.Exists(c.StateDir, c.Bridge, c.Subnet) {
 		return nil, nil // nothing set up yet: nothing to collect
+	}
+	return eachNetwork(c, all, true, "gc", (*Network).gc)
+}
+
+// eachNetwork runs fn under each network's store lock: c's, or with all
+// every network under the state directory (then c's network need not
+// exist, and no store is made for it). With adopt, or with all, each
+// network takes the options its record holds rather than c's.
+func eachNetwork(c Config, all, adopt bool, verb string, fn func(*Network, ipam.Tx) ([]string, error)) ([]string, error) {
+	if all && !ipam.Exists(c.StateDir, c.Bridge, c.Subnet) {
+		stores, err := ipam.Stores(c.StateDir)
+		if err != nil || len(stores) == 0 {
+			return nil, err
+		}
+		c.Bridge, c.Subnet = stores[0].Bridge(), stores[0].Subnet()
 	}
 	n, err := Open(c)
 	if err != nil {
@@ -169,13 +184,15 @@ func GC(c Config, all bool) ([]string, error) {
 	for _, s := range stores {
 		o := n.on(s)
 		err := s.Do(func(tx ipam.Tx) error {
-			o.adopt(tx)
-			r, err := o.gc(tx)
+			if adopt || all {
+				o.adopt(tx)
+			}
+			r, err := fn(o, tx)
 			report = append(report, r...)
 			return err
 		})
 		if err != nil {
-			return report, fmt.Errorf("gc %s: %w", s.Bridge(), err)
+			return report, fmt.Errorf("%s %s: %w", verb, s.Bridge(), err)
 		}
 	}
 	return report, nil
@@ -464,49 +481,20 @@ func (n *Network) Remove() ([]string, error) {
 
 // Repair re-creates what c's network needs and re-installs its rules;
 // with all, every network's under the state directory, each with the
-// options its rules were installed with. It says what it repaired.
-func Repair(c Config, all bool) ([]string, error) {
-	if all && !ipam.Exists(c.StateDir, c.Bridge, c.Subnet) {
-		// Not the flags' network: look without creating its store.
-		stores, err := ipam.Stores(c.StateDir)
-		if err != nil || len(stores) == 0 {
-			return nil, err
-		}
-		c.Bridge, c.Subnet = stores[0].Bridge(), stores[0].Subnet()
-	}
-	n, err := Open(c)
-	if err != nil {
-		return nil, err
-	}
-	defer n.Close()
-	stores := []ipam.Store{n.store}
-	if all {
-		if stores, err = n.stores(); err != nil {
-			return nil, err
-		}
-	}
-	var report []string
-	for _, s := range stores {
-		o := n.on(s)
-		err := s.Do(func(tx ipam.Tx) error {
-			if all {
-				o.adopt(tx)
-			}
-			return o.repair(tx)
-		})
-		if err != nil {
-			return report, fmt.Errorf("repair %s: %w", s.Bridge(), err)
-		}
-		report = append(report, fmt.Sprintf("%s: bridge and rules in place (%s)", o.Bridge, o.Subnet))
-	}
-	return report, nil
-}
-
-// Repair re-creates the bridge and re-installs the firewall rules: for
+// options its rules were installed with. It says what it repaired. For
 // after a firewall reload (firewalld, iptables-restore, a flush) removed
 // them, which warm setups do not check.
-func (n *Network) Repair() error { return n.store.Do(n.repair) }
+func Repair(c Config, all bool) ([]string, error) {
+	return eachNetwork(c, all, false, "repair", func(n *Network, tx ipam.Tx) ([]string, error) {
+		if err := n.repair(tx); err != nil {
+			return nil, err
+		}
+		return []string{fmt.Sprintf("%s: bridge and rules in place (%s)", n.Bridge, n.Subnet)}, nil
+	})
+}
 
+// repair makes the bridge if it is missing, installs the network's rules
+// again, and records what it verified.
 func (n *Network) repair(tx ipam.Tx) error {
 	br, _, err := n.host.Ensure(n.Bridge, n.gateway(), n.MTU)
 	if err != nil {

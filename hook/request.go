@@ -18,11 +18,9 @@ import (
 	"github.com/bridgehook/bridgehook/nat"
 )
 
-// Setup wires the container of OCI state st into network c.
+// Setup wires the container of OCI state st into network c (Open checks
+// c, before anything is touched).
 func Setup(c Config, st specs.State, debug *slog.Logger) (Result, error) {
-	if err := c.Check(); err != nil {
-		return Result{}, err
-	}
 	if err := CheckID(st.ID); err != nil {
 		return Result{}, err
 	}
