@@ -1,94 +1,472 @@
 package nat
 
 import (
-	"bytes"
+	"bufio"
 	"fmt"
-	"os/exec"
-	"path/filepath"
+	"net/netip"
+	"slices"
 	"strings"
-	"sync"
 
-	"github.com/coreos/go-iptables/iptables"
+	"github.com/gofrs/flock"
 )
 
-// execRunner is the runner of the host's iptables. go-iptables runs
-// `iptables --version` when it is created, so it is created on first use:
-// a warm setup never needs it.
-type execRunner struct {
-	once sync.Once
-	ipt  *iptables.IPTables
-	err  error
+// IPTables is the Firewall of the host's iptables: a chain of our own per
+// network and table, jumped to from the built-in chains.
+type IPTables struct {
+	r runner
+	// lock serialises changes to the built-in chains, which all networks
+	// share, across processes: the jump check and the restore are two
+	// commands.
+	lock string
+	// sysctl turns a /proc/sys switch on.
+	sysctl func(path string) error
 }
 
-func (t *execRunner) get() (*iptables.IPTables, error) {
-	t.once.Do(func() { t.ipt, t.err = iptables.New() })
-	return t.ipt, t.err
+// NewIPTables returns the iptables Firewall; lockFile is the flock that
+// serialises installs and removals across processes.
+func NewIPTables(lockFile string) *IPTables {
+	return &IPTables{r: &execRunner{}, lock: lockFile, sysctl: sysctlOn}
 }
 
-// tool returns the path of the iptables-save or iptables-restore that goes
-// with the iptables go-iptables would run, so both speak to one backend.
-func tool(name string) (string, error) {
-	p, err := exec.LookPath("iptables")
+var _ Firewall = (*IPTables)(nil)
+
+// runner runs iptables. The go-iptables runner is the real one; tests use
+// a fake that records what it was given.
+type runner interface {
+	// Save returns the output of iptables-save for every table.
+	Save() (string, error)
+	// Restore feeds input to iptables-restore --noflush, atomically.
+	Restore(input string) error
+	Exists(table, chain string, spec ...string) (bool, error)
+	DeleteIfExists(table, chain string, spec ...string) error
+	ChainExists(table, chain string) (bool, error)
+	ClearAndDeleteChain(table, chain string) error
+}
+
+// Chain names are short enough for any bridge name: iptables allows 28.
+const (
+	fwdPrefix  = "BH-FWD-"
+	masqPrefix = "BH-NAT-"
+	dnatPrefix = "BH-DNAT-"
+)
+
+func (n Network) fwdChain() string  { return fwdPrefix + n.Bridge }
+func (n Network) masqChain() string { return masqPrefix + n.Bridge }
+func (n Network) dnatChain() string { return dnatPrefix + n.Bridge }
+
+// iptRule is a Rule as iptables takes it: table, chain, match and target.
+type iptRule struct {
+	Table, Chain string
+	Spec         []string
+}
+
+// iptComment is the comment match naming rule what of network n.
+func (n Network) iptComment(what string) []string {
+	return []string{"-m", "comment", "--comment", n.comment(what)}
+}
+
+// iptables renders r, a rule of network n.
+func (n Network) iptables(r Rule) iptRule {
+	var spec []string
+	add := func(s ...string) { spec = append(spec, s...) }
+	if r.Src.IsValid() {
+		add("-s", r.Src.String())
+	}
+	if r.Dst.IsValid() {
+		add("-d", r.Dst.String())
+	}
+	if r.In != "" {
+		add("-i", r.In)
+	}
+	if r.Out != "" {
+		add("-o", r.Out)
+	}
+	if r.NotOut != "" {
+		add("!", "-o", r.NotOut)
+	}
+	if r.Proto != "" {
+		add("-p", r.Proto, "-m", r.Proto)
+	}
+	if r.DPort != 0 {
+		add("--dport", colonRange(r.DPort, r.DPortEnd))
+	}
+	if r.Replies {
+		add("-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED")
+	}
+	if r.DNATed {
+		add("-m", "conntrack", "--ctstate", "DNAT")
+	}
+	add(n.iptComment(r.What)...)
+	out := iptRule{Spec: spec}
+	switch r.Chain {
+	case Forward:
+		out.Table, out.Chain = "filter", n.fwdChain()
+	case Masquerade:
+		out.Table, out.Chain = "nat", n.masqChain()
+	case Ports:
+		out.Table, out.Chain = "nat", n.dnatChain()
+	}
+	switch r.Verdict {
+	case Accept:
+		add("-j", "ACCEPT")
+	case Drop:
+		add("-j", "DROP")
+	case Masq:
+		add("-j", "MASQUERADE")
+	case DNAT:
+		to := r.To.Addr().String()
+		if r.To.Port() != 0 {
+			to = r.To.String()
+		}
+		add("-j", "DNAT", "--to-destination", to)
+	}
+	out.Spec = spec
+	return out
+}
+
+func (n Network) iptablesAll(rules []Rule) []iptRule {
+	out := make([]iptRule, len(rules))
+	for i, r := range rules {
+		out[i] = n.iptables(r)
+	}
+	return out
+}
+
+// jump is a rule in a built-in chain that sends traffic to one of ours.
+type jump struct {
+	Table, From, To string
+}
+
+func (n Network) jumps() []jump {
+	return []jump{
+		{"filter", "FORWARD", n.fwdChain()},
+		{"nat", "POSTROUTING", n.masqChain()},
+		// Published ports: traffic for the host's own addresses, from
+		// outside (PREROUTING) and from the host itself (OUTPUT).
+		{"nat", "PREROUTING", n.dnatChain()},
+		{"nat", "OUTPUT", n.dnatChain()},
+	}
+}
+
+func (j jump) spec(n Network) []string {
+	if j.To == n.dnatChain() {
+		return append([]string{"-m", "addrtype", "--dst-type", "LOCAL"}, append(n.iptComment("jump"), "-j", j.To)...)
+	}
+	return append(n.iptComment("jump"), "-j", j.To)
+}
+
+func (f *IPTables) locked(fn func() error) error {
+	if f.lock == "" {
+		return fn()
+	}
+	lock := flock.New(f.lock)
+	if err := lock.Lock(); err != nil {
+		return fmt.Errorf("lock firewall: %w", err)
+	}
+	defer lock.Unlock()
+	return fn()
+}
+
+// Install makes network n's chains hold exactly n.Rules() and the port
+// rules of pubs, and makes sure the built-in chains jump to them once.
+func (f *IPTables) Install(n Network, pubs []Published) error {
+	if err := f.Forward(); err != nil {
+		return err
+	}
+	if !n.Internal {
+		if err := f.sysctl(routeLocalnet(n.Bridge)); err != nil {
+			return err
+		}
+	}
+	return f.locked(func() error { return f.install(n, pubs) })
+}
+
+func (f *IPTables) install(n Network, pubs []Published) error {
+	saved, err := f.r.Save()
 	if err != nil {
-		return "", fmt.Errorf("iptables not found (install the iptables package): %w", err)
+		return fmt.Errorf("read firewall: %w", err)
 	}
-	return filepath.Join(filepath.Dir(p), name), nil
+	rules := n.Rules()
+	for _, p := range pubs {
+		pr, err := n.PortRules(p)
+		if err != nil {
+			return err
+		}
+		rules = append(rules, pr...)
+	}
+	if err := f.r.Restore(restoreInput(n, n.iptablesAll(rules), jumpsIn(saved))); err != nil {
+		return fmt.Errorf("install rules for %s: %w", n.Bridge, err)
+	}
+	return nil
 }
 
-func run(name string, stdin string) (string, error) {
-	path, err := tool(name)
-	if err != nil {
-		return "", err
-	}
-	args := []string{}
-	if name == "iptables-restore" {
-		args = append(args, "--noflush", "-w")
-	}
-	cmd := exec.Command(path, args...)
-	cmd.Stdin = strings.NewReader(stdin)
-	var out, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &stderr
-	if err := cmd.Run(); err != nil {
-		return "", fmt.Errorf("%s: %w: %s", name, err, strings.TrimSpace(stderr.String()))
-	}
-	return out.String(), nil
-}
-
-func (t *execRunner) Save() (string, error) { return run("iptables-save", "") }
-
-func (t *execRunner) Restore(input string) error {
-	_, err := run("iptables-restore", input)
-	return err
-}
-
-func (t *execRunner) Exists(table, chain string, spec ...string) (bool, error) {
-	ipt, err := t.get()
-	if err != nil {
-		return false, err
-	}
-	return ipt.Exists(table, chain, spec...)
-}
-
-func (t *execRunner) DeleteIfExists(table, chain string, spec ...string) error {
-	ipt, err := t.get()
+// Publish adds the port rules of p in one iptables-restore: one process
+// whatever the number of ports, and all or none of them.
+func (f *IPTables) Publish(n Network, p Published) error {
+	rules, err := n.PortRules(p)
 	if err != nil {
 		return err
 	}
-	return ipt.DeleteIfExists(table, chain, spec...)
-}
-
-func (t *execRunner) ChainExists(table, chain string) (bool, error) {
-	ipt, err := t.get()
-	if err != nil {
-		return false, err
+	if err := f.r.Restore(render("-A", n.iptablesAll(rules))); err != nil {
+		return fmt.Errorf("publish ports of %s: %w", p.ID, err)
 	}
-	return ipt.ChainExists(table, chain)
+	return nil
 }
 
-func (t *execRunner) ClearAndDeleteChain(table, chain string) error {
-	ipt, err := t.get()
+// Unpublish removes the port rules of p, and the UDP conntrack entries
+// that would keep sending its ports' traffic to a container that is gone.
+func (f *IPTables) Unpublish(n Network, p Published) error {
+	rules, err := n.PortRules(p)
 	if err != nil {
 		return err
 	}
-	return ipt.ClearAndDeleteChain(table, chain)
+	ipt := n.iptablesAll(rules)
+	if err := f.r.Restore(render("-D", ipt)); err != nil {
+		// Some rule was already gone (a firewall reload, say): remove the
+		// rest one by one.
+		for _, r := range ipt {
+			if err := f.r.DeleteIfExists(r.Table, r.Chain, r.Spec...); err != nil {
+				return fmt.Errorf("unpublish ports of %s: %w", p.ID, err)
+			}
+		}
+	}
+	return flushUDP(p)
 }
+
+// Published returns the published ports that network n's rules hold, an
+// entry per container address, its ID the Label the rules carry: how gc
+// finds the ports of a lease the store lost, and the rules no lease
+// accounts for.
+func (f *IPTables) Published(n Network) ([]Published, error) {
+	saved, err := f.r.Save()
+	if err != nil {
+		return nil, fmt.Errorf("read firewall: %w", err)
+	}
+	return publishedIn(n, saved), nil
+}
+
+// publishedIn reads the port rules of n out of iptables-save output.
+func publishedIn(n Network, saved string) []Published {
+	prefix := "bridgehook " + n.Bridge + ": "
+	var pubs []Published
+	index := map[netip.Addr]int{}
+	for _, line := range strings.Split(saved, "\n") {
+		if !strings.HasPrefix(line, "-A "+n.dnatChain()+" ") {
+			continue
+		}
+		f := unquote(line)
+		var comment, to string
+		for i := 0; i+1 < len(f); i++ {
+			switch f[i] {
+			case "--comment":
+				comment = f[i+1]
+			case "--to-destination":
+				to = f[i+1]
+			}
+		}
+		who, port, ok := strings.Cut(strings.TrimPrefix(comment, prefix), " ")
+		ports, err := ParsePorts(port)
+		if !ok || err != nil {
+			continue
+		}
+		ip, err := netip.ParseAddr(to)
+		if ap, aerr := netip.ParseAddrPort(to); aerr == nil {
+			ip, err = ap.Addr(), nil
+		}
+		if err != nil {
+			continue
+		}
+		i, seen := index[ip]
+		if !seen {
+			i = len(pubs)
+			index[ip] = i
+			pubs = append(pubs, Published{ID: who, IP: ip})
+		}
+		// A remapped range has a rule per port, each naming the range.
+		if !slices.Contains(pubs[i].Ports, ports[0]) {
+			pubs[i].Ports = append(pubs[i].Ports, ports[0])
+		}
+	}
+	return pubs
+}
+
+// unquote splits an iptables-save line into words, as quote wrote them.
+func unquote(line string) []string {
+	var words []string
+	var w strings.Builder
+	quoted, inWord := false, false
+	for i := 0; i < len(line); i++ {
+		c := line[i]
+		switch {
+		case c == '\\' && quoted && i+1 < len(line) && line[i+1] == '"':
+			w.WriteByte('"')
+			i++
+		case c == '"':
+			quoted, inWord = !quoted, true
+		case c == ' ' && !quoted:
+			if inWord {
+				words = append(words, w.String())
+				w.Reset()
+				inWord = false
+			}
+		default:
+			w.WriteByte(c)
+			inWord = true
+		}
+	}
+	if inWord {
+		words = append(words, w.String())
+	}
+	return words
+}
+
+func colonRange(a, b uint16) string {
+	if a == b {
+		return fmt.Sprint(a)
+	}
+	return fmt.Sprintf("%d:%d", a, b)
+}
+
+// render writes rules as iptables-restore --noflush input, each with op.
+func render(op string, rules []iptRule) string {
+	var b strings.Builder
+	for _, table := range []string{"filter", "nat"} {
+		started := false
+		for _, r := range rules {
+			if r.Table != table {
+				continue
+			}
+			if !started {
+				fmt.Fprintf(&b, "*%s\n", table)
+				started = true
+			}
+			fmt.Fprintf(&b, "%s %s %s\n", op, r.Chain, quote(r.Spec))
+		}
+		if started {
+			b.WriteString("COMMIT\n")
+		}
+	}
+	return b.String()
+}
+
+// restoreInput renders n's chains for iptables-restore --noflush. Declaring
+// a chain that exists flushes it, so the chain ends up holding exactly these
+// rules however often this runs. Jumps are added only where have lacks them.
+func restoreInput(n Network, rules []iptRule, have map[jump]bool) string {
+	var b strings.Builder
+	for _, table := range []string{"filter", "nat"} {
+		fmt.Fprintf(&b, "*%s\n", table)
+		declared := map[string]bool{}
+		for _, j := range n.jumps() {
+			if j.Table == table && !declared[j.To] {
+				fmt.Fprintf(&b, ":%s - [0:0]\n", j.To)
+				declared[j.To] = true
+			}
+		}
+		for _, r := range rules {
+			if r.Table == table {
+				fmt.Fprintf(&b, "-A %s %s\n", r.Chain, quote(r.Spec))
+			}
+		}
+		for _, j := range n.jumps() {
+			if j.Table == table && !have[j] {
+				// First, so that rules of other tools further down (a DROP,
+				// say) do not decide first.
+				fmt.Fprintf(&b, "-I %s 1 %s\n", j.From, quote(j.spec(n)))
+			}
+		}
+		b.WriteString("COMMIT\n")
+	}
+	return b.String()
+}
+
+// jumpsIn finds the jumps to our chains in iptables-save output.
+func jumpsIn(saved string) map[jump]bool {
+	have := map[jump]bool{}
+	table := ""
+	sc := bufio.NewScanner(strings.NewReader(saved))
+	sc.Buffer(make([]byte, 64*1024), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if strings.HasPrefix(line, "*") {
+			table = line[1:]
+			continue
+		}
+		f := strings.Fields(line)
+		if len(f) < 4 || f[0] != "-A" || f[len(f)-2] != "-j" {
+			continue
+		}
+		to := f[len(f)-1]
+		if strings.HasPrefix(to, fwdPrefix) || strings.HasPrefix(to, masqPrefix) || strings.HasPrefix(to, dnatPrefix) {
+			have[jump{table, f[1], to}] = true
+		}
+	}
+	return have
+}
+
+// quote renders a rule spec for iptables-restore, which splits on spaces
+// but honours double quotes.
+func quote(spec []string) string {
+	out := make([]string, len(spec))
+	for i, s := range spec {
+		if strings.ContainsAny(s, " \t\"") {
+			s = `"` + strings.ReplaceAll(s, `"`, `\"`) + `"`
+		}
+		out[i] = s
+	}
+	return strings.Join(out, " ")
+}
+
+// Verify reports whether every rule and jump of n is in place.
+func (f *IPTables) Verify(n Network) (bool, error) {
+	for _, j := range n.jumps() {
+		ok, err := f.r.ChainExists(j.Table, j.To)
+		if err != nil || !ok {
+			return false, err
+		}
+		if ok, err := f.r.Exists(j.Table, j.From, j.spec(n)...); err != nil || !ok {
+			return false, err
+		}
+	}
+	for _, r := range n.iptablesAll(n.Rules()) {
+		if ok, err := f.r.Exists(r.Table, r.Chain, r.Spec...); err != nil || !ok {
+			return false, err
+		}
+	}
+	return true, nil
+}
+
+// Uninstall removes n's jumps and chains. What is already gone is skipped.
+func (f *IPTables) Uninstall(n Network) error {
+	return f.locked(func() error { return f.uninstall(n) })
+}
+
+func (f *IPTables) uninstall(n Network) error {
+	gone := map[string]bool{}
+	for _, j := range n.jumps() {
+		ok, err := f.r.ChainExists(j.Table, j.To)
+		if err != nil {
+			return fmt.Errorf("remove rules of %s: %w", n.Bridge, err)
+		}
+		if ok {
+			if err := f.r.DeleteIfExists(j.Table, j.From, j.spec(n)...); err != nil {
+				return fmt.Errorf("remove jump to %s: %w", j.To, err)
+			}
+		}
+	}
+	for _, j := range n.jumps() {
+		if gone[j.To] {
+			continue
+		}
+		gone[j.To] = true
+		if ok, _ := f.r.ChainExists(j.Table, j.To); ok {
+			if err := f.r.ClearAndDeleteChain(j.Table, j.To); err != nil {
+				return fmt.Errorf("remove chain %s: %w", j.To, err)
+			}
+		}
+	}
+	return nil
+}
+
+// Forward turns on IPv4 forwarding in the caller's namespace.
+func (f *IPTables) Forward() error { return f.sysctl(ipForward) }

@@ -97,7 +97,7 @@ COMMIT
 }
 
 func TestRulesStayInOurChainsWithComments(t *testing.T) {
-	for _, r := range testNet.Rules() {
+	for _, r := range testNet.iptablesAll(testNet.Rules()) {
 		if !strings.HasPrefix(r.Chain, "BH-") || len(r.Chain) > 28 {
 			t.Errorf("rule in chain %q", r.Chain)
 		}

@@ -1,0 +1,147 @@
+package nat
+
+import (
+	"fmt"
+	"net/netip"
+)
+
+// Chain is where in a network's rules a Rule goes. Each backend maps it to
+// a chain of its own.
+type Chain int
+
+const (
+	// Forward judges traffic routed or bridged through the host.
+	Forward Chain = iota
+	// Masquerade rewrites the source of traffic as it leaves.
+	Masquerade
+	// Ports sends traffic for the host's own addresses to containers:
+	// published ports, reached from outside and from the host itself.
+	Ports
+)
+
+// Verdict is what a Rule does with the traffic it matches.
+type Verdict int
+
+const (
+	Accept Verdict = iota
+	Drop
+	Masq
+	DNAT
+)
+
+// Rule is one rule of a network's policy, in no backend's terms: the
+// policy is written once, here, and iptables and nftables each render it.
+// Zero fields match anything.
+type Rule struct {
+	Chain Chain
+	// What the rule is for: its comment, after "bridgehook BRIDGE: ".
+	What string
+	// In and Out are the interfaces the traffic arrives on and leaves by;
+	// NotOut an interface it must not leave by.
+	In, Out, NotOut string
+	Src, Dst        netip.Prefix
+	// Replies matches conntrack state RELATED or ESTABLISHED: what answers
+	// traffic that went the other way.
+	Replies bool
+	// DNATed matches connections a published port rewrote.
+	DNATed bool
+	// Proto and the port range DPort..DPortEnd match the transport.
+	Proto           string
+	DPort, DPortEnd uint16
+	Verdict         Verdict
+	// To is where DNAT sends the traffic; port 0 keeps the port.
+	To netip.AddrPort
+}
+
+// Rules returns the policy of network n, without the published ports of
+// its containers.
+func (n Network) Rules() []Rule {
+	br := n.Bridge
+	fwd := func(what string, v Verdict, r Rule) Rule {
+		r.Chain, r.What, r.Verdict = Forward, what, v
+		return r
+	}
+	masq := func(what string, r Rule) Rule {
+		r.Chain, r.What, r.Verdict = Masquerade, what, Masq
+		return r
+	}
+	var rules []Rule
+	// br_netfilter sends bridged frames through FORWARD, so a DROP policy
+	// there would cut containers off from each other without this one.
+	if n.Isolated {
+		rules = append(rules, fwd("containers isolated", Drop, Rule{In: br, Out: br}))
+	} else {
+		rules = append(rules, fwd("between containers", Accept, Rule{In: br, Out: br}))
+	}
+	if n.Internal {
+		return append(rules, fwd("internal, nothing leaves", Drop, Rule{In: br, NotOut: br}))
+	}
+	localhost := netip.MustParsePrefix("127.0.0.0/8")
+	return append(rules,
+		fwd("out of the bridge", Accept, Rule{In: br, NotOut: br}),
+		// Into the bridge only what answers the containers' own traffic,
+		// and what a published port sent there.
+		fwd("replies into the bridge", Accept, Rule{Out: br, Replies: true}),
+		fwd("published ports", Accept, Rule{Out: br, DNATed: true}),
+		// Not for traffic that stays on the bridge: containers see each
+		// other's real addresses.
+		masq("masquerade", Rule{Src: n.Subnet, NotOut: br}),
+		// A container reaching a published port through a host address
+		// and landing on the bridge again (hairpin): the reply must come
+		// back through the host, so it must be addressed to the host.
+		masq("hairpin", Rule{Src: n.Subnet, Dst: n.Subnet, Out: br, DNATed: true}),
+		// The host reaching a published port through 127.0.0.1: the
+		// container cannot answer a loopback source.
+		masq("localhost", Rule{Src: localhost, Out: br, DNATed: true}),
+	)
+}
+
+// Published is one container's published ports.
+type Published struct {
+	ID    string
+	IP    netip.Addr
+	Ports []Port
+}
+
+// maxPorts bounds the rules one container's ranges expand to.
+const maxPorts = 1024
+
+// PortRules returns the DNAT rules of one container's published ports. A
+// range maps port by port, since DNAT to a port range would pick any port
+// of it; a range mapped to the same ports needs one rule.
+func (n Network) PortRules(p Published) ([]Rule, error) {
+	var rules []Rule
+	who := Label(p.ID)
+	for _, port := range p.Ports {
+		r := Rule{Chain: Ports, What: who + " " + port.String(), Proto: port.Proto, Verdict: DNAT}
+		if port.HostIP.IsValid() {
+			r.Dst = netip.PrefixFrom(port.HostIP, port.HostIP.BitLen())
+		}
+		if port.HostPort == port.Container {
+			r.DPort, r.DPortEnd, r.To = port.HostPort, port.HostEnd, netip.AddrPortFrom(p.IP, 0)
+			rules = append(rules, r)
+			continue
+		}
+		if int(port.HostEnd-port.HostPort) >= maxPorts {
+			return nil, fmt.Errorf("port %s: over %d ports to remap; publish a range on the same ports instead", port, maxPorts)
+		}
+		for off := uint16(0); off <= port.HostEnd-port.HostPort; off++ {
+			r.DPort, r.DPortEnd = port.HostPort+off, port.HostPort+off
+			r.To = netip.AddrPortFrom(p.IP, port.Container+off)
+			rules = append(rules, r)
+		}
+	}
+	if len(rules) > maxPorts {
+		return nil, fmt.Errorf("%d port rules for one container; at most %d", len(rules), maxPorts)
+	}
+	return rules, nil
+}
+
+// Label is how a port rule's comment names container id: ids may be 1024
+// bytes, comments 256.
+func Label(id string) string {
+	if len(id) > 64 {
+		return id[:64] + "..."
+	}
+	return id
+}
