@@ -115,17 +115,22 @@ Examples:
 `},
 	"repair": {root: true, usage: `bridgehook [flags] repair [--all]
 
-A setup that finds the network's bridge as it left it trusts its firewall
-rules and runs no iptables. After something flushed the firewall (a
-firewalld reload, an iptables-restore, a restart of nftables.service),
-repair puts the network's bridge, address and rules back. Running it again
+After something flushed the firewall (a firewalld reload, an
+iptables-restore, a restart of nftables.service), repair puts the
+network's bridge, address and rules back. Running it again
 changes nothing. --all repairs every network under --state-dir, each with
-the options (--icc, --internal) its rules were installed with: what the
-systemd units in systemd/ run.
+the options (--icc, --internal, --firewall) its rules were installed
+with: what the systemd units in systemd/ run. Setups check their
+network's rules too, and reinstall them if they are gone, so repair is
+for networks where no container starts.
+
+Given a --firewall other than the network's, repair moves its rules to
+that backend: out of the old one first, so both never hold them.
 
 Examples:
   bridgehook --bridge br1 --subnet 10.88.0.0/24 repair
   bridgehook repair --all
+  bridgehook --firewall nftables repair    # move netns0 to nftables
 `},
 	"network": {root: true, usage: `bridgehook [flags] network rm
 
@@ -185,6 +190,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	fs.StringVar(&logFile, "log-file", "", "append a JSON line per setup, teardown and failure to this `file` (crun discards hook output)")
 	fs.BoolVar(&cfg.ICC, "icc", true, "let containers on the bridge reach each other; false isolates them (they still reach the gateway and beyond)")
 	fs.BoolVar(&cfg.Internal, "internal", false, "no way out: no MASQUERADE, no forwarding out of the bridge; containers reach each other and the gateway")
+	fs.StringVar(&cfg.Firewall, "firewall", "", "where the network's rules go: `iptables` or nftables (a table of its own, over netlink); default: the network's own, iptables for a new one")
 	fs.BoolVar(&cfg.DefaultRoute, "default-route", true, "give the container a default route via the gateway (skipped when an earlier network gave it one)")
 	fs.Func("dns", "write `servers` (comma-separated) to the container's /etc/resolv.conf", func(v string) error {
 		for _, s := range strings.Split(v, ",") {

@@ -138,8 +138,10 @@ func editSpec(t *testing.T, bundle string, edit func(*specs.Spec)) {
 	}
 }
 
-func TestPublishedPorts(t *testing.T) {
-	sb := newSandbox(t)
+func TestPublishedPorts(t *testing.T) { forEachFirewall(t, testPublishedPorts) }
+
+func testPublishedPorts(t *testing.T, fw string) {
+	sb := newSandbox(t, "--firewall", fw)
 	cl := sb.addClient(1500)
 	root := rootfs(t)
 	if err := os.WriteFile(filepath.Join(root, "www", "index.html"), []byte("hello from a\n"), 0o644); err != nil {
@@ -230,8 +232,10 @@ func pingFrom(rt *ociRuntime, id, dest string) bool {
 	return rt.cmd("exec", id, "ping", "-c1", "-W1", dest).Run() == nil
 }
 
-func TestICCFalse(t *testing.T) {
-	sb := newSandbox(t, "--icc=false")
+func TestICCFalse(t *testing.T) { forEachFirewall(t, testICCFalse) }
+
+func testICCFalse(t *testing.T, fw string) {
+	sb := newSandbox(t, "--firewall", fw, "--icc=false")
 	root := rootfs(t)
 	runc := newRuntime(t, sb, "runc")
 	for _, id := range []string{"a", "b"} {
@@ -248,8 +252,10 @@ func TestICCFalse(t *testing.T) {
 	}
 }
 
-func TestInternal(t *testing.T) {
-	sb := newSandbox(t, "--internal")
+func TestInternal(t *testing.T) { forEachFirewall(t, testInternal) }
+
+func testInternal(t *testing.T, fw string) {
+	sb := newSandbox(t, "--firewall", fw, "--internal")
 	sb.addClient(1500)
 	root := rootfs(t)
 	runc := newRuntime(t, sb, "runc")
@@ -263,7 +269,7 @@ func TestInternal(t *testing.T) {
 		t.Error("internal container reaches the outside")
 	}
 	for _, r := range sb.rules() {
-		if strings.Contains(r, "MASQUERADE") && strings.Contains(r, "! -o netns0") {
+		if strings.Contains(strings.ToLower(r), "masquerade") && (strings.Contains(r, "! -o netns0") || strings.Contains(r, `oifname != "netns0"`)) {
 			t.Errorf("internal network has %s", r)
 		}
 	}
@@ -302,8 +308,10 @@ func TestStaticAddress(t *testing.T) {
 	}
 }
 
-func TestTwoNetworks(t *testing.T) {
-	sb := newSandbox(t)
+func TestTwoNetworks(t *testing.T) { forEachFirewall(t, testTwoNetworks) }
+
+func testTwoNetworks(t *testing.T, fw string) {
+	sb := newSandbox(t, "--firewall", fw)
 	root := rootfs(t)
 	runc := newRuntime(t, sb, "runc")
 	b := bundle(t, sb, root, createRuntime, []string{"sleep", "600"})

@@ -73,7 +73,7 @@ func requireRoot(t *testing.T, tools ...string) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: run make test as root")
 	}
-	for _, tool := range append([]string{"ip", "nsenter", "unshare", "iptables", "iptables-save", "iptables-restore"}, tools...) {
+	for _, tool := range append([]string{"ip", "nsenter", "unshare", "iptables", "iptables-save", "iptables-restore", "nft"}, tools...) {
 		if _, err := exec.LookPath(tool); err != nil {
 			t.Fatalf("%s not found: install it (see .ci/run)", tool)
 		}
@@ -317,7 +317,41 @@ func (s *sandbox) rules() []string {
 			ours = append(ours, line)
 		}
 	}
-	return ours
+	out, err = s.cmd("nft", "list", "ruleset").Output()
+	if err != nil {
+		s.t.Fatalf("nft list ruleset: %v", err)
+	}
+	return append(ours, nftRules(string(out))...)
+}
+
+// nftRules returns the rules of our tables in nft list ruleset output,
+// each prefixed with its table and chain. (iptables-nft's rules show there
+// too, and iptables-save has them already.)
+func nftRules(ruleset string) []string {
+	var rules []string
+	var table, chain string
+	for _, line := range strings.Split(ruleset, "\n") {
+		line = strings.TrimSpace(line)
+		switch {
+		case strings.HasPrefix(line, "table "):
+			table = strings.TrimSuffix(strings.TrimPrefix(line, "table "), " {")
+		case strings.HasPrefix(line, "chain "):
+			chain = strings.TrimSuffix(strings.TrimPrefix(line, "chain "), " {")
+		case strings.HasPrefix(table, "inet bridgehook-") && strings.Contains(line, "comment"):
+			rules = append(rules, table+" "+chain+": "+line)
+		}
+	}
+	return rules
+}
+
+// firewalls are the backends the tests that concern rules run against.
+var firewalls = []string{"iptables", "nftables"}
+
+// forEachFirewall runs fn as a subtest per backend.
+func forEachFirewall(t *testing.T, fn func(t *testing.T, fw string)) {
+	for _, fw := range firewalls {
+		t.Run(fw, func(t *testing.T) { fn(t, fw) })
+	}
 }
 
 // waitVethsGone waits for the kernel to delete the veths of containers
@@ -382,5 +416,9 @@ func checkHostUntouched(t *testing.T) {
 	out, _ := exec.Command("iptables-save").Output()
 	if strings.Contains(string(out), "bridgehook") {
 		t.Errorf("the host firewall was touched:\n%s", out)
+	}
+	out, _ = exec.Command("nft", "list", "tables").Output()
+	if strings.Contains(string(out), "bridgehook") {
+		t.Errorf("the host firewall was touched: nft tables:\n%s", out)
 	}
 }

@@ -40,6 +40,10 @@ type Config struct {
 	// HostDNS, the host's.
 	DNS     []netip.Addr
 	HostDNS bool
+	// Firewall is the backend the network's rules go into: "iptables" or
+	// "nftables" (--firewall); empty, the network's own, and iptables for
+	// a new one. A network keeps the one it was made with.
+	Firewall string
 }
 
 // timer reports the steps of one hook run to a debug log.
@@ -101,6 +105,9 @@ func (c Config) Check() error {
 	}
 	if c.MTU != 0 && (c.MTU < 576 || c.MTU > 65535) {
 		return inputErr("--mtu %d: want 576 to 65535, or 0 for the bridge's", c.MTU)
+	}
+	if c.Firewall != "" && c.Firewall != "iptables" && c.Firewall != "nftables" {
+		return inputErr("--firewall %q: want iptables or nftables", c.Firewall)
 	}
 	if c.StateDir == "" || !strings.HasPrefix(c.StateDir, "/") {
 		return inputErr("--state-dir %q: want an absolute path", c.StateDir)

@@ -219,14 +219,15 @@ func (f *fakeFirewall) Uninstall(n nat.Network) error {
 }
 
 func (f *fakeFirewall) Verify(n nat.Network) (bool, error) {
-	_, ok := f.installed[n.Bridge]
-	return ok, nil
+	f.calls = append(f.calls, "verify "+n.Bridge)
+	if err := f.fail.check("verify"); err != nil {
+		return false, err
+	}
+	have, ok := f.installed[n.Bridge]
+	return ok && have == n, nil
 }
 
-func (f *fakeFirewall) Forward() error {
-	f.calls = append(f.calls, "forward")
-	return f.fail.check("forward")
-}
+func (f *fakeFirewall) Close() {}
 
 func (f *fakeFirewall) Publish(n nat.Network, p nat.Published) error {
 	f.calls = append(f.calls, "publish "+p.ID)

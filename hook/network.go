@@ -52,7 +52,10 @@ type Network struct {
 	store ipam.Store
 	host  Host
 	fw    nat.Firewall
-	sys   System
+	// fws opens each firewall backend once per command: networks seen
+	// through on() may use either.
+	fws *firewalls
+	sys System
 	// stores lists every network's store under the state directory, for
 	// the checks that look across networks.
 	stores func() ([]ipam.Store, error)
@@ -73,11 +76,13 @@ func Open(c Config) (*Network, error) {
 	if err != nil {
 		return nil, err
 	}
+	fws := &firewalls{stateDir: c.StateDir}
 	return &Network{
 		Config: c,
 		store:  store,
 		host:   host,
-		fw:     nat.NewIPTables(filepath.Join(c.StateDir, "iptables.lock")),
+		fw:     fws.get(c.Firewall),
+		fws:    fws,
 		sys:    procs{},
 		stores: func() ([]ipam.Store, error) { return ipam.Stores(c.StateDir) },
 	}, nil
@@ -88,6 +93,41 @@ func Open(c Config) (*Network, error) {
 func (n *Network) Close() {
 	n.store.Close()
 	n.host.Close()
+	n.fws.close()
+}
+
+// firewalls are the firewall backends one command has opened.
+type firewalls struct {
+	stateDir string
+	open     map[string]nat.Firewall
+}
+
+func (f *firewalls) get(name string) nat.Firewall {
+	if f.open == nil {
+		f.open = map[string]nat.Firewall{}
+	}
+	if name == "" {
+		name = "iptables"
+	}
+	fw, ok := f.open[name]
+	if !ok {
+		if name == "nftables" {
+			fw = nat.NewNFTables()
+		} else {
+			fw = nat.NewIPTables(filepath.Join(f.stateDir, "iptables.lock"))
+		}
+		f.open[name] = fw
+	}
+	return fw
+}
+
+func (f *firewalls) close() {
+	if f == nil {
+		return
+	}
+	for _, fw := range f.open {
+		fw.Close()
+	}
 }
 
 // on is network s seen through n's connections: for the commands and
@@ -105,6 +145,43 @@ func (n *Network) on(s ipam.Store) *Network {
 func (n *Network) adopt(tx ipam.Tx) {
 	if rec, ok := readRecord(tx); ok {
 		n.ICC, n.Internal = rec.ICC, rec.Internal
+	}
+	n.adoptFirewall(tx)
+}
+
+// adoptFirewall makes n use the backend the network's rules are in, which
+// may not be the --firewall a command was given: removing rules from the
+// other one would leave them in place.
+func (n *Network) adoptFirewall(tx ipam.Tx) {
+	if rec, ok := readRecord(tx); ok {
+		n.useFirewall(rec.firewall())
+	}
+}
+
+// pickFirewall settles the backend a setup installs into: the network's
+// own, which a --firewall given must match, or for a new network the one
+// given, iptables by default.
+func (n *Network) pickFirewall(tx ipam.Tx) error {
+	rec, known := readRecord(tx)
+	switch {
+	case !known && n.Firewall == "":
+		n.useFirewall("iptables")
+	case !known:
+	case n.Firewall == "":
+		n.useFirewall(rec.firewall())
+	case n.Firewall != rec.firewall():
+		return inputErr("network %s has its rules in %s: leave out --firewall %s, or move the network with \"bridgehook --firewall %s repair\"",
+			n.Bridge, rec.firewall(), n.Firewall, n.Firewall)
+	}
+	return nil
+}
+
+// useFirewall makes n's rules go to the named backend.
+func (n *Network) useFirewall(name string) {
+	n.Firewall = name
+	// Without fws (unit tests), the fake stands for every backend.
+	if n.fws != nil {
+		n.fw = n.fws.get(name)
 	}
 }
 

@@ -31,10 +31,10 @@ func TestColdThenWarmSetup(t *testing.T) {
 		t.Fatalf("cold setup: rules %v, %d Ensure calls", w.fw.installed, w.host.ensured)
 	}
 	// The second container's setup trusts the record: no Ensure, no
-	// install, one check that forwarding is on.
+	// install, one cheap check of the rules.
 	calls := len(w.fw.calls)
 	w.mustSetup("b", w.container(11), "")
-	if w.host.ensured != 1 || !slices.Equal(w.fw.calls[calls:], []string{"forward"}) {
+	if w.host.ensured != 1 || !slices.Equal(w.fw.calls[calls:], []string{"verify netns0"}) {
 		t.Errorf("warm setup: %d Ensure calls, firewall calls %v", w.host.ensured, w.fw.calls[calls:])
 	}
 	// A bridge deleted behind our back (its ifindex changes) is made and
@@ -50,6 +50,57 @@ func TestColdThenWarmSetup(t *testing.T) {
 	w.mustSetup("d", w.container(13), "")
 	if !slices.Contains(w.fw.calls[calls:], "install netns0") || !w.fw.installed["netns0"].Isolated {
 		t.Errorf("--icc=false on a network set up with icc: %v", w.fw.calls[calls:])
+	}
+}
+
+// A firewall reload takes the rules; the next setup finds them gone and
+// brings the whole network back, the ports of older containers included.
+func TestSetupReinstallsRulesAReloadRemoved(t *testing.T) {
+	w := newWorld(t, "10.1.0.0/24")
+	a := w.mustSetup("a", w.container(10), "8080:80")
+	w.mustSetup("b", w.container(11), "")
+	delete(w.fw.installed, "netns0")
+	delete(w.fw.ports, "netns0")
+	calls := len(w.fw.calls)
+	w.mustSetup("c", w.container(12), "")
+	if !slices.Equal(w.fw.calls[calls:], []string{"verify netns0", "install netns0"}) {
+		t.Errorf("after a reload: firewall calls %v", w.fw.calls[calls:])
+	}
+	if p, ok := w.fw.ports["netns0"][a.IP]; !ok || p.ID != "a" || len(p.Ports) != 1 || p.Ports[0].HostPort != 8080 {
+		t.Errorf("a's port after the reinstall: %+v", w.fw.ports["netns0"])
+	}
+	// A check that cannot run fails the setup, which leaves nothing.
+	w.fw.fail["verify"] = true
+	if _, err := w.setup("d", w.container(13), ""); !errors.Is(err, errInjected) {
+		t.Errorf("setup with a failing check: %v", err)
+	}
+	for _, l := range w.leases() {
+		if l.ID == "d" {
+			t.Error("a setup whose check failed left a lease")
+		}
+	}
+}
+
+// A network keeps its backend: a setup that names the other one is refused
+// and leaves nothing; one that names none uses the network's.
+func TestSetupRefusesAnotherFirewall(t *testing.T) {
+	w := newWorld(t, "10.1.0.0/24")
+	w.n.Firewall = "nftables"
+	w.mustSetup("a", w.container(10), "")
+	w.n.Firewall = "iptables"
+	_, err := w.setup("b", w.container(11), "")
+	if !errors.Is(err, ErrInput) || !strings.Contains(err.Error(), "has its rules in nftables") || !strings.Contains(err.Error(), "--firewall iptables repair") {
+		t.Errorf("setup asking for iptables on an nftables network: %v", err)
+	}
+	for _, l := range w.leases() {
+		if l.ID == "b" {
+			t.Error("the refused setup left a lease")
+		}
+	}
+	w.n.Firewall = ""
+	w.mustSetup("c", w.container(12), "")
+	if w.n.Firewall != "nftables" {
+		t.Errorf("a setup without --firewall used %q", w.n.Firewall)
 	}
 }
 

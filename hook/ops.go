@@ -467,6 +467,7 @@ func (n *Network) Remove() ([]string, error) {
 		if report, err = n.reclaim(tx); err != nil {
 			return err
 		}
+		n.adoptFirewall(tx)
 		if err := n.removeNetwork(tx); err != nil {
 			return err
 		}
@@ -494,11 +495,24 @@ func Repair(c Config, all bool) ([]string, error) {
 }
 
 // repair makes the bridge if it is missing, installs the network's rules
-// again, and records what it verified.
+// again, and records what it verified. Given a --firewall other than the
+// one the network's rules are in, it moves them: out of the old backend
+// first, so the two never both hold them.
 func (n *Network) repair(tx ipam.Tx) error {
 	br, _, err := n.host.Ensure(n.Bridge, n.gateway(), n.MTU)
 	if err != nil {
 		return hint(err)
+	}
+	if rec, ok := readRecord(tx); ok && n.Firewall != "" && rec.firewall() != n.Firewall && n.fws != nil {
+		if err := n.fws.get(rec.firewall()).Uninstall(n.natNetwork()); err != nil {
+			return fmt.Errorf("move rules out of %s: %w", rec.firewall(), err)
+		}
+		if err := tx.ClearRecord(); err != nil {
+			return err
+		}
+	}
+	if err := n.pickFirewall(tx); err != nil {
+		return err
 	}
 	if err := n.installFirewall(tx); err != nil {
 		return err

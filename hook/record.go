@@ -22,6 +22,17 @@ type record struct {
 	// The options the rules were installed with.
 	ICC      bool `json:"icc"`
 	Internal bool `json:"internal"`
+	// The backend that holds them; records older than the choice have
+	// none, and theirs is iptables.
+	Firewall string `json:"firewall,omitempty"`
+}
+
+// firewall is the backend rec's rules are in.
+func (rec record) firewall() string {
+	if rec.Firewall == "" {
+		return "iptables"
+	}
+	return rec.Firewall
 }
 
 func readRecord(tx ipam.Tx) (record, bool) {
@@ -35,6 +46,7 @@ func (n *Network) recordOf(br bridge.Bridge) record {
 	return record{
 		Bridge: n.Bridge, Subnet: n.Subnet, Gateway: n.Subnet.Addr().Next(),
 		MTU: br.MTU, BridgeIndex: br.Index, ICC: n.ICC, Internal: n.Internal,
+		Firewall: n.Firewall,
 	}
 }
 

@@ -109,15 +109,25 @@ func (n *Network) Setup(req Request) (res Result, err error) {
 
 // ensureNetwork makes sure the bridge exists with its address and its
 // firewall rules are in place. What a setup verified for this very bridge
-// (same ifindex, same options, recorded in the store) is trusted, so a warm
-// setup makes one netlink call and runs no iptables at all. It runs under
-// the store's lock, so that one hook per network creates the bridge and
-// installs its rules. Its undo removes the network again if this call
+// (same ifindex, same options, recorded in the store) is trusted, and only
+// its rules are checked, cheaply (Firewall.Verify): a warm setup makes one
+// netlink call for the bridge and reads a chain or two. Rules found gone (a
+// firewall reload) are installed again with every container's ports, so
+// the first setup after a reload brings the whole network back. It runs
+// under the store's lock, so that one hook per network creates the bridge
+// and installs its rules. Its undo removes the network again if this call
 // created the bridge and no container has joined it meanwhile.
 func (n *Network) ensureNetwork(tx ipam.Tx) (br bridge.Bridge, undo func() error, err error) {
-	if rec, ok := readRecord(tx); ok {
+	if err := n.pickFirewall(tx); err != nil {
+		return br, nil, err
+	}
+	if rec, known := readRecord(tx); known {
 		if found, ok := n.host.Find(n.Bridge); ok && n.trusts(rec, found) {
-			return found, nil, n.fw.Forward()
+			ok, err := n.fw.Verify(n.natNetwork())
+			if err != nil || ok {
+				return found, nil, err
+			}
+			return found, nil, n.installFirewall(tx)
 		}
 	}
 	br, created, err := n.host.Ensure(n.Bridge, n.gateway(), n.MTU)
@@ -376,6 +386,7 @@ func (n *Network) forget(tx ipam.Tx, l ipam.Lease) error {
 		}
 	}
 	if len(l.Ports) > 0 {
+		n.adoptFirewall(tx)
 		pub, err := published(l.ID, l.IP, l.Ports)
 		if err != nil {
 			return err

@@ -4,10 +4,12 @@ import (
 	"bufio"
 	"fmt"
 	"net/netip"
-	"slices"
+	"os/exec"
+	"path/filepath"
 	"strings"
 
 	"github.com/gofrs/flock"
+	"github.com/google/nftables"
 )
 
 // IPTables is the Firewall of the host's iptables: a chain of our own per
@@ -20,6 +22,9 @@ type IPTables struct {
 	lock string
 	// sysctl turns a /proc/sys switch on.
 	sysctl func(path string) error
+	// nft reads our chains where iptables runs on nf_tables.
+	nft      conn
+	isLegacy *bool
 }
 
 // NewIPTables returns the iptables Firewall; lockFile is the flock that
@@ -170,13 +175,8 @@ func (f *IPTables) locked(fn func() error) error {
 // Install makes network n's chains hold exactly n.Rules() and the port
 // rules of pubs, and makes sure the built-in chains jump to them once.
 func (f *IPTables) Install(n Network, pubs []Published) error {
-	if err := f.Forward(); err != nil {
+	if err := n.enable(f.sysctl); err != nil {
 		return err
-	}
-	if !n.Internal {
-		if err := f.sysctl(routeLocalnet(n.Bridge)); err != nil {
-			return err
-		}
 	}
 	return f.locked(func() error { return f.install(n, pubs) })
 }
@@ -186,13 +186,9 @@ func (f *IPTables) install(n Network, pubs []Published) error {
 	if err != nil {
 		return fmt.Errorf("read firewall: %w", err)
 	}
-	rules := n.Rules()
-	for _, p := range pubs {
-		pr, err := n.PortRules(p)
-		if err != nil {
-			return err
-		}
-		rules = append(rules, pr...)
+	rules, err := n.withPorts(pubs)
+	if err != nil {
+		return err
 	}
 	if err := f.r.Restore(restoreInput(n, n.iptablesAll(rules), jumpsIn(saved))); err != nil {
 		return fmt.Errorf("install rules for %s: %w", n.Bridge, err)
@@ -247,9 +243,7 @@ func (f *IPTables) Published(n Network) ([]Published, error) {
 
 // publishedIn reads the port rules of n out of iptables-save output.
 func publishedIn(n Network, saved string) []Published {
-	prefix := "bridgehook " + n.Bridge + ": "
 	var pubs []Published
-	index := map[netip.Addr]int{}
 	for _, line := range strings.Split(saved, "\n") {
 		if !strings.HasPrefix(line, "-A "+n.dnatChain()+" ") {
 			continue
@@ -264,27 +258,12 @@ func publishedIn(n Network, saved string) []Published {
 				to = f[i+1]
 			}
 		}
-		who, port, ok := strings.Cut(strings.TrimPrefix(comment, prefix), " ")
-		ports, err := ParsePorts(port)
-		if !ok || err != nil {
-			continue
-		}
 		ip, err := netip.ParseAddr(to)
 		if ap, aerr := netip.ParseAddrPort(to); aerr == nil {
 			ip, err = ap.Addr(), nil
 		}
-		if err != nil {
-			continue
-		}
-		i, seen := index[ip]
-		if !seen {
-			i = len(pubs)
-			index[ip] = i
-			pubs = append(pubs, Published{ID: who, IP: ip})
-		}
-		// A remapped range has a rule per port, each naming the range.
-		if !slices.Contains(pubs[i].Ports, ports[0]) {
-			pubs[i].Ports = append(pubs[i].Ports, ports[0])
+		if pub, ok := n.portComment(comment, ip); ok && err == nil {
+			pubs = addPublished(pubs, pub)
 		}
 	}
 	return pubs
@@ -417,24 +396,81 @@ func quote(spec []string) string {
 	return strings.Join(out, " ")
 }
 
-// Verify reports whether every rule and jump of n is in place.
+// Verify reports whether n's chains hold n's rules. Where iptables runs
+// on nf_tables, that is two netlink reads of our chains: the flush of a
+// reload (iptables -F, -X, an iptables-restore, nft flush ruleset) empties
+// or deletes them, and takes the jumps with it. Legacy iptables has no
+// such read: there it is one iptables-save.
 func (f *IPTables) Verify(n Network) (bool, error) {
-	for _, j := range n.jumps() {
-		ok, err := f.r.ChainExists(j.Table, j.To)
-		if err != nil || !ok {
-			return false, err
-		}
-		if ok, err := f.r.Exists(j.Table, j.From, j.spec(n)...); err != nil || !ok {
-			return false, err
-		}
+	if err := f.sysctl(ipForward); err != nil {
+		return false, err
 	}
+	want := map[string]int{n.fwdChain(): 0, n.masqChain(): 0}
 	for _, r := range n.iptablesAll(n.Rules()) {
-		if ok, err := f.r.Exists(r.Table, r.Chain, r.Spec...); err != nil || !ok {
-			return false, err
+		want[r.Chain]++
+	}
+	if f.legacy() {
+		saved, err := f.r.Save()
+		if err != nil {
+			return false, nil
+		}
+		return verifySaved(n, saved, want), nil
+	}
+	for _, ch := range []struct{ table, chain string }{{"filter", n.fwdChain()}, {"nat", n.masqChain()}} {
+		// An internal network's NAT chain is empty, and the dump of an
+		// empty chain looks like that of a missing one: the filter chain
+		// answers for it.
+		if want[ch.chain] == 0 {
+			continue
+		}
+		rules, err := f.nft.rules(&nftables.Table{Name: ch.table, Family: nftables.TableFamilyIPv4}, ch.chain)
+		if err != nil || len(rules) != want[ch.chain] {
+			return false, nil
 		}
 	}
 	return true, nil
 }
+
+// verifySaved checks iptables-save output for n's jumps and the number of
+// rules in its chains.
+func verifySaved(n Network, saved string, want map[string]int) bool {
+	have := jumpsIn(saved)
+	for _, j := range n.jumps() {
+		if !have[j] {
+			return false
+		}
+	}
+	got := map[string]int{}
+	for _, line := range strings.Split(saved, "\n") {
+		if f := strings.Fields(line); len(f) > 1 && f[0] == "-A" {
+			got[f[1]]++
+		}
+	}
+	for chain, w := range want {
+		if got[chain] != w {
+			return false
+		}
+	}
+	return true
+}
+
+// legacy reports whether iptables is the legacy one, which nftables'
+// netlink does not see: /usr/sbin/iptables resolves to iptables-legacy or
+// xtables-legacy-multi there.
+func (f *IPTables) legacy() bool {
+	if f.isLegacy == nil {
+		path, err := exec.LookPath("iptables")
+		if err == nil {
+			path, err = filepath.EvalSymlinks(path)
+		}
+		legacy := err == nil && strings.Contains(filepath.Base(path), "legacy")
+		f.isLegacy = &legacy
+	}
+	return *f.isLegacy
+}
+
+// Close lets go of the netlink connection Verify uses.
+func (f *IPTables) Close() { f.nft.close() }
 
 // Uninstall removes n's jumps and chains. What is already gone is skipped.
 func (f *IPTables) Uninstall(n Network) error {
@@ -467,6 +503,3 @@ func (f *IPTables) uninstall(n Network) error {
 	}
 	return nil
 }
-
-// Forward turns on IPv4 forwarding in the caller's namespace.
-func (f *IPTables) Forward() error { return f.sysctl(ipForward) }

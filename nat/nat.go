@@ -38,11 +38,10 @@ type Firewall interface {
 	Install(n Network, pubs []Published) error
 	// Uninstall removes n's rules; what is gone already is skipped.
 	Uninstall(n Network) error
-	// Verify reports whether n's rules (without ports) are all in place.
+	// Verify reports whether n's rules (without ports) are in place, and
+	// turns IP forwarding on if something turned it off. Every setup asks
+	// it, so it is cheap: netlink reads, no process.
 	Verify(n Network) (bool, error)
-	// Forward turns IP forwarding on if something turned it off: the one
-	// check a setup makes of a network it trusts.
-	Forward() error
 	// Publish adds p's port rules to an installed network, all or none.
 	Publish(n Network, p Published) error
 	// Unpublish removes p's port rules, and the UDP conntrack entries that
@@ -51,9 +50,23 @@ type Firewall interface {
 	// Published reads back the ports n's rules publish, an entry per
 	// container address, its ID the Label the rules carry.
 	Published(n Network) ([]Published, error)
+	// Close lets go of the firewall's connections.
+	Close()
 }
 
 const ipForward = "/proc/sys/net/ipv4/ip_forward"
+
+// enable turns on what n's rules need of the kernel: IP forwarding, and
+// route_localnet on the bridge for ports reached through 127.0.0.1.
+func (n Network) enable(sysctl func(path string) error) error {
+	if err := sysctl(ipForward); err != nil {
+		return err
+	}
+	if n.Internal {
+		return nil
+	}
+	return sysctl(routeLocalnet(n.Bridge))
+}
 
 // routeLocalnet is the switch that lets the host reach published ports
 // through 127.0.0.1: the kernel drops loopback-sourced packets routed out

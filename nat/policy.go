@@ -3,6 +3,8 @@ package nat
 import (
 	"fmt"
 	"net/netip"
+	"slices"
+	"strings"
 )
 
 // Chain is where in a network's rules a Rule goes. Each backend maps it to
@@ -137,6 +139,19 @@ func (n Network) PortRules(p Published) ([]Rule, error) {
 	return rules, nil
 }
 
+// withPorts returns n's policy followed by the port rules of pubs.
+func (n Network) withPorts(pubs []Published) ([]Rule, error) {
+	rules := n.Rules()
+	for _, p := range pubs {
+		pr, err := n.PortRules(p)
+		if err != nil {
+			return nil, err
+		}
+		rules = append(rules, pr...)
+	}
+	return rules, nil
+}
+
 // Label is how a port rule's comment names container id: ids may be 1024
 // bytes, comments 256.
 func Label(id string) string {
@@ -144,4 +159,33 @@ func Label(id string) string {
 		return id[:64] + "..."
 	}
 	return id
+}
+
+// portComment reads what a port rule's comment says, "LABEL PORT", back
+// into one port of a container at ip.
+func (n Network) portComment(comment string, ip netip.Addr) (Published, bool) {
+	who, port, ok := strings.Cut(strings.TrimPrefix(comment, n.comment("")), " ")
+	if !ok || !strings.HasPrefix(comment, n.comment("")) {
+		return Published{}, false
+	}
+	ports, err := ParsePorts(port)
+	if err != nil {
+		return Published{}, false
+	}
+	return Published{ID: who, IP: ip, Ports: ports[:1]}, true
+}
+
+// addPublished adds one port rule read back to pubs, an entry per
+// container address. A remapped range has a rule per port, each naming
+// the whole range, so a port seen already is skipped.
+func addPublished(pubs []Published, pub Published) []Published {
+	for i := range pubs {
+		if pubs[i].IP == pub.IP {
+			if !slices.Contains(pubs[i].Ports, pub.Ports[0]) {
+				pubs[i].Ports = append(pubs[i].Ports, pub.Ports[0])
+			}
+			return pubs
+		}
+	}
+	return append(pubs, pub)
 }

@@ -1,0 +1,172 @@
+package main
+
+// Tests of the firewall backends against what a host does to them: a
+// FORWARD policy of DROP, reloads that flush the rules, and a network
+// moved from one backend to the other.
+
+import (
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+)
+
+// webServer starts container id on runc, serving "hello from ID" on port
+// 80 published as host port 8080, and waits until it answers.
+func webServer(t *testing.T, sb *sandbox, runc *ociRuntime, root, id string) {
+	t.Helper()
+	if err := os.WriteFile(filepath.Join(root, "www", "index.html"), []byte("hello from "+id+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	b := bundle(t, sb, root, createRuntime, []string{"httpd", "-f", "-p", "80", "-h", "/www"})
+	withAnnotations(t, b, map[string]string{"bridgehook.ports": "8080:80"})
+	runc.start(t, id, b)
+	waitFor(t, "httpd in "+id, func() bool {
+		_, err := httpGet(t, sb.ns, hostAddr+":8080")
+		return err == nil
+	})
+}
+
+// setForwardPolicy sets the sandbox's iptables FORWARD policy, as a host
+// with Docker installed has it (DROP).
+func (s *sandbox) setForwardPolicy(policy string) {
+	s.t.Helper()
+	if out, err := s.cmd("iptables", "-P", "FORWARD", policy).CombinedOutput(); err != nil {
+		s.t.Fatalf("iptables -P FORWARD %s: %v %s", policy, err, out)
+	}
+}
+
+// With iptables' FORWARD policy DROP, containers still reach each other,
+// the outside and their published ports, whichever backend holds their
+// rules.
+func TestForwardPolicyDrop(t *testing.T) {
+	forEachFirewall(t, func(t *testing.T, fw string) {
+		sb, cl, root, runc := dropHost(t, fw)
+		runc.start(t, "b", bundle(t, sb, root, createRuntime, []string{"sleep", "600"}))
+		sb.checkReachable(cl, runc, []string{"a", "b"}, "hello from a\n")
+	})
+}
+
+// dropHost is a sandbox host with a client on its uplink and iptables'
+// FORWARD policy DROP, where runc runs container a, a web server on host
+// port 8080, on a network of firewall fw.
+func dropHost(t *testing.T, fw string) (*sandbox, *client, string, *ociRuntime) {
+	sb := newSandbox(t, "--firewall", fw)
+	cl := sb.addClient(1500)
+	sb.setForwardPolicy("DROP")
+	root := rootfs(t)
+	runc := newRuntime(t, sb, "runc")
+	webServer(t, sb, runc, root, "a")
+	return sb, cl, root, runc
+}
+
+// checkReachable checks that containers ids reach each other and the
+// client, and that host port 8080 answers want from the client, from the
+// host and from the last container (hairpin).
+func (s *sandbox) checkReachable(cl *client, runc *ociRuntime, ids []string, want string) {
+	t := s.t
+	t.Helper()
+	for i, id := range ids {
+		if !pingFrom(runc, id, clientAddr) {
+			t.Errorf("%s cannot reach the outside (%s)", id, clientAddr)
+		}
+		peer := ids[(i+1)%len(ids)]
+		if ip, ok := s.lease(peer, "172.19.0.0/16"); !ok || !pingFrom(runc, id, ip.IP.String()) {
+			t.Errorf("%s cannot reach %s (%v)", id, peer, ip.IP)
+		}
+	}
+	if out, err := httpGet(t, cl.ns, hostAddr+":8080"); err != nil || out != want {
+		t.Errorf("published port from the client: %v %q", err, out)
+	}
+	if out, err := httpGet(t, s.ns, "127.0.0.1:8080"); err != nil || out != want {
+		t.Errorf("published port from the host through 127.0.0.1: %v %q", err, out)
+	}
+	last := ids[len(ids)-1]
+	if out, err := runc.cmd("exec", last, "wget", "-q", "-O", "-", "http://"+hostAddr+":8080/").CombinedOutput(); err != nil || string(out) != want {
+		t.Errorf("published port from %s (hairpin): %v %q", last, err, out)
+	}
+}
+
+// reloads are what takes a network's rules away behind its back.
+var reloads = []struct {
+	name string
+	cmds [][]string
+}{
+	{"iptables -F -X", [][]string{
+		{"iptables", "-F"}, {"iptables", "-X"}, {"iptables", "-t", "nat", "-F"}, {"iptables", "-t", "nat", "-X"},
+	}},
+	{"nft flush ruleset", [][]string{{"nft", "flush", "ruleset"}}},
+}
+
+// After a reload, the next setup brings the network back: the older
+// container reaches the outside again, the new one too, and the published
+// port of the older one answers. The FORWARD policy is DROP, so the
+// accepts must be back too, and not only the NAT.
+func TestSetupAfterReloadRestoresTheNetwork(t *testing.T) {
+	forEachFirewall(t, func(t *testing.T, fw string) {
+		for _, reload := range reloads {
+			t.Run(reload.name, func(t *testing.T) {
+				sb, cl, root, runc := dropHost(t, fw)
+				before := sorted(sb.rules())
+				for _, c := range reload.cmds {
+					if out, err := sb.cmd(c...).CombinedOutput(); err != nil {
+						t.Fatalf("%v: %v %s", c, err, out)
+					}
+				}
+				if after := sorted(sb.rules()); slices.Equal(after, before) {
+					t.Fatalf("%s left every rule in place:\n%s", reload.name, strings.Join(after, "\n"))
+				}
+				// What the host had comes back with its reload; ours does not.
+				sb.setForwardPolicy("DROP")
+				runc.start(t, "b", bundle(t, sb, root, createRuntime, []string{"sleep", "600"}))
+				if got := sorted(sb.rules()); !slices.Equal(got, before) {
+					t.Errorf("rules after the next setup:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(before, "\n"))
+				}
+				sb.checkReachable(cl, runc, []string{"a", "b"}, "hello from a\n")
+			})
+		}
+	})
+}
+
+// A network keeps its backend: a setup that asks for the other one is
+// refused and leaves nothing, and repair with the other --firewall moves
+// the rules, ports included, without both ever holding them.
+func TestMoveNetworkToAnotherFirewall(t *testing.T) {
+	sb := newSandbox(t)
+	sb.mustHook(portsState("c1", sb.container(), "8080:80"))
+	iptRules := sb.rules()
+	if len(iptRules) == 0 || strings.Contains(strings.Join(iptRules, "\n"), "inet bridgehook-") {
+		t.Fatalf("an iptables network's rules:\n%s", strings.Join(iptRules, "\n"))
+	}
+	out, err := sb.hook(setupState("c2", sb.container()), "--firewall", "nftables")
+	if err == nil || !strings.Contains(out, "network netns0 has its rules in iptables") || !strings.Contains(out, "--firewall nftables repair") {
+		t.Errorf("setup asking for nftables on an iptables network: %v %q", err, out)
+	}
+	if _, ok := sb.lease("c2", "172.19.0.0/16"); ok {
+		t.Error("the refused setup left a lease")
+	}
+	// Without --firewall, a setup uses the network's own.
+	sb.mustHook(setupState("c3", sb.container()))
+
+	sb.mustHook("", "--firewall", "nftables", "repair")
+	moved := sb.rules()
+	for _, r := range moved {
+		if !strings.HasPrefix(r, "inet bridgehook-netns0 ") && !strings.Contains(r, "--mark 0x1000000/0x1000000") {
+			t.Errorf("an iptables rule is left after the move: %s", r)
+		}
+	}
+	if !slices.ContainsFunc(moved, func(r string) bool { return strings.Contains(r, "dnat ip to 172.19.0.2:80") }) {
+		t.Errorf("c1's port did not move:\n%s", strings.Join(moved, "\n"))
+	}
+	// Teardown, gc and network rm find the rules where they now are.
+	sb.mustHook(stopState("c1"))
+	if slices.ContainsFunc(sb.rules(), func(r string) bool { return strings.Contains(r, "8080") }) {
+		t.Errorf("c1's port rule outlived its teardown:\n%s", strings.Join(sb.rules(), "\n"))
+	}
+	sb.mustHook(stopState("c3"))
+	sb.mustHook("", "network", "rm")
+	if r := sb.rules(); len(r) != 0 {
+		t.Errorf("network rm left rules:\n%s", strings.Join(r, "\n"))
+	}
+}

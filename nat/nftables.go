@@ -1,0 +1,538 @@
+package nat
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
+	"github.com/google/nftables/expr"
+	"github.com/google/nftables/userdata"
+	"golang.org/x/sys/unix"
+)
+
+// NFTables is the Firewall of nftables, spoken over netlink: a table of
+// our own per network, "inet bridgehook-BRIDGE", replaced whole in one
+// transaction when installed, and deleted whole when removed.
+//
+// An accept in one base chain does not stop a DROP in another, so where
+// iptables runs on nf_tables and its FORWARD chain exists, the table's
+// accepts also set AcceptMark, and one rule at the head of iptables'
+// FORWARD accepts what carries it: see coexistRule.
+type NFTables struct {
+	c      conn
+	sysctl func(path string) error
+}
+
+// NewNFTables returns the nftables Firewall.
+func NewNFTables() *NFTables { return &NFTables{sysctl: sysctlOn} }
+
+var _ Firewall = (*NFTables)(nil)
+
+// AcceptMark is the packet mark bit the nftables rules set on what they
+// accept, for iptables' FORWARD to accept too. It is a bit no common
+// tenant of the mark uses (kube-proxy 0x4000 and 0x8000, Cilium 0x0f00,
+// Tailscale 0xff0000).
+const AcceptMark = 0x01000000
+
+// ipsDstNAT is the conntrack status bit of a connection DNAT rewrote
+// (IPS_DST_NAT in linux/netfilter/nf_conntrack_common.h).
+const ipsDstNAT = 1 << 5
+
+// Chain names inside a network's table.
+const (
+	nftForward     = "forward"
+	nftPostrouting = "postrouting"
+	nftPrerouting  = "prerouting"
+	nftOutput      = "output"
+	nftPorts       = "ports"
+)
+
+// Registers the rules load into: an address or interface in 1, a port
+// or a second value in 2.
+const (
+	reg1 = 1
+	reg2 = 2
+)
+
+func (n Network) nftTable() *nftables.Table {
+	return &nftables.Table{Name: "bridgehook-" + n.Bridge, Family: nftables.TableFamilyINet}
+}
+
+// The chains of iptables on nf_tables that coexistRule goes into.
+var (
+	iptFilter  = &nftables.Table{Name: "filter", Family: nftables.TableFamilyIPv4}
+	iptForward = &nftables.Chain{Name: "FORWARD", Table: iptFilter}
+)
+
+func (n Network) coexistComment() string {
+	return n.comment("accept what table inet bridgehook-" + n.Bridge + " accepts")
+}
+
+// nftChains returns the chains of n's table: base chains at the hooks and
+// priorities iptables uses, the forward one just before iptables' so that
+// AcceptMark is set by the time iptables' FORWARD looks for it.
+func (n Network) nftChains() map[string]*nftables.Chain {
+	t := n.nftTable()
+	accept := nftables.ChainPolicyAccept
+	base := func(name string, typ nftables.ChainType, hook *nftables.ChainHook, prio nftables.ChainPriority) *nftables.Chain {
+		return &nftables.Chain{Name: name, Table: t, Type: typ, Hooknum: hook, Priority: &prio, Policy: &accept}
+	}
+	return map[string]*nftables.Chain{
+		nftForward:     base(nftForward, nftables.ChainTypeFilter, nftables.ChainHookForward, *nftables.ChainPriorityFilter-10),
+		nftPostrouting: base(nftPostrouting, nftables.ChainTypeNAT, nftables.ChainHookPostrouting, *nftables.ChainPriorityNATSource),
+		nftPrerouting:  base(nftPrerouting, nftables.ChainTypeNAT, nftables.ChainHookPrerouting, *nftables.ChainPriorityNATDest),
+		nftOutput:      base(nftOutput, nftables.ChainTypeNAT, nftables.ChainHookOutput, *nftables.ChainPriorityNATDest),
+		nftPorts:       {Name: nftPorts, Table: t},
+	}
+}
+
+// nftChainOf is the chain of n's table that a Rule of chain c goes into.
+func nftChainOf(c Chain) string {
+	switch c {
+	case Masquerade:
+		return nftPostrouting
+	case Ports:
+		return nftPorts
+	}
+	return nftForward
+}
+
+// nftRule renders r, a rule of network n, as nftables expressions with
+// its comment, the way nft(8) would.
+func (n Network) nftRule(r Rule) *nftables.Rule {
+	var e []expr.Any
+	// In an inet table, IPv4 headers and NAT need the family checked
+	// first, as nft(8) does for "ip saddr".
+	if r.Src.IsValid() || r.Dst.IsValid() || r.Verdict == DNAT {
+		e = append(e, &expr.Meta{Key: expr.MetaKeyNFPROTO, Register: reg1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{unix.NFPROTO_IPV4}})
+	}
+	prefix := func(p netip.Prefix, offset uint32) {
+		e = append(e, &expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseNetworkHeader, Offset: offset, Len: 4})
+		if p.Bits() < 32 {
+			mask := net.CIDRMask(p.Bits(), 32)
+			e = append(e, &expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4, Mask: mask, Xor: make([]byte, 4)})
+		}
+		e = append(e, &expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: p.Masked().Addr().AsSlice()})
+	}
+	iface := func(key expr.MetaKey, op expr.CmpOp, name string) {
+		e = append(e, &expr.Meta{Key: key, Register: reg1}, &expr.Cmp{Op: op, Register: reg1, Data: ifname(name)})
+	}
+	ctBits := func(key expr.CtKey, bits uint32) {
+		e = append(e, &expr.Ct{Register: reg1, Key: key},
+			&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4,
+				Mask: binaryutil.NativeEndian.PutUint32(bits), Xor: make([]byte, 4)},
+			&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: make([]byte, 4)})
+	}
+	if r.Src.IsValid() {
+		prefix(r.Src, 12)
+	}
+	if r.Dst.IsValid() {
+		prefix(r.Dst, 16)
+	}
+	if r.In != "" {
+		iface(expr.MetaKeyIIFNAME, expr.CmpOpEq, r.In)
+	}
+	if r.Out != "" {
+		iface(expr.MetaKeyOIFNAME, expr.CmpOpEq, r.Out)
+	}
+	if r.NotOut != "" {
+		iface(expr.MetaKeyOIFNAME, expr.CmpOpNeq, r.NotOut)
+	}
+	if r.Proto != "" {
+		e = append(e, &expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{protoNumber(r.Proto)}})
+	}
+	if r.DPort != 0 {
+		// Every protocol we publish (tcp, udp, sctp) has its destination
+		// port at offset 2.
+		e = append(e, &expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2})
+		if r.DPortEnd == r.DPort {
+			e = append(e, &expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: binaryutil.BigEndian.PutUint16(r.DPort)})
+		} else {
+			e = append(e, &expr.Range{Op: expr.CmpOpEq, Register: reg1,
+				FromData: binaryutil.BigEndian.PutUint16(r.DPort), ToData: binaryutil.BigEndian.PutUint16(r.DPortEnd)})
+		}
+	}
+	if r.Replies {
+		ctBits(expr.CtKeySTATE, expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED)
+	}
+	if r.DNATed {
+		ctBits(expr.CtKeySTATUS, ipsDstNAT)
+	}
+	switch r.Verdict {
+	case Accept:
+		if r.Chain == Forward {
+			e = append(e, setMark(AcceptMark)...)
+		}
+		e = append(e, &expr.Verdict{Kind: expr.VerdictAccept})
+	case Drop:
+		e = append(e, &expr.Verdict{Kind: expr.VerdictDrop})
+	case Masq:
+		e = append(e, &expr.Masq{})
+	case DNAT:
+		e = append(e, &expr.Immediate{Register: reg1, Data: r.To.Addr().AsSlice()})
+		nat := &expr.NAT{Type: expr.NATTypeDestNAT, Family: unix.NFPROTO_IPV4, RegAddrMin: reg1}
+		if r.To.Port() != 0 {
+			e = append(e, &expr.Immediate{Register: reg2, Data: binaryutil.BigEndian.PutUint16(r.To.Port())})
+			nat.RegProtoMin, nat.Specified = reg2, true
+		}
+		e = append(e, nat)
+	}
+	return &nftables.Rule{
+		Table:    n.nftTable(),
+		Chain:    &nftables.Chain{Name: nftChainOf(r.Chain), Table: n.nftTable()},
+		Exprs:    e,
+		UserData: userdata.AppendString(nil, userdata.TypeComment, n.comment(r.What)),
+	}
+}
+
+// ifname is an interface name as the kernel compares it: IFNAMSIZ bytes,
+// zero-padded, so that "br" does not match "br0".
+func ifname(name string) []byte {
+	b := make([]byte, unix.IFNAMSIZ)
+	copy(b, name)
+	return b
+}
+
+func protoNumber(proto string) byte {
+	switch proto {
+	case "udp":
+		return unix.IPPROTO_UDP
+	case "sctp":
+		return unix.IPPROTO_SCTP
+	}
+	return unix.IPPROTO_TCP
+}
+
+// setMark ORs bits into the packet mark, leaving the others' bits alone.
+func setMark(bits uint32) []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyMARK, Register: reg1},
+		&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4,
+			Mask: binaryutil.NativeEndian.PutUint32(^bits), Xor: binaryutil.NativeEndian.PutUint32(bits)},
+		&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: reg1},
+	}
+}
+
+// toPorts is the rule of the prerouting and output chains: traffic for
+// one of the host's own addresses goes through the published ports.
+func (n Network) toPorts(chain string) *nftables.Rule {
+	return &nftables.Rule{
+		Table: n.nftTable(),
+		Chain: &nftables.Chain{Name: chain, Table: n.nftTable()},
+		Exprs: []expr.Any{
+			&expr.Fib{Register: reg1, FlagDADDR: true, ResultADDRTYPE: true},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: binaryutil.NativeEndian.PutUint32(unix.RTN_LOCAL)},
+			&expr.Verdict{Kind: expr.VerdictJump, Chain: nftPorts},
+		},
+		UserData: userdata.AppendString(nil, userdata.TypeComment, n.comment("to published ports")),
+	}
+}
+
+// coexistRule goes at the head of iptables' FORWARD: it accepts what n's
+// table accepted. It is written the way iptables-nft writes
+// "-m mark --mark M/M -m comment --comment C -j ACCEPT", so iptables-save
+// shows it as that and iptables keeps working on the chain.
+func (n Network) coexistRule() *nftables.Rule {
+	mark := binaryutil.NativeEndian.PutUint32(AcceptMark)
+	return &nftables.Rule{
+		Table: iptFilter,
+		Chain: iptForward,
+		Exprs: []expr.Any{
+			&expr.Meta{Key: expr.MetaKeyMARK, Register: reg1},
+			&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4, Mask: mark, Xor: make([]byte, 4)},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: mark},
+			&expr.Counter{},
+			&expr.Verdict{Kind: expr.VerdictAccept},
+		},
+		UserData: userdata.AppendString(nil, userdata.TypeComment, n.coexistComment()),
+	}
+}
+
+// commentOf returns the comment a rule carries.
+func commentOf(r *nftables.Rule) string {
+	s, _ := userdata.GetString(r.UserData, userdata.TypeComment)
+	return s
+}
+
+// Install replaces n's table with one holding exactly n's policy and the
+// ports of pubs, and puts coexistRule in iptables' FORWARD if that chain
+// exists: one transaction.
+func (f *NFTables) Install(n Network, pubs []Published) error {
+	if err := n.enable(f.sysctl); err != nil {
+		return err
+	}
+	rules, err := n.withPorts(pubs)
+	if err != nil {
+		return err
+	}
+	// Read first: a failed read drops the connection (conn.rules).
+	coexist, err := f.coexisting(n)
+	if err != nil {
+		return err
+	}
+	c, err := f.c.get()
+	if err != nil {
+		return err
+	}
+	t := n.nftTable()
+	// Adding first makes the delete succeed whether or not it existed.
+	c.AddTable(t)
+	c.DelTable(t)
+	c.AddTable(t)
+	chains := n.nftChains()
+	for _, name := range []string{nftForward, nftPostrouting, nftPrerouting, nftOutput, nftPorts} {
+		c.AddChain(chains[name])
+	}
+	for _, r := range rules {
+		c.AddRule(n.nftRule(r))
+	}
+	c.AddRule(n.toPorts(nftPrerouting))
+	c.AddRule(n.toPorts(nftOutput))
+	if coexist.present {
+		for _, old := range coexist.ours {
+			if err := c.DelRule(old); err != nil {
+				return fmt.Errorf("install rules for %s: %w", n.Bridge, err)
+			}
+		}
+		c.InsertRule(n.coexistRule())
+	}
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("install rules for %s: nftables: %w", n.Bridge, err)
+	}
+	return nil
+}
+
+// coexistence is what iptables' FORWARD holds for a network.
+type coexistence struct {
+	present bool             // iptables on nf_tables has a FORWARD chain
+	ours    []*nftables.Rule // the network's coexistRules in it
+}
+
+func (f *NFTables) coexisting(n Network) (coexistence, error) {
+	rules, err := f.c.rules(iptFilter, iptForward.Name)
+	if err != nil {
+		return coexistence{}, fmt.Errorf("read iptables' FORWARD chain: %w", err)
+	}
+	var co coexistence
+	for _, r := range rules {
+		if commentOf(r) == n.coexistComment() {
+			r.Table, r.Chain = iptFilter, iptForward
+			co.ours = append(co.ours, r)
+		}
+	}
+	if len(co.ours) > 0 {
+		co.present = true
+		return co, nil
+	}
+	// The dump of a chain that does not exist is as empty as that of an
+	// empty chain (with a DROP policy, say).
+	co.present, err = f.c.exists(iptFilter, iptForward.Name)
+	return co, err
+}
+
+// missing reports whether err says a table or chain does not exist. The
+// library formats some netlink errors with %v, so errors.Is alone misses
+// them.
+func missing(err error) bool {
+	return errors.Is(err, unix.ENOENT) || strings.Contains(err.Error(), unix.ENOENT.Error())
+}
+
+// Verify reads the forward chain of n's table, and iptables' FORWARD:
+// two netlink reads, three where iptables has no FORWARD chain. A read
+// that fails says "not in place"; the Install that follows reports why.
+func (f *NFTables) Verify(n Network) (bool, error) {
+	if err := f.sysctl(ipForward); err != nil {
+		return false, err
+	}
+	want := 0
+	for _, r := range n.Rules() {
+		if r.Chain == Forward {
+			want++
+		}
+	}
+	got, err := f.c.rules(n.nftTable(), nftForward)
+	if err != nil || len(got) != want {
+		return false, nil
+	}
+	co, err := f.coexisting(n)
+	if err != nil || (co.present && len(co.ours) != 1) {
+		return false, nil
+	}
+	return true, nil
+}
+
+// Uninstall deletes n's table and its rule in iptables' FORWARD.
+func (f *NFTables) Uninstall(n Network) error {
+	co, err := f.coexisting(n)
+	if err != nil {
+		return err
+	}
+	table, err := f.c.exists(n.nftTable(), "")
+	if err != nil {
+		return fmt.Errorf("remove rules of %s: %w", n.Bridge, err)
+	}
+	c, err := f.c.get()
+	if err != nil {
+		return err
+	}
+	if table {
+		c.DelTable(n.nftTable())
+	}
+	for _, r := range co.ours {
+		if err := c.DelRule(r); err != nil {
+			return fmt.Errorf("remove rules of %s: %w", n.Bridge, err)
+		}
+	}
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("remove rules of %s: nftables: %w", n.Bridge, err)
+	}
+	return nil
+}
+
+// Publish adds the port rules of p in one transaction.
+func (f *NFTables) Publish(n Network, p Published) error {
+	rules, err := n.PortRules(p)
+	if err != nil {
+		return err
+	}
+	c, err := f.c.get()
+	if err != nil {
+		return err
+	}
+	for _, r := range rules {
+		c.AddRule(n.nftRule(r))
+	}
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("publish ports of %s: nftables: %w", p.ID, err)
+	}
+	return nil
+}
+
+// Unpublish deletes the port rules of p, found by their comment and
+// address, in one transaction.
+func (f *NFTables) Unpublish(n Network, p Published) error {
+	rules, err := f.c.rules(n.nftTable(), nftPorts)
+	if err != nil && !missing(err) {
+		return fmt.Errorf("unpublish ports of %s: %w", p.ID, err)
+	}
+	c, err := f.c.get()
+	if err != nil {
+		return err
+	}
+	doomed := 0
+	for _, r := range rules {
+		if pub, ok := n.publishedBy(r); ok && pub.ID == Label(p.ID) && pub.IP == p.IP {
+			r.Table, r.Chain = n.nftTable(), &nftables.Chain{Name: nftPorts, Table: n.nftTable()}
+			if err := c.DelRule(r); err != nil {
+				return fmt.Errorf("unpublish ports of %s: %w", p.ID, err)
+			}
+			doomed++
+		}
+	}
+	if doomed > 0 {
+		if err := c.Flush(); err != nil {
+			return fmt.Errorf("unpublish ports of %s: nftables: %w", p.ID, err)
+		}
+	}
+	return flushUDP(p)
+}
+
+// Published reads the port rules of n's table back.
+func (f *NFTables) Published(n Network) ([]Published, error) {
+	rules, err := f.c.rules(n.nftTable(), nftPorts)
+	if err != nil {
+		if missing(err) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("read firewall: %w", err)
+	}
+	var pubs []Published
+	for _, r := range rules {
+		if pub, ok := n.publishedBy(r); ok {
+			pubs = addPublished(pubs, pub)
+		}
+	}
+	return pubs, nil
+}
+
+// publishedBy reads one port rule back: its comment names the container
+// and the port, its first immediate the container's address.
+func (n Network) publishedBy(r *nftables.Rule) (Published, bool) {
+	for _, e := range r.Exprs {
+		if im, ok := e.(*expr.Immediate); ok && im.Register == reg1 {
+			if ip, ok := netip.AddrFromSlice(im.Data); ok {
+				return n.portComment(commentOf(r), ip)
+			}
+		}
+	}
+	return Published{}, false
+}
+
+// Close lets go of the netlink connection.
+func (f *NFTables) Close() { f.c.close() }
+
+// conn is a netlink connection to nftables, dialled on first use and kept
+// for the command's life: a dial costs more than a read.
+type conn struct {
+	c   *nftables.Conn
+	err error
+}
+
+func (c *conn) get() (*nftables.Conn, error) {
+	if c.c == nil && c.err == nil {
+		c.c, c.err = nftables.New(nftables.AsLasting())
+		if c.err != nil {
+			c.err = fmt.Errorf("connect to nftables: %w", c.err)
+		}
+	}
+	return c.c, c.err
+}
+
+// rules reads the rules of a chain. A read that fails leaves the reply's
+// tail on a lasting socket, where the next transaction would read it as
+// its own answer, so the socket goes with the error.
+func (c *conn) rules(t *nftables.Table, chain string) ([]*nftables.Rule, error) {
+	nc, err := c.get()
+	if err != nil {
+		return nil, err
+	}
+	rules, err := nc.GetRules(t, &nftables.Chain{Name: chain, Table: t})
+	if err != nil {
+		c.close()
+	}
+	return rules, err
+}
+
+// exists reports whether a table, or a chain of it, exists.
+func (c *conn) exists(t *nftables.Table, chain string) (bool, error) {
+	nc, err := c.get()
+	if err != nil {
+		return false, err
+	}
+	if chain == "" {
+		_, err = nc.ListTableOfFamily(t.Name, t.Family)
+	} else {
+		_, err = nc.ListChain(t, chain)
+	}
+	if err != nil {
+		c.close()
+		if missing(err) {
+			return false, nil
+		}
+		return false, err
+	}
+	return true, nil
+}
+
+func (c *conn) close() {
+	if c.c != nil {
+		c.c.CloseLasting()
+		c.c = nil
+	}
+}
