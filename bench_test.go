@@ -89,6 +89,23 @@ func onTmpfs(t *testing.T, sb *sandbox) {
 	t.Cleanup(func() { exec.Command("umount", sb.stateDir).Run() })
 }
 
+// nftStateDir is a state directory beside a sandbox's, on a tmpfs if
+// tmpfs.
+func nftStateDir(t *testing.T, tmpfs bool) string {
+	dir, err := os.MkdirTemp("/run", "bridgehook-bench-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if tmpfs {
+		if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "mode=0700", "tmpfs", dir).CombinedOutput(); err != nil {
+			t.Fatalf("mount tmpfs: %v %s", err, out)
+		}
+		t.Cleanup(func() { exec.Command("umount", dir).Run() })
+	}
+	return dir
+}
+
 func TestBenchTable(t *testing.T) {
 	if os.Getenv("BRIDGEHOOK_BENCH") == "" {
 		t.Skip("run with make bench")
@@ -120,12 +137,19 @@ func TestBenchTable(t *testing.T) {
 			onTmpfs(t, sb)
 		}
 		pids := make([]int, runs)
-		procs := make([]*os.Process, runs)
 		for i := range pids {
 			pids[i] = sb.container()
-			procs[i], _ = os.FindProcess(pids[i])
 		}
 		ported := sb.containers(runs)
+		// The same, on a network of the nftables backend in the same
+		// sandbox, timed in turn with the iptables one.
+		// A state directory of its own: setups with ports check the
+		// other networks of theirs.
+		nft := []string{"--state-dir", nftStateDir(t, tmpfs), "--firewall", "nftables", "--bridge", "nft0", "--subnet", "10.77.0.0/16"}
+		var nftPids, nftPorted []int
+		if name == "" {
+			nftPids, nftPorted = sb.containers(runs), sb.containers(runs)
+		}
 		// make bench BASE=REV: the binary of another revision, run in
 		// turn with this one, so that both see the same machine.
 		baseBin := os.Getenv("BRIDGEHOOK_BENCH_BASE")
@@ -133,11 +157,29 @@ func TestBenchTable(t *testing.T) {
 		if baseBin != "" && name == "" {
 			basePids = sb.containers(runs)
 		}
-		var emptyF, startup, warm, down, downLive, ports figures
+		var emptyF, startup, warm, down, downLive, ports, portsDown figures
+		var nftWarm, nftPorts, nftPortsDown figures
 		var baseStartup, baseWarm, baseDown figures
+		portsState := func(id string, pid, i int) string {
+			return fmt.Sprintf(`{"id":"%s","pid":%d,"status":"creating","annotations":{"bridgehook.ports":"%d:80,%d:81/udp"}}`, id, pid, 10000+i, 20000+i)
+		}
+		// As at poststop: the container's processes are gone (the kernel
+		// then deletes the veth pair with the namespace).
+		exited := func(pid int) {
+			syscall.Kill(pid, syscall.SIGKILL)
+			waitFor(t, "container exit", func() bool { return !isRunning(pid) })
+		}
 		inNetns(t, sb.ns, func() {
-			hook := func(state string) time.Duration { return timeRun(t, state, binary, sb.flags...) }
+			hook := func(state string, flags ...string) time.Duration {
+				if flags == nil {
+					flags = sb.flags
+				}
+				return timeRun(t, state, binary, flags...)
+			}
 			hook(setupState("first", sb.container())) // the bridge and rules now exist
+			if nftPids != nil {
+				hook(setupState("first", sb.container()), nft...)
+			}
 			for i := range runs {
 				emptyF = append(emptyF, timeRun(t, setupState("x", 1), empty))
 				startup = append(startup, timeRun(t, setupState("x", 1), binary, "version"))
@@ -146,19 +188,24 @@ func TestBenchTable(t *testing.T) {
 					baseStartup = append(baseStartup, timeRun(t, setupState("x", 1), baseBin, "version"))
 					baseWarm = append(baseWarm, timeRun(t, setupState(fmt.Sprint("b", i), basePids[i]), baseBin, sb.flags...))
 				}
-				ports = append(ports, hook(fmt.Sprintf(`{"id":"p%d","pid":%d,"status":"creating","annotations":{"bridgehook.ports":"%d:80,%d:81/udp"}}`,
-					i, ported[i], 10000+i, 20000+i)))
+				ports = append(ports, hook(portsState(fmt.Sprint("p", i), ported[i], i)))
+				if nftPids != nil {
+					nftWarm = append(nftWarm, hook(setupState(fmt.Sprint("c", i), nftPids[i]), nft...))
+					nftPorts = append(nftPorts, hook(portsState(fmt.Sprint("p", i), nftPorted[i], i+runs), nft...))
+				}
 			}
-			// As at poststop: the container's processes are gone (the
-			// kernel then deletes the veth pair with the namespace).
 			for i := range runs / 2 {
-				procs[i].Kill()
-				waitFor(t, "container exit", func() bool { return !isRunning(pids[i]) })
+				exited(pids[i])
 				down = append(down, hook(stopState(fmt.Sprint("c", i))))
 				if basePids != nil {
-					syscall.Kill(basePids[i], syscall.SIGKILL)
-					waitFor(t, "container exit", func() bool { return !isRunning(basePids[i]) })
+					exited(basePids[i])
 					baseDown = append(baseDown, timeRun(t, stopState(fmt.Sprint("b", i)), baseBin, sb.flags...))
+				}
+				exited(ported[i])
+				portsDown = append(portsDown, hook(stopState(fmt.Sprint("p", i))))
+				if nftPids != nil {
+					exited(nftPorted[i])
+					nftPortsDown = append(nftPortsDown, hook(stopState(fmt.Sprint("p", i)), nft...))
 				}
 			}
 			// Teardown while the namespace still lives: the hook deletes
@@ -174,6 +221,10 @@ func TestBenchTable(t *testing.T) {
 			add("teardown (container exited, as at poststop)", down, true, "<= 3 ms above")
 			add("teardown (namespace alive: veth deleted)", downLive, true, "(no target)")
 			add("setup with 2 published ports", ports, true, "<= 15 ms above")
+			add("teardown with 2 published ports (container exited)", portsDown, true, "(no target)")
+			add("nftables: warm setup", nftWarm, true, "no slower than iptables")
+			add("nftables: setup with 2 published ports", nftPorts, true, "<= 0.5 ms above its warm")
+			add("nftables: teardown with 2 ports (container exited)", nftPortsDown, true, "(no target)")
 			if baseBin != "" {
 				add("  base binary: bridgehook version", baseStartup, true, "(compare)")
 				add("  base binary: warm setup", baseWarm, true, "(compare)")
@@ -187,16 +238,24 @@ func TestBenchTable(t *testing.T) {
 	warmRows("warm setup, store on this machine's ext4 /run", false)
 	base := rows[0].f.pct(0.5)
 
-	var cold figures
+	var cold, nftCold figures
 	for range 10 {
-		fresh := newSandbox(t)
-		onTmpfs(t, fresh)
-		pid := fresh.container()
-		inNetns(t, fresh.ns, func() {
-			cold = append(cold, timeRun(t, setupState("c", pid), binary, fresh.flags...))
-		})
+		for _, fw := range firewalls {
+			fresh := newSandbox(t, "--firewall", fw)
+			onTmpfs(t, fresh)
+			pid := fresh.container()
+			inNetns(t, fresh.ns, func() {
+				d := timeRun(t, setupState("c", pid), binary, fresh.flags...)
+				if fw == "nftables" {
+					nftCold = append(nftCold, d)
+				} else {
+					cold = append(cold, d)
+				}
+			})
+		}
 	}
 	add("cold setup (creates bridge + NAT)", cold, true, "<= 40 ms above")
+	add("nftables: cold setup", nftCold, true, "<= 3 ms above its warm")
 
 	// 64 at once.
 	sb64 := newSandbox(t)

@@ -189,6 +189,12 @@ func (h *fakeHost) Close() {}
 // fakeFirewall keeps each network's rules as a flag and its published
 // ports by container address.
 type fakeFirewall struct {
+	// verifies lists the networks Verify was asked about; reloaded marks
+	// those whose rules a reload took.
+	verifies    []string
+	verifyFails bool
+	reloaded    map[string]bool
+
 	fail      fails
 	installed map[string]nat.Network
 	ports     map[string]map[netip.Addr]nat.Published
@@ -201,6 +207,7 @@ func (f *fakeFirewall) Install(n nat.Network, pubs []nat.Published) error {
 		return err
 	}
 	f.installed[n.Bridge] = n
+	delete(f.reloaded, n.Bridge)
 	f.ports[n.Bridge] = map[netip.Addr]nat.Published{}
 	for _, p := range pubs {
 		f.ports[n.Bridge][p.IP] = p
@@ -218,13 +225,22 @@ func (f *fakeFirewall) Uninstall(n nat.Network) error {
 	return nil
 }
 
-func (f *fakeFirewall) Verify(n nat.Network) (bool, error) {
-	f.calls = append(f.calls, "verify "+n.Bridge)
-	if err := f.fail.check("verify"); err != nil {
-		return false, err
+// reload takes network br's rules away, as a firewall reload does.
+func (f *fakeFirewall) reload(br string) {
+	if f.reloaded == nil {
+		f.reloaded = map[string]bool{}
 	}
-	have, ok := f.installed[n.Bridge]
-	return ok && have == n, nil
+	f.reloaded[br] = true
+	delete(f.installed, br)
+	delete(f.ports, br)
+}
+
+func (f *fakeFirewall) Verify(n nat.Network) (bool, error) {
+	f.verifies = append(f.verifies, n.Bridge)
+	if f.verifyFails {
+		return false, errInjected
+	}
+	return !f.reloaded[n.Bridge], nil
 }
 
 func (f *fakeFirewall) Close() {}

@@ -32,10 +32,10 @@ func TestColdThenWarmSetup(t *testing.T) {
 	}
 	// The second container's setup trusts the record: no Ensure, no
 	// install, one cheap check of the rules.
-	calls := len(w.fw.calls)
+	calls, checks := len(w.fw.calls), len(w.fw.verifies)
 	w.mustSetup("b", w.container(11), "")
-	if w.host.ensured != 1 || !slices.Equal(w.fw.calls[calls:], []string{"verify netns0"}) {
-		t.Errorf("warm setup: %d Ensure calls, firewall calls %v", w.host.ensured, w.fw.calls[calls:])
+	if w.host.ensured != 1 || len(w.fw.calls) != calls || !slices.Equal(w.fw.verifies[checks:], []string{"netns0"}) {
+		t.Errorf("warm setup: %d Ensure calls, firewall calls %v, checks %v", w.host.ensured, w.fw.calls[calls:], w.fw.verifies[checks:])
 	}
 	// A bridge deleted behind our back (its ifindex changes) is made and
 	// its rules installed again.
@@ -59,25 +59,33 @@ func TestSetupReinstallsRulesAReloadRemoved(t *testing.T) {
 	w := newWorld(t, "10.1.0.0/24")
 	a := w.mustSetup("a", w.container(10), "8080:80")
 	w.mustSetup("b", w.container(11), "")
-	delete(w.fw.installed, "netns0")
-	delete(w.fw.ports, "netns0")
+	w.fw.reload("netns0")
 	calls := len(w.fw.calls)
-	w.mustSetup("c", w.container(12), "")
-	if !slices.Equal(w.fw.calls[calls:], []string{"verify netns0", "install netns0"}) {
+	c := w.mustSetup("c", w.container(12), "")
+	if !slices.Equal(w.fw.calls[calls:], []string{"install netns0"}) {
 		t.Errorf("after a reload: firewall calls %v", w.fw.calls[calls:])
 	}
 	if p, ok := w.fw.ports["netns0"][a.IP]; !ok || p.ID != "a" || len(p.Ports) != 1 || p.Ports[0].HostPort != 8080 {
 		t.Errorf("a's port after the reinstall: %+v", w.fw.ports["netns0"])
 	}
-	// A check that cannot run fails the setup, which leaves nothing.
-	w.fw.fail["verify"] = true
-	if _, err := w.setup("d", w.container(13), ""); !errors.Is(err, errInjected) {
-		t.Errorf("setup with a failing check: %v", err)
+	if v := w.host.veths[c.Veth]; v == nil {
+		t.Error("c has no veth")
+	}
+	// A check that cannot run counts as rules gone; when the reinstall
+	// fails too, the setup fails and leaves nothing, veth included.
+	w.fw.verifyFails = true
+	w.fw.fail["install"] = true
+	_, err := w.setup("d", w.container(13), "")
+	if !errors.Is(err, errInjected) || !strings.Contains(err.Error(), "install") {
+		t.Errorf("setup with a failing check and install: %v", err)
 	}
 	for _, l := range w.leases() {
 		if l.ID == "d" {
-			t.Error("a setup whose check failed left a lease")
+			t.Error("the failed setup left a lease")
 		}
+	}
+	if w.host.veths["netnsv0-13"] != nil {
+		t.Error("the failed setup left its veth")
 	}
 }
 

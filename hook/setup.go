@@ -111,21 +111,23 @@ func (n *Network) Setup(req Request) (res Result, err error) {
 // firewall rules are in place. What a setup verified for this very bridge
 // (same ifindex, same options, recorded in the store) is trusted, and only
 // its rules are checked, cheaply (Firewall.Verify): a warm setup makes one
-// netlink call for the bridge and reads a chain or two. Rules found gone (a
-// firewall reload) are installed again with every container's ports, so
-// the first setup after a reload brings the whole network back. It runs
-// under the store's lock, so that one hook per network creates the bridge
-// and installs its rules. Its undo removes the network again if this call
-// created the bridge and no container has joined it meanwhile.
+// netlink call for the bridge and a read or two of the firewall. Rules
+// found gone (a firewall reload took them) are installed again with every
+// container's ports, so the first setup after a reload brings the whole
+// network back. It runs under the store's lock, so that one hook per
+// network creates the bridge and installs its rules. Its undo removes the
+// network again if this call created the bridge and no container has
+// joined it meanwhile.
 func (n *Network) ensureNetwork(tx ipam.Tx) (br bridge.Bridge, undo func() error, err error) {
 	if err := n.pickFirewall(tx); err != nil {
 		return br, nil, err
 	}
 	if rec, known := readRecord(tx); known {
 		if found, ok := n.host.Find(n.Bridge); ok && n.trusts(rec, found) {
-			ok, err := n.fw.Verify(n.natNetwork())
-			if err != nil || ok {
-				return found, nil, err
+			// A check that cannot run counts as rules gone: the install
+			// says what is wrong.
+			if ok, _ := n.fw.Verify(n.natNetwork()); ok {
+				return found, nil, nil
 			}
 			return found, nil, n.installFirewall(tx)
 		}

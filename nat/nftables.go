@@ -3,6 +3,7 @@ package nat
 import (
 	"errors"
 	"fmt"
+	"math/bits"
 	"net"
 	"net/netip"
 	"strings"
@@ -272,7 +273,7 @@ func (f *NFTables) Install(n Network, pubs []Published) error {
 		return err
 	}
 	// Read first: a failed read drops the connection (conn.rules).
-	coexist, err := f.coexisting(n)
+	coexist, err := f.coexisting(&f.c, n)
 	if err != nil {
 		return err
 	}
@@ -314,8 +315,8 @@ type coexistence struct {
 	ours    []*nftables.Rule // the network's coexistRules in it
 }
 
-func (f *NFTables) coexisting(n Network) (coexistence, error) {
-	rules, err := f.c.rules(iptFilter, iptForward.Name)
+func (f *NFTables) coexisting(c *conn, n Network) (coexistence, error) {
+	rules, err := c.rules(iptFilter, iptForward.Name)
 	if err != nil {
 		return coexistence{}, fmt.Errorf("read iptables' FORWARD chain: %w", err)
 	}
@@ -332,7 +333,7 @@ func (f *NFTables) coexisting(n Network) (coexistence, error) {
 	}
 	// The dump of a chain that does not exist is as empty as that of an
 	// empty chain (with a DROP policy, say).
-	co.present, err = f.c.exists(iptFilter, iptForward.Name)
+	co.present, err = c.exists(iptFilter, iptForward.Name)
 	return co, err
 }
 
@@ -343,24 +344,19 @@ func missing(err error) bool {
 	return errors.Is(err, unix.ENOENT) || strings.Contains(err.Error(), unix.ENOENT.Error())
 }
 
-// Verify reads the forward chain of n's table, and iptables' FORWARD:
-// two netlink reads, three where iptables has no FORWARD chain. A read
-// that fails says "not in place"; the Install that follows reports why.
+// Verify asks for n's table, which a flush of the ruleset deletes, and
+// reads iptables' FORWARD, which a reload of iptables flushes: two netlink
+// reads, three where iptables has no FORWARD chain. A read that fails
+// says "not in place"; the Install that follows reports why.
 func (f *NFTables) Verify(n Network) (bool, error) {
 	if err := f.sysctl(ipForward); err != nil {
 		return false, err
 	}
-	want := 0
-	for _, r := range n.Rules() {
-		if r.Chain == Forward {
-			want++
-		}
-	}
-	got, err := f.c.rules(n.nftTable(), nftForward)
-	if err != nil || len(got) != want {
+	t, err := f.c.table(n.nftTable())
+	if err != nil || t == nil || chainsIn(t) != len(n.nftChains()) {
 		return false, nil
 	}
-	co, err := f.coexisting(n)
+	co, err := f.coexisting(&f.c, n)
 	if err != nil || (co.present && len(co.ours) != 1) {
 		return false, nil
 	}
@@ -369,7 +365,7 @@ func (f *NFTables) Verify(n Network) (bool, error) {
 
 // Uninstall deletes n's table and its rule in iptables' FORWARD.
 func (f *NFTables) Uninstall(n Network) error {
-	co, err := f.coexisting(n)
+	co, err := f.coexisting(&f.c, n)
 	if err != nil {
 		return err
 	}
@@ -507,6 +503,34 @@ func (c *conn) rules(t *nftables.Table, chain string) ([]*nftables.Rule, error) 
 		c.close()
 	}
 	return rules, err
+}
+
+// table returns table t as the kernel has it (Use: its number of chains),
+// or nil if there is none.
+func (c *conn) table(t *nftables.Table) (*nftables.Table, error) {
+	nc, err := c.get()
+	if err != nil {
+		return nil, err
+	}
+	got, err := nc.ListTableOfFamily(t.Name, t.Family)
+	if err != nil {
+		c.close()
+		if missing(err) {
+			return nil, nil
+		}
+		return nil, err
+	}
+	return got, nil
+}
+
+// chainsIn is the number of chains in table t. google/nftables v0.3.0
+// decodes the kernel's big-endian count in host order; a later version
+// that fixes it gives small numbers, which are taken as they are.
+func chainsIn(t *nftables.Table) int {
+	if t.Use > 0xffff {
+		return int(bits.ReverseBytes32(t.Use))
+	}
+	return int(t.Use)
 }
 
 // exists reports whether a table, or a chain of it, exists.
