@@ -148,6 +148,9 @@ func TestMoveNetworkToAnotherFirewall(t *testing.T) {
 	}
 	// Without --firewall, a setup uses the network's own.
 	sb.mustHook(setupState("c3", sb.container()))
+	if fw := sb.ls()[0].Firewall; fw != "iptables" {
+		t.Errorf("ls shows firewall %q before the move", fw)
+	}
 
 	sb.mustHook("", "--firewall", "nftables", "repair")
 	moved := sb.rules()
@@ -158,6 +161,9 @@ func TestMoveNetworkToAnotherFirewall(t *testing.T) {
 	}
 	if !slices.ContainsFunc(moved, func(r string) bool { return strings.Contains(r, "dnat ip to 172.19.0.2:80") }) {
 		t.Errorf("c1's port did not move:\n%s", strings.Join(moved, "\n"))
+	}
+	if fw := sb.ls()[0].Firewall; fw != "nftables" {
+		t.Errorf("ls shows firewall %q after the move", fw)
 	}
 	// Teardown, gc and network rm find the rules where they now are.
 	sb.mustHook(stopState("c1"))

@@ -232,7 +232,11 @@ func TestSetupKilledBetweenLeaseAndVeth(t *testing.T) {
 // The container that is gone loses its port rules; the live one gets its
 // lease back with its ports, and keeps its rules.
 func TestGCRemovesRulesOfLostLeases(t *testing.T) {
-	sb := newSandbox(t)
+	forEachFirewall(t, testGCRemovesRulesOfLostLeases)
+}
+
+func testGCRemovesRulesOfLostLeases(t *testing.T, fw string) {
+	sb := newSandbox(t, "--firewall", fw)
 	a, b := sb.container(), sb.container()
 	sb.mustHook(portsState("a", a, "8080:80, 9000:9000/udp"))
 	sb.mustHook(portsState("b", b, "8081:80"))

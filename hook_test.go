@@ -314,18 +314,26 @@ func TestRepairAllAfterFirewallFlush(t *testing.T) {
 	sb.mustHook(setupState("c1", sb.container()))
 	isolated := []string{"--bridge", "br1", "--subnet", "10.88.0.0/24", "--icc=false"}
 	sb.mustHook(setupState("c2", sb.container()), isolated...)
+	sb.mustHook(portsState("c3", sb.container(), "8080:80"), "--bridge", "br2", "--subnet", "10.89.0.0/24", "--firewall", "nftables")
 	before := sorted(sb.rules())
 	if !slices.ContainsFunc(before, func(r string) bool { return strings.Contains(r, "bridgehook br1: containers isolated") }) {
 		t.Fatalf("br1 is not isolated:\n%s", strings.Join(before, "\n"))
+	}
+	if !slices.ContainsFunc(before, func(r string) bool { return strings.Contains(r, "dnat ip to 10.89.0.2:80") }) {
+		t.Fatalf("br2 has no nftables port rule:\n%s", strings.Join(before, "\n"))
 	}
 	for _, args := range [][]string{{"-F"}, {"-X"}, {"-t", "nat", "-F"}, {"-t", "nat", "-X"}} {
 		if out, err := sb.cmd(append([]string{"iptables"}, args...)...).CombinedOutput(); err != nil {
 			t.Fatalf("iptables %v: %v %s", args, err, out)
 		}
 	}
-	// The command the systemd units run.
+	if out, err := sb.cmd("nft", "flush", "ruleset").CombinedOutput(); err != nil {
+		t.Fatalf("nft flush ruleset: %v %s", err, out)
+	}
+	// The command the systemd units run, which names no backend: each
+	// network goes back where it was.
 	stdout, stderr, code := sb.run("", unitCommand(t)...)
-	if code != 0 || strings.Count(stdout, "bridge and rules in place") != 2 {
+	if code != 0 || strings.Count(stdout, "bridge and rules in place") != 3 {
 		t.Fatalf("repair --all: exit %d %q %q", code, stdout, stderr)
 	}
 	if got := sorted(sb.rules()); !slices.Equal(got, before) {

@@ -359,7 +359,7 @@ func runLs(e *env, args []string) error {
 		if i > 0 {
 			fmt.Fprintln(e.stdout)
 		}
-		fmt.Fprintf(e.stdout, "NETWORK %s  %s  gateway %s  mtu %d\n", n.Bridge, n.Subnet, n.Gateway, n.MTU)
+		fmt.Fprintf(e.stdout, "NETWORK %s  %s  gateway %s  mtu %d  firewall %s\n", n.Bridge, n.Subnet, n.Gateway, n.MTU, n.Firewall)
 		tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "IP\tCONTAINER\tPID\tVETH\tPORTS\tCREATED\tSTATUS")
 		for _, ep := range n.Endpoints {

@@ -26,6 +26,7 @@ type NetworkView struct {
 	NAT       bool       `json:"nat"`
 	ICC       bool       `json:"icc"`
 	Internal  bool       `json:"internal"`
+	Firewall  string     `json:"firewall"`
 	Endpoints []Endpoint `json:"endpoints"`
 	// Unreadable names lease files gc will rebuild or discard.
 	Unreadable []string `json:"unreadable,omitempty"`
@@ -94,11 +95,12 @@ func list(stores []ipam.Store, sys System) ([]NetworkView, error) {
 	for _, s := range stores {
 		v := NetworkView{
 			Bridge: s.Bridge(), Subnet: s.Subnet().String(), Gateway: s.Subnet().Addr().Next().String(),
-			NAT: true, ICC: true, Endpoints: []Endpoint{},
+			NAT: true, ICC: true, Firewall: record{}.firewall(), Endpoints: []Endpoint{},
 		}
 		err := s.Do(func(tx ipam.Tx) error {
 			if rec, ok := readRecord(tx); ok {
 				v.MTU, v.ICC, v.Internal, v.NAT = rec.MTU, rec.ICC, rec.Internal, !rec.Internal
+				v.Firewall = rec.firewall()
 			}
 			ls, bad, err := tx.List()
 			for _, l := range ls {
