@@ -44,9 +44,31 @@ func TestDemo(t *testing.T) {
 	show(runc.run(t, "exec", "a", "ping", "-c1", "172.19.0.1"))
 	say("The firewall rules bridgehook installed (in our own chains):")
 	show(strings.Join(sb.rules(), "\n") + "\n")
-	say("bridgehook ls")
-	ls, _, _ := sb.run("", "ls")
+	say("A firewall reload (iptables -F; iptables -X) takes them away:")
+	for _, c := range [][]string{{"iptables", "-F"}, {"iptables", "-X"}, {"iptables", "-t", "nat", "-F"}, {"iptables", "-t", "nat", "-X"}} {
+		if out, err := sb.cmd(c...).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %v %s", c, err, out)
+		}
+	}
+	show(fmt.Sprintf("%d rules of ours left\n", len(sb.rules())))
+	runc.start(t, "c", bundle(t, sb, root, createRuntime, []string{"sleep", "600"}))
+	say("runc run -d c: its setup finds them gone and puts all %d back, for a and b too", len(sb.rules()))
+
+	say("A second network, br1, with --firewall nftables: its rules go in a table of its own, over netlink")
+	nb := bundle(t, sb, root, createRuntime, []string{"sleep", "600"}, "--bridge", "br1", "--subnet", "10.88.0.0/24", "--firewall", "nftables")
+	withAnnotations(t, nb, map[string]string{"bridgehook.ports": "8080:80"})
+	runc.start(t, "n", nb)
+	say("nft list table inet bridgehook-br1 (container n publishes 8080:80)")
+	out, err := sb.cmd("nft", "list", "table", "inet", "bridgehook-br1").CombinedOutput()
+	if err != nil {
+		t.Fatalf("nft list table: %v %s", err, out)
+	}
+	show(string(out))
+	say("bridgehook ls --all")
+	ls, _, _ := sb.run("", "ls", "--all")
 	show(ls)
+	runc.run(t, "delete", "-f", "n")
+	runc.run(t, "delete", "-f", "c")
 	for _, id := range []string{"a", "b"} {
 		runc.run(t, "delete", "-f", id)
 	}
