@@ -174,3 +174,30 @@ func mustPorts(t *testing.T, s string) []Port {
 	}
 	return p
 }
+
+// On legacy iptables, Verify reads iptables-save: every jump and every
+// rule of our chains must be there.
+func TestVerifySaved(t *testing.T) {
+	f := &fake{}
+	if err := f.firewall().Install(testNet, nil); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]int{testNet.fwdChain(): 0, testNet.masqChain(): 0}
+	for _, r := range testNet.iptablesAll(testNet.Rules()) {
+		want[r.Chain]++
+	}
+	if !verifySaved(testNet, f.saved, want) {
+		t.Fatalf("installed rules do not verify:\n%s", f.saved)
+	}
+	for _, gone := range []string{"-A FORWARD ", "-A POSTROUTING ", "-A BH-NAT-netns0 -s 127.0.0.0/8", "-A BH-FWD-netns0 -o netns0 -m conntrack --ctstate DNAT"} {
+		var kept []string
+		for _, line := range strings.Split(f.saved, "\n") {
+			if !strings.HasPrefix(line, gone) {
+				kept = append(kept, line)
+			}
+		}
+		if verifySaved(testNet, strings.Join(kept, "\n"), want) {
+			t.Errorf("verifies without %q", gone)
+		}
+	}
+}
