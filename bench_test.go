@@ -183,14 +183,18 @@ func TestBenchTable(t *testing.T) {
 			for i := range runs {
 				emptyF = append(emptyF, timeRun(t, setupState("x", 1), empty))
 				startup = append(startup, timeRun(t, setupState("x", 1), binary, "version"))
+				// Each warm setup follows a light run, each with ports a
+				// heavy one: a process's cost depends on the one before.
 				warm = append(warm, hook(setupState(fmt.Sprint("c", i), pids[i])))
+				if nftPids != nil {
+					nftWarm = append(nftWarm, hook(setupState(fmt.Sprint("c", i), nftPids[i]), nft...))
+				}
 				if basePids != nil {
 					baseStartup = append(baseStartup, timeRun(t, setupState("x", 1), baseBin, "version"))
 					baseWarm = append(baseWarm, timeRun(t, setupState(fmt.Sprint("b", i), basePids[i]), baseBin, sb.flags...))
 				}
 				ports = append(ports, hook(portsState(fmt.Sprint("p", i), ported[i], i)))
 				if nftPids != nil {
-					nftWarm = append(nftWarm, hook(setupState(fmt.Sprint("c", i), nftPids[i]), nft...))
 					nftPorts = append(nftPorts, hook(portsState(fmt.Sprint("p", i), nftPorted[i], i+runs), nft...))
 				}
 			}

@@ -260,3 +260,59 @@ func TestTeardownFlushesUDPConntrack(t *testing.T) {
 		}
 	})
 }
+
+// On a host whose iptables is the legacy one, which nftables' netlink does
+// not see, the check of a warm setup reads iptables-save instead, and
+// still brings the rules back after a reload.
+func TestLegacyIptablesAfterReload(t *testing.T) {
+	sb := newSandbox(t)
+	bin := t.TempDir()
+	for _, tool := range []string{"iptables", "iptables-save", "iptables-restore"} {
+		if err := os.Symlink("/usr/sbin/"+strings.Replace(tool, "iptables", "iptables-legacy", 1), filepath.Join(bin, tool)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sb.env = []string{"PATH=" + bin + ":" + os.Getenv("PATH")}
+	legacy := func() []string {
+		out, err := sb.cmd("iptables-legacy-save").Output()
+		if err != nil {
+			t.Fatalf("iptables-legacy-save: %v", err)
+		}
+		var ours []string
+		for _, line := range strings.Split(string(out), "\n") {
+			if strings.HasPrefix(line, "-A") && strings.Contains(line, "bridgehook") {
+				ours = append(ours, line)
+			}
+		}
+		return sorted(ours)
+	}
+	sb.mustHook(portsState("c1", sb.container(), "8080:80"))
+	before := legacy()
+	if len(before) != len(wantRules)+1 {
+		t.Fatalf("legacy iptables holds %d rules of ours, want %d:\n%s", len(before), len(wantRules)+1, strings.Join(before, "\n"))
+	}
+	if r := sb.rules(); len(r) != 0 {
+		t.Fatalf("rules went to iptables on nf_tables too:\n%s", strings.Join(r, "\n"))
+	}
+	// A warm setup finds them in place (it says when it does not).
+	if _, stderr, code := sb.run(setupState("c2", sb.container())); code != 0 || strings.Contains(stderr, "rules_restored") {
+		t.Errorf("warm setup: exit %d, %s", code, stderr)
+	}
+	if got := legacy(); !slices.Equal(got, before) {
+		t.Errorf("after a warm setup:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(before, "\n"))
+	}
+	for _, args := range [][]string{{"-F"}, {"-X"}, {"-t", "nat", "-F"}, {"-t", "nat", "-X"}} {
+		if out, err := sb.cmd(append([]string{"iptables-legacy"}, args...)...).CombinedOutput(); err != nil {
+			t.Fatalf("iptables-legacy %v: %v %s", args, err, out)
+		}
+	}
+	if got := legacy(); len(got) != 0 {
+		t.Fatalf("flush left %v", got)
+	}
+	if _, stderr, code := sb.run(setupState("c3", sb.container())); code != 0 || !strings.Contains(stderr, "rules_restored=true") {
+		t.Errorf("setup after the reload: exit %d, %s", code, stderr)
+	}
+	if got := legacy(); !slices.Equal(got, before) {
+		t.Errorf("after the setup that follows a reload:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(before, "\n"))
+	}
+}

@@ -331,6 +331,9 @@ func runHook(e *env, args []string) error {
 	if res.Found {
 		attrs = append(attrs, "ip", res.Lease.IP.String(), "veth", res.Lease.Veth)
 	}
+	if res.RulesRestored {
+		attrs = append(attrs, "rules_restored", true)
+	}
 	msg := "done"
 	switch {
 	case res.Reused:

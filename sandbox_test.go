@@ -90,6 +90,7 @@ type sandbox struct {
 	nl       *netlink.Handle // netlink inside the sandbox
 	stateDir string
 	flags    []string // network flags for every hook run
+	env      []string // added to the environment of every hook run
 }
 
 func newSandbox(t *testing.T, flags ...string) *sandbox {
@@ -153,6 +154,9 @@ func (s *sandbox) cmd(args ...string) *exec.Cmd {
 func (s *sandbox) bridgehook(stdin string, args ...string) *exec.Cmd {
 	c := s.cmd(append(append([]string{binary}, s.flags...), args...)...)
 	c.Stdin = strings.NewReader(stdin)
+	if s.env != nil {
+		c.Env = append(os.Environ(), s.env...)
+	}
 	return c
 }
 

@@ -61,9 +61,16 @@ func TestSetupReinstallsRulesAReloadRemoved(t *testing.T) {
 	w.mustSetup("b", w.container(11), "")
 	w.fw.reload("netns0")
 	calls := len(w.fw.calls)
-	c := w.mustSetup("c", w.container(12), "")
+	res, err := w.setup("c", w.container(12), "")
+	if err != nil || !res.RulesRestored {
+		t.Fatalf("setup after a reload: %v, rules restored %v", err, res.RulesRestored)
+	}
+	c := res.Lease
 	if !slices.Equal(w.fw.calls[calls:], []string{"install netns0"}) {
 		t.Errorf("after a reload: firewall calls %v", w.fw.calls[calls:])
+	}
+	if res, _ := w.setup("c2", w.container(14), ""); res.RulesRestored {
+		t.Error("the setup after that restored the rules again")
 	}
 	if p, ok := w.fw.ports["netns0"][a.IP]; !ok || p.ID != "a" || len(p.Ports) != 1 || p.Ports[0].HostPort != 8080 {
 		t.Errorf("a's port after the reinstall: %+v", w.fw.ports["netns0"])
@@ -75,7 +82,7 @@ func TestSetupReinstallsRulesAReloadRemoved(t *testing.T) {
 	// fails too, the setup fails and leaves nothing, veth included.
 	w.fw.verifyFails = true
 	w.fw.fail["install"] = true
-	_, err := w.setup("d", w.container(13), "")
+	_, err = w.setup("d", w.container(13), "")
 	if !errors.Is(err, errInjected) || !strings.Contains(err.Error(), "install") {
 		t.Errorf("setup with a failing check and install: %v", err)
 	}

@@ -39,6 +39,9 @@ type Result struct {
 	Found bool
 	// Reused is true for a setup of a container that was already wired.
 	Reused bool
+	// RulesRestored is true for a setup that found its network's rules
+	// gone (a firewall reload took them) and installed them again.
+	RulesRestored bool
 }
 
 // Setup wires the container of req into the network, one step after the
@@ -69,14 +72,15 @@ func (n *Network) Setup(req Request) (res Result, err error) {
 		}
 	}
 	var br bridge.Bridge
+	var restored bool
 	err = n.store.Do(func(tx ipam.Tx) error {
 		// 1. The bridge and its firewall rules, unless recorded as in place.
-		b, u, err := n.ensureNetwork(tx)
+		b, r, u, err := n.ensureNetwork(tx)
 		undo.push(u)
 		if err != nil {
 			return err
 		}
-		br = b
+		br, restored = b, r
 		tm.step("ensure bridge and firewall")
 
 		// 2. The lease, and the host ports it claims.
@@ -85,6 +89,7 @@ func (n *Network) Setup(req Request) (res Result, err error) {
 		return err
 	})
 	unlockPorts()
+	res.RulesRestored = restored
 	if err != nil || res.Reused {
 		return res, err
 	}
@@ -118,31 +123,31 @@ func (n *Network) Setup(req Request) (res Result, err error) {
 // network creates the bridge and installs its rules. Its undo removes the
 // network again if this call created the bridge and no container has
 // joined it meanwhile.
-func (n *Network) ensureNetwork(tx ipam.Tx) (br bridge.Bridge, undo func() error, err error) {
+func (n *Network) ensureNetwork(tx ipam.Tx) (br bridge.Bridge, restored bool, undo func() error, err error) {
 	if err := n.pickFirewall(tx); err != nil {
-		return br, nil, err
+		return br, false, nil, err
 	}
 	if rec, known := readRecord(tx); known {
 		if found, ok := n.host.Find(n.Bridge); ok && n.trusts(rec, found) {
 			// A check that cannot run counts as rules gone: the install
 			// says what is wrong.
 			if ok, _ := n.fw.Verify(n.natNetwork()); ok {
-				return found, nil, nil
+				return found, false, nil, nil
 			}
-			return found, nil, n.installFirewall(tx)
+			return found, true, nil, n.installFirewall(tx)
 		}
 	}
 	br, created, err := n.host.Ensure(n.Bridge, n.gateway(), n.MTU)
 	if err != nil {
-		return br, nil, hint(err)
+		return br, false, nil, hint(err)
 	}
 	if created {
 		undo = func() error { return n.store.Do(n.removeIfUnused) }
 	}
 	if err := n.installFirewall(tx); err != nil {
-		return br, undo, err
+		return br, false, undo, err
 	}
-	return br, undo, tx.SetRecord(n.recordOf(br))
+	return br, false, undo, tx.SetRecord(n.recordOf(br))
 }
 
 // claim leases an address to the container, with the host ports it asks
