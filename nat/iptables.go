@@ -416,17 +416,24 @@ func (f *IPTables) Verify(n Network) (bool, error) {
 		}
 		return verifySaved(n, saved, want), nil
 	}
-	// A reload flushes the filter table (iptables -F) or deletes our
-	// chains (-X, iptables-restore, nft flush ruleset): our filter chain's
-	// rules tell both. The NAT chain is asked for only: the dump of a
-	// chain has to decode each rule.
-	filter := &nftables.Table{Name: "filter", Family: nftables.TableFamilyIPv4}
-	rules, err := f.nft.rules(filter, n.fwdChain())
-	if err != nil || len(rules) != want[n.fwdChain()] {
-		return false, nil
+	// A reload flushes a table (iptables -F) or deletes our chains (-X,
+	// iptables-restore, nft flush ruleset): the rules of our chains tell
+	// both. An internal network's NAT chain is empty, and the dump of an
+	// empty chain is that of a missing one, so it is asked for instead.
+	for _, ch := range []struct{ table, chain string }{{"filter", n.fwdChain()}, {"nat", n.masqChain()}} {
+		t := &nftables.Table{Name: ch.table, Family: nftables.TableFamilyIPv4}
+		if want[ch.chain] == 0 {
+			if ok, err := f.nft.exists(t, ch.chain); err != nil || !ok {
+				return false, nil
+			}
+			continue
+		}
+		rules, err := f.nft.rules(t, ch.chain)
+		if err != nil || len(rules) != want[ch.chain] {
+			return false, nil
+		}
 	}
-	ok, err := f.nft.exists(&nftables.Table{Name: "nat", Family: nftables.TableFamilyIPv4}, n.masqChain())
-	return err == nil && ok, nil
+	return true, nil
 }
 
 // verifySaved checks iptables-save output for n's jumps and the number of
