@@ -81,28 +81,26 @@ type row struct {
 // onTmpfs puts the sandbox's lease store on a tmpfs, as /run is on a
 // systemd host (on these build machines /run is plain ext4, where the one
 // fsync per allocation costs about a millisecond).
-func onTmpfs(t *testing.T, sb *sandbox) {
+func onTmpfs(t *testing.T, sb *sandbox) { mountTmpfs(t, sb.stateDir) }
+
+// mountTmpfs mounts a tmpfs on dir until the test ends.
+func mountTmpfs(t *testing.T, dir string) {
 	t.Helper()
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "mode=0700", "tmpfs", sb.stateDir).CombinedOutput(); err != nil {
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "mode=0700", "tmpfs", dir).CombinedOutput(); err != nil {
 		t.Fatalf("mount tmpfs: %v %s", err, out)
 	}
-	t.Cleanup(func() { exec.Command("umount", sb.stateDir).Run() })
+	t.Cleanup(func() { exec.Command("umount", dir).Run() })
 }
 
-// nftStateDir is a state directory beside a sandbox's, on a tmpfs if
-// tmpfs.
-func nftStateDir(t *testing.T, tmpfs bool) string {
+// nftStateDir is a state directory beside a sandbox's, on a tmpfs as
+// /run is on a systemd host.
+func nftStateDir(t *testing.T) string {
 	dir, err := os.MkdirTemp("/run", "bridgehook-bench-")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	if tmpfs {
-		if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "mode=0700", "tmpfs", dir).CombinedOutput(); err != nil {
-			t.Fatalf("mount tmpfs: %v %s", err, out)
-		}
-		t.Cleanup(func() { exec.Command("umount", dir).Run() })
-	}
+	mountTmpfs(t, dir)
 	return dir
 }
 
@@ -143,11 +141,12 @@ func TestBenchTable(t *testing.T) {
 		ported := sb.containers(runs)
 		// The same, on a network of the nftables backend in the same
 		// sandbox, timed in turn with the iptables one.
-		// A state directory of its own: setups with ports check the
-		// other networks of theirs.
-		nft := []string{"--state-dir", nftStateDir(t, tmpfs), "--firewall", "nftables", "--bridge", "nft0", "--subnet", "10.77.0.0/16"}
+		var nft []string
 		var nftPids, nftPorted []int
 		if name == "" {
+			// A state directory of its own: setups with ports check the
+			// other networks of theirs.
+			nft = []string{"--state-dir", nftStateDir(t), "--firewall", "nftables", "--bridge", "nft0", "--subnet", "10.77.0.0/16"}
 			nftPids, nftPorted = sb.containers(runs), sb.containers(runs)
 		}
 		// make bench BASE=REV: the binary of another revision, run in
@@ -323,10 +322,7 @@ func isRunning(pid int) bool {
 // holds held leases, on a tmpfs.
 func leaseBench(t *testing.T, held, runs int) (alloc, rel figures) {
 	dir := t.TempDir()
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "mode=0700", "tmpfs", dir).CombinedOutput(); err != nil {
-		t.Fatalf("mount tmpfs: %v %s", err, out)
-	}
-	defer exec.Command("umount", dir).Run()
+	mountTmpfs(t, dir)
 	st, err := ipam.Open(dir, "bench0", netip.MustParsePrefix("10.200.0.0/16"))
 	if err != nil {
 		t.Fatal(err)

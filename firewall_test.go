@@ -5,16 +5,11 @@ package main
 // moved from one backend to the other.
 
 import (
-	"net"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
-	"time"
-
-	"github.com/vishvananda/netns"
 )
 
 // webServer starts container id on runc, serving "hello from ID" on port
@@ -188,61 +183,6 @@ func TestMoveNetworkToAnotherFirewall(t *testing.T) {
 	}
 }
 
-// udpServer answers every datagram to port 9000 in pid's namespace with
-// answer, until the test ends.
-func udpServer(t *testing.T, pid int, answer string) {
-	t.Helper()
-	ns, err := netns.GetFromPid(pid)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ns.Close()
-	var conn net.PacketConn
-	inNetns(t, ns, func() { conn, err = net.ListenPacket("udp", ":9000") })
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	go func() {
-		buf := make([]byte, 100)
-		for {
-			_, from, err := conn.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			conn.WriteTo([]byte(answer), from)
-		}
-	}()
-}
-
-// udpFromPort asks addr over UDP from the client's fixed source port, so
-// that every ask is one conntrack entry.
-func udpFromPort(t *testing.T, cl *client, addr string) (string, error) {
-	var answer string
-	var err error
-	inNetns(t, cl.ns, func() {
-		var c *net.UDPConn
-		c, err = net.DialUDP("udp", &net.UDPAddr{Port: 40000}, net.UDPAddrFromAddrPort(netip.MustParseAddrPort(addr)))
-		if err != nil {
-			return
-		}
-		defer c.Close()
-		buf := make([]byte, 100)
-		for range 3 {
-			c.SetDeadline(time.Now().Add(time.Second))
-			if _, err = c.Write([]byte("ping")); err != nil {
-				return
-			}
-			var n int
-			if n, err = c.Read(buf); err == nil {
-				answer = string(buf[:n])
-				return
-			}
-		}
-	})
-	return answer, err
-}
-
 // UDP has no end of connection: without a flush at teardown, a client
 // that keeps sending from one port stays pinned by conntrack to the old
 // container's address. After teardown, the same client reaches the next
@@ -254,14 +194,14 @@ func TestTeardownFlushesUDPConntrack(t *testing.T) {
 		a := sb.container()
 		sb.mustHook(portsState("a", a, "9000:9000/udp"))
 		udpServer(t, a, "a")
-		if got, err := udpFromPort(t, cl, hostAddr+":9000"); err != nil || got != "a" {
+		if got, err := udpAsk(t, cl.ns, hostAddr+":9000", "ping", 40000); err != nil || got != "a" {
 			t.Fatalf("udp to a: %v %q", err, got)
 		}
 		sb.mustHook(stopState("a"))
 		b := sb.container()
 		sb.mustHook(portsState("b", b, "9000:9000/udp"))
 		udpServer(t, b, "b")
-		if got, err := udpFromPort(t, cl, hostAddr+":9000"); err != nil || got != "b" {
+		if got, err := udpAsk(t, cl.ns, hostAddr+":9000", "ping", 40000); err != nil || got != "b" {
 			t.Errorf("udp from the same client port after a's teardown: %v %q, want b's answer", err, got)
 		}
 	})

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -85,13 +86,16 @@ func httpGet(t *testing.T, ns netns.NsHandle, addr string) (string, error) {
 	return body, nil
 }
 
-// udpAsk sends msg to addr from inside ns and returns the answer.
-func udpAsk(t *testing.T, ns netns.NsHandle, addr, msg string) (string, error) {
+// udpAsk sends msg to addr from inside ns and returns the answer; from
+// a fixed source port fromPort, unless 0, so that every ask is one
+// conntrack entry.
+func udpAsk(t *testing.T, ns netns.NsHandle, addr, msg string, fromPort int) (string, error) {
 	var answer string
 	var err error
 	inNetns(t, ns, func() {
-		var c net.Conn
-		if c, err = net.Dial("udp", addr); err != nil {
+		var c *net.UDPConn
+		c, err = net.DialUDP("udp", &net.UDPAddr{Port: fromPort}, net.UDPAddrFromAddrPort(netip.MustParseAddrPort(addr)))
+		if err != nil {
 			return
 		}
 		defer c.Close()
@@ -110,6 +114,33 @@ func udpAsk(t *testing.T, ns netns.NsHandle, addr, msg string) (string, error) {
 		}
 	})
 	return answer, err
+}
+
+// udpServer answers every datagram to port 9000 in pid's namespace with
+// answer, until the test ends. (busybox has no UDP server.)
+func udpServer(t *testing.T, pid int, answer string) {
+	t.Helper()
+	ns, err := netns.GetFromPid(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	var conn net.PacketConn
+	inNetns(t, ns, func() { conn, err = net.ListenPacket("udp", ":9000") })
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	go func() {
+		buf := make([]byte, 100)
+		for {
+			_, from, err := conn.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			conn.WriteTo([]byte(answer), from)
+		}
+	}()
 }
 
 // withAnnotations sets annotations in a bundle's config.json.
@@ -151,29 +182,7 @@ func testPublishedPorts(t *testing.T, fw string) {
 	ba := bundle(t, sb, root, createRuntime, []string{"httpd", "-f", "-p", "80", "-h", "/www"})
 	withAnnotations(t, ba, map[string]string{"bridgehook.ports": "8080:80, 9000:9000/udp"})
 	pa := runc.start(t, "a", ba)
-	// busybox has no UDP server: answer UDP from a socket made inside a's
-	// namespace.
-	nsA, err := netns.GetFromPid(pa)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nsA.Close()
-	var udp net.PacketConn
-	inNetns(t, nsA, func() { udp, err = net.ListenPacket("udp", ":9000") })
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer udp.Close()
-	go func() {
-		buf := make([]byte, 100)
-		for {
-			_, from, err := udp.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			udp.WriteTo([]byte("pong"), from)
-		}
-	}()
+	udpServer(t, pa, "pong")
 	runc.start(t, "b", bundle(t, sb, root, createRuntime, []string{"sleep", "600"}))
 	waitFor(t, "httpd in a", func() bool {
 		_, err := httpGet(t, sb.ns, "172.19.0.2:80")
@@ -199,7 +208,7 @@ func testPublishedPorts(t *testing.T, fw string) {
 			t.Errorf("from container %s through the host address (hairpin): %v %q", id, err, out)
 		}
 	}
-	if got, err := udpAsk(t, cl.ns, hostAddr+":9000", "ping"); err != nil || strings.TrimSpace(got) != "pong" {
+	if got, err := udpAsk(t, cl.ns, hostAddr+":9000", "ping", 0); err != nil || strings.TrimSpace(got) != "pong" {
 		t.Errorf("udp from the client: %v %q", err, got)
 	}
 

@@ -159,10 +159,9 @@ func (n *Network) adoptFirewall(tx ipam.Tx) {
 }
 
 // pickFirewall settles the backend a setup installs into: the network's
-// own, which a --firewall given must match, or for a new network the one
-// given, iptables by default.
-func (n *Network) pickFirewall(tx ipam.Tx) error {
-	rec, known := readRecord(tx)
+// own (rec, if known), which a --firewall given must match, or for a new
+// network the one given, iptables by default.
+func (n *Network) pickFirewall(rec record, known bool) error {
 	switch {
 	case !known && n.Firewall == "":
 		n.useFirewall("iptables")

@@ -505,15 +505,17 @@ func (n *Network) repair(tx ipam.Tx) error {
 	if err != nil {
 		return hint(err)
 	}
-	if rec, ok := readRecord(tx); ok && n.Firewall != "" && rec.firewall() != n.Firewall && n.fws != nil {
+	rec, known := readRecord(tx)
+	if known && n.Firewall != "" && rec.firewall() != n.Firewall && n.fws != nil {
 		if err := n.fws.get(rec.firewall()).Uninstall(n.natNetwork()); err != nil {
 			return fmt.Errorf("move rules out of %s: %w", rec.firewall(), err)
 		}
 		if err := tx.ClearRecord(); err != nil {
 			return err
 		}
+		known = false
 	}
-	if err := n.pickFirewall(tx); err != nil {
+	if err := n.pickFirewall(rec, known); err != nil {
 		return err
 	}
 	if err := n.installFirewall(tx); err != nil {

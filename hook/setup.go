@@ -124,10 +124,11 @@ func (n *Network) Setup(req Request) (res Result, err error) {
 // network again if this call created the bridge and no container has
 // joined it meanwhile.
 func (n *Network) ensureNetwork(tx ipam.Tx) (br bridge.Bridge, restored bool, undo func() error, err error) {
-	if err := n.pickFirewall(tx); err != nil {
+	rec, known := readRecord(tx)
+	if err := n.pickFirewall(rec, known); err != nil {
 		return br, false, nil, err
 	}
-	if rec, known := readRecord(tx); known {
+	if known {
 		if found, ok := n.host.Find(n.Bridge); ok && n.trusts(rec, found) {
 			// A check that cannot run counts as rules gone: the install
 			// says what is wrong.

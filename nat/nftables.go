@@ -369,7 +369,7 @@ func (f *NFTables) Uninstall(n Network) error {
 	if err != nil {
 		return err
 	}
-	table, err := f.c.exists(n.nftTable(), "")
+	table, err := f.c.table(n.nftTable())
 	if err != nil {
 		return fmt.Errorf("remove rules of %s: %w", n.Bridge, err)
 	}
@@ -377,7 +377,7 @@ func (f *NFTables) Uninstall(n Network) error {
 	if err != nil {
 		return err
 	}
-	if table {
+	if table != nil {
 		c.DelTable(n.nftTable())
 	}
 	for _, r := range co.ours {
@@ -533,18 +533,13 @@ func chainsIn(t *nftables.Table) int {
 	return int(t.Use)
 }
 
-// exists reports whether a table, or a chain of it, exists.
+// exists reports whether table t has a chain named chain.
 func (c *conn) exists(t *nftables.Table, chain string) (bool, error) {
 	nc, err := c.get()
 	if err != nil {
 		return false, err
 	}
-	if chain == "" {
-		_, err = nc.ListTableOfFamily(t.Name, t.Family)
-	} else {
-		_, err = nc.ListChain(t, chain)
-	}
-	if err != nil {
+	if _, err := nc.ListChain(t, chain); err != nil {
 		c.close()
 		if missing(err) {
 			return false, nil
