@@ -5,10 +5,11 @@ SHELL := /bin/bash
 
 GO ?= go
 # What the tests, the demo and the benchmark run: the runtimes, a static
-# busybox for the containers' rootfs, iptables (nft backend), iproute2 for
+# busybox for the containers' rootfs, iptables (nft and legacy), nftables
+# for nft(8), which the tests read and flush rules with, iproute2 for
 # `ip netns`, util-linux for nsenter/unshare, podman for the hooks.d test,
 # and systemd for systemd-analyze, which checks the units in systemd/.
-DEBS := runc crun iptables busybox-static iproute2 util-linux podman systemd
+DEBS := runc crun iptables nftables busybox-static iproute2 util-linux podman systemd
 
 .PHONY: build test lint cover demo bench fuzz stress flaky deps clean
 
