@@ -69,9 +69,13 @@ stress:
 flaky: deps
 	bash .ci/flaky
 
-# Installs the Debian packages above that are missing.
+# Installs the Debian packages above that are missing. A package removed
+# but not purged is still known to dpkg: its status says whether it is
+# installed.
 deps:
-	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@missing=""; for p in $(DEBS); do \
+		dpkg-query -W -f '$${Status}' $$p 2>/dev/null | grep -q ' installed$$' || missing="$$missing $$p"; \
+	done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
