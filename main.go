@@ -178,12 +178,16 @@ func main() {
 
 func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	cfg := hook.Defaults()
-	var subnet, logFile string
+	var subnets []string
+	var logFile string
 	var debug, jsonOut, all bool
 	fs := flag.NewFlagSet("bridgehook", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.StringVar(&cfg.Bridge, "bridge", cfg.Bridge, "name of the bridge to attach containers to")
-	fs.StringVar(&subnet, "subnet", cfg.Subnet.String(), "the network's IPv4 `CIDR`; the bridge gets its first address, the gateway")
+	fs.Func("subnet", "the network's `CIDR`; the bridge gets its first address, the gateway. Twice, an IPv4 and an IPv6 one, for dual-stack (default 172.19.0.0/16)", func(v string) error {
+		subnets = append(subnets, v)
+		return nil
+	})
 	fs.IntVar(&cfg.MTU, "mtu", 0, "MTU of a new bridge and of the veths; 0: the bridge's own, 1500 for a new bridge")
 	fs.StringVar(&cfg.Iface, "iface", cfg.Iface, "name of the interface inside the container")
 	fs.StringVar(&cfg.StateDir, "state-dir", cfg.StateDir, "where the lease store lives; under /run, leases die with a reboot as containers do")
@@ -249,11 +253,19 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		e.debug = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
 	err := func() error {
-		p, err := hook.ParseSubnet(subnet)
-		if err != nil {
-			return err
+		if len(subnets) > 0 {
+			var ps []netip.Prefix
+			for _, s := range subnets {
+				p, err := hook.ParseSubnet(s)
+				if err != nil {
+					return err
+				}
+				ps = append(ps, p)
+			}
+			if err := e.cfg.SetSubnets(ps); err != nil {
+				return err
+			}
 		}
-		e.cfg.Subnet = p
 		if err := e.cfg.Check(); err != nil {
 			return err
 		}
@@ -362,15 +374,27 @@ func runLs(e *env, args []string) error {
 		if i > 0 {
 			fmt.Fprintln(e.stdout)
 		}
-		fmt.Fprintf(e.stdout, "NETWORK %s  %s  gateway %s  mtu %d  firewall %s\n", n.Bridge, n.Subnet, n.Gateway, n.MTU, n.Firewall)
+		fmt.Fprintf(e.stdout, "NETWORK %s  %s  gateway %s  mtu %d  firewall %s\n", n.Bridge,
+			strings.Join(n.Subnets, " "), strings.Join(n.Gateways, " "), n.MTU, n.Firewall)
 		tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "IP\tCONTAINER\tPID\tVETH\tPORTS\tCREATED\tSTATUS")
+		dual := len(n.Subnets) > 1
+		if dual {
+			fmt.Fprint(tw, "IP\tIP6\t")
+		} else {
+			fmt.Fprint(tw, "IP\t")
+		}
+		fmt.Fprintln(tw, "CONTAINER\tPID\tVETH\tPORTS\tCREATED\tSTATUS")
 		for _, ep := range n.Endpoints {
 			ports := strings.Join(ep.Ports, ",")
 			if ports == "" {
 				ports = "-"
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\n", ep.IP, ep.ID, ep.PID, ep.Veth, ports,
+			if dual {
+				fmt.Fprintf(tw, "%s\t%s\t", ep.IP, ep.IP6)
+			} else {
+				fmt.Fprintf(tw, "%s\t", ep.IP)
+			}
+			fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\n", ep.ID, ep.PID, ep.Veth, ports,
 				ep.Created.Local().Format(time.DateTime), ep.Status)
 		}
 		tw.Flush()

@@ -73,7 +73,7 @@ func requireRoot(t *testing.T, tools ...string) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: run make test as root")
 	}
-	for _, tool := range append([]string{"ip", "nsenter", "unshare", "iptables", "iptables-save", "iptables-restore", "nft"}, tools...) {
+	for _, tool := range append([]string{"ip", "nsenter", "unshare", "iptables", "iptables-save", "iptables-restore", "ip6tables", "ip6tables-save", "ip6tables-restore", "nft"}, tools...) {
 		if _, err := exec.LookPath(tool); err != nil {
 			t.Fatalf("%s not found: install it (see .ci/run)", tool)
 		}
@@ -256,12 +256,17 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-// store opens the sandbox's lease store of network bridge/subnet: the one
-// way tests read the store, and damage it (ipam.Disk.DamageLease). Close
-// it when done: leases it allocates are pending until then.
+// store opens the sandbox's lease store of network bridge/subnet (a
+// dual-stack network's two subnets separated by a comma): the one way
+// tests read the store, and damage it (ipam.Disk.DamageLease). Close it
+// when done: leases it allocates are pending until then.
 func (s *sandbox) store(bridge, subnet string) *ipam.Disk {
 	s.t.Helper()
-	st, err := ipam.Open(s.stateDir, bridge, netip.MustParsePrefix(subnet))
+	var subnets []netip.Prefix
+	for _, p := range strings.Split(subnet, ",") {
+		subnets = append(subnets, netip.MustParsePrefix(p))
+	}
+	st, err := ipam.Open(s.stateDir, bridge, subnets...)
 	if err != nil {
 		s.t.Fatal(err)
 	}
@@ -308,20 +313,26 @@ func (s *sandbox) draining(subnet string) (ls []ipam.Lease) {
 	return ls
 }
 
-// rules returns our rules as iptables-save shows them in the sandbox.
+// rules returns our rules as iptables-save shows them in the sandbox, then
+// ip6tables-save's (each prefixed "ip6 "), then our nftables rules.
 func (s *sandbox) rules() []string {
 	s.t.Helper()
-	out, err := s.cmd("iptables-save").Output()
-	if err != nil {
-		s.t.Fatalf("iptables-save: %v", err)
-	}
 	var ours []string
-	for _, line := range strings.Split(string(out), "\n") {
-		if strings.HasPrefix(line, "-A") && strings.Contains(line, "bridgehook") {
-			ours = append(ours, line)
+	for _, tool := range []string{"iptables-save", "ip6tables-save"} {
+		out, err := s.cmd(tool).Output()
+		if err != nil {
+			s.t.Fatalf("%s: %v", tool, err)
+		}
+		for _, line := range strings.Split(string(out), "\n") {
+			if strings.HasPrefix(line, "-A") && strings.Contains(line, "bridgehook") {
+				if tool == "ip6tables-save" {
+					line = "ip6 " + line
+				}
+				ours = append(ours, line)
+			}
 		}
 	}
-	out, err = s.cmd("nft", "list", "ruleset").Output()
+	out, err := s.cmd("nft", "list", "ruleset").Output()
 	if err != nil {
 		s.t.Fatalf("nft list ruleset: %v", err)
 	}
@@ -417,11 +428,13 @@ func checkHostUntouched(t *testing.T) {
 			netlink.LinkDel(l)
 		}
 	}
-	out, _ := exec.Command("iptables-save").Output()
-	if strings.Contains(string(out), "bridgehook") {
-		t.Errorf("the host firewall was touched:\n%s", out)
+	for _, tool := range []string{"iptables-save", "ip6tables-save"} {
+		out, _ := exec.Command(tool).Output()
+		if strings.Contains(string(out), "bridgehook") {
+			t.Errorf("the host firewall was touched (%s):\n%s", tool, out)
+		}
 	}
-	out, _ = exec.Command("nft", "list", "tables").Output()
+	out, _ := exec.Command("nft", "list", "tables").Output()
 	if strings.Contains(string(out), "bridgehook") {
 		t.Errorf("the host firewall was touched: nft tables:\n%s", out)
 	}

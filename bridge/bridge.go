@@ -8,6 +8,8 @@ import (
 	"math"
 	"net"
 	"net/netip"
+	"os"
+	"runtime"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -47,18 +49,20 @@ type Bridge struct {
 	MTU   int
 }
 
-// Ensure returns the bridge called name, creating it with address gw (the
-// gateway, with the subnet's prefix length) and MTU mtu if it is missing
-// (mtu 0 means that of the default route's interface, or 1500). A new
-// bridge's subnet must not overlap a route the host already has. A present bridge is reused as it is, unless it
-// carries some other IPv4 address: two networks on one bridge would share a
-// broadcast domain without knowing it. created says whether this call made
-// it, so that a failed setup can undo it with Remove.
-func (h *Host) Ensure(name string, gw netip.Prefix, mtu int) (br Bridge, created bool, err error) {
+// Ensure returns the bridge called name, creating it with addresses gws
+// (the gateways, one per family, with their subnets' prefix lengths) and
+// MTU mtu if it is missing (mtu 0 means that of the default route's
+// interface, or 1500). A new bridge's subnets must not overlap a route the
+// host already has. A present bridge is reused as it is, unless it
+// carries some other address of a gateway's family: two networks on one
+// bridge would share a broadcast domain without knowing it. created says
+// whether this call made it, so that a failed setup can undo it with
+// Remove.
+func (h *Host) Ensure(name string, gws []netip.Prefix, mtu int) (br Bridge, created bool, err error) {
 	link, err := h.nl.LinkByName(name)
 	var notFound netlink.LinkNotFoundError
 	if errors.As(err, &notFound) {
-		link, created, err = h.create(name, gw, mtu)
+		link, created, err = h.create(name, gws, mtu)
 	}
 	if err != nil {
 		return Bridge{}, false, fmt.Errorf("bridge %s: %w", name, err)
@@ -71,8 +75,10 @@ func (h *Host) Ensure(name string, gw netip.Prefix, mtu int) (br Bridge, created
 	if link.Type() != "bridge" {
 		return Bridge{}, false, fmt.Errorf("%w: %s exists and is a %s", ErrNotBridge, name, link.Type())
 	}
-	if err := h.ensureAddr(link, gw); err != nil {
-		return Bridge{}, false, err
+	for _, gw := range gws {
+		if err := h.ensureAddr(link, gw); err != nil {
+			return Bridge{}, false, err
+		}
 	}
 	if link.Attrs().Flags&net.FlagUp == 0 {
 		if err := h.nl.LinkSetUp(link); err != nil {
@@ -92,9 +98,11 @@ func (h *Host) Find(name string) (Bridge, bool) {
 	return Bridge{Name: name, Index: link.Attrs().Index, MTU: link.Attrs().MTU}, true
 }
 
-func (h *Host) create(name string, gw netip.Prefix, mtu int) (netlink.Link, bool, error) {
-	if err := h.checkOverlap(gw.Masked()); err != nil {
-		return nil, false, err
+func (h *Host) create(name string, gws []netip.Prefix, mtu int) (netlink.Link, bool, error) {
+	for _, gw := range gws {
+		if err := h.checkOverlap(gw.Masked()); err != nil {
+			return nil, false, err
+		}
 	}
 	if mtu == 0 {
 		mtu = h.hostMTU()
@@ -105,11 +113,18 @@ func (h *Host) create(name string, gw netip.Prefix, mtu int) (netlink.Link, bool
 	// A bridge takes the lowest MAC of its ports unless given one, so its
 	// MAC would change as containers come and go and stale every
 	// container's ARP entry for the gateway. Pin it.
-	attrs.HardwareAddr = MAC(gw.Addr())
+	attrs.HardwareAddr = MAC(gws[0].Addr())
 	err := h.nl.LinkAdd(&netlink.Bridge{LinkAttrs: attrs})
 	created := err == nil
 	if err != nil && !errors.Is(err, unix.EEXIST) {
 		return nil, false, fmt.Errorf("create: %w", err)
+	}
+	if created && gws[len(gws)-1].Addr().Is6() {
+		// The gateway takes no router advertisements from containers.
+		if err := sysctl(name, "accept_ra", "0"); err != nil {
+			h.nl.LinkDel(&netlink.Bridge{LinkAttrs: attrs})
+			return nil, false, err
+		}
 	}
 	// Another hook may have created it first: either way, use what is there.
 	link, err := h.nl.LinkByName(name)
@@ -123,7 +138,7 @@ func (h *Host) create(name string, gw netip.Prefix, mtu int) (netlink.Link, bool
 // bridge's connected route would hijack part of that network, or be
 // hijacked by it.
 func (h *Host) checkOverlap(subnet netip.Prefix) error {
-	routes, err := h.nl.RouteList(nil, netlink.FAMILY_V4)
+	routes, err := h.nl.RouteList(nil, family(subnet.Addr()))
 	if err != nil {
 		return fmt.Errorf("list routes: %w", err)
 	}
@@ -131,11 +146,14 @@ func (h *Host) checkOverlap(subnet netip.Prefix) error {
 		if r.Dst == nil {
 			continue
 		}
-		dst, ok := netip.AddrFromSlice(r.Dst.IP.To4())
+		dst, ok := netip.AddrFromSlice(r.Dst.IP)
 		ones, _ := r.Dst.Mask.Size()
-		if !ok || ones == 0 {
-			continue // the default route overlaps everything, by design
+		if !ok || ones == 0 || dst.Unmap().IsLinkLocalUnicast() || dst.IsMulticast() {
+			// The default route overlaps everything, by design; every
+			// interface has fe80::/64, and the multicast routes.
+			continue
 		}
+		dst = dst.Unmap()
 		if p := netip.PrefixFrom(dst, ones); p.Overlaps(subnet) {
 			dev := fmt.Sprint("ifindex ", r.LinkIndex)
 			if l, err := h.nl.LinkByIndex(r.LinkIndex); err == nil {
@@ -151,8 +169,11 @@ func (h *Host) checkOverlap(subnet netip.Prefix) error {
 // bridge does not send bigger packets than the way out carries (on VPN and
 // cloud hosts that makes TLS hang); 1500 when there is none.
 func (h *Host) hostMTU() int {
-	routes, err := h.nl.RouteList(nil, netlink.FAMILY_V4)
-	if err == nil {
+	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
+		routes, err := h.nl.RouteList(nil, fam)
+		if err != nil {
+			continue
+		}
 		for _, r := range routes {
 			if r.Dst == nil || r.Dst.IP.IsUnspecified() {
 				if l, err := h.nl.LinkByIndex(r.LinkIndex); err == nil && l.Attrs().MTU > 0 {
@@ -166,9 +187,15 @@ func (h *Host) hostMTU() int {
 
 func (h *Host) ensureAddr(link netlink.Link, gw netip.Prefix) error {
 	name := link.Attrs().Name
-	addrs, err := h.nl.AddrList(link, netlink.FAMILY_V4)
+	all, err := h.nl.AddrList(link, family(gw.Addr()))
 	if err != nil {
 		return fmt.Errorf("addresses of bridge %s: %w", name, err)
+	}
+	var addrs []netlink.Addr
+	for _, a := range all {
+		if !a.IP.IsLinkLocalUnicast() { // the kernel's own fe80::
+			addrs = append(addrs, a)
+		}
 	}
 	want := ipNet(gw)
 	for _, a := range addrs {
@@ -179,8 +206,37 @@ func (h *Host) ensureAddr(link netlink.Link, gw netip.Prefix) error {
 	if len(addrs) > 0 {
 		return fmt.Errorf("%w: %s has %s, not %s", ErrOtherAddress, name, addrs[0].IPNet, want)
 	}
-	if err := h.nl.AddrAdd(link, &netlink.Addr{IPNet: want}); err != nil && !errors.Is(err, unix.EEXIST) {
+	if err := h.nl.AddrAdd(link, address(gw)); err != nil && !errors.Is(err, unix.EEXIST) {
 		return fmt.Errorf("add %s to bridge %s: %w", want, name, err)
+	}
+	return nil
+}
+
+// address is p as netlink adds it. An IPv6 address skips duplicate
+// address detection, which would hold it "tentative", unusable, for a
+// second or more (CNI's bridge once waited on it: plugins#680); the
+// store guarantees no one else on the bridge has it.
+func address(p netip.Prefix) *netlink.Addr {
+	a := &netlink.Addr{IPNet: ipNet(p)}
+	if p.Addr().Is6() {
+		a.Flags = unix.IFA_F_NODAD
+	}
+	return a
+}
+
+func family(ip netip.Addr) int {
+	if ip.Is6() {
+		return netlink.FAMILY_V6
+	}
+	return netlink.FAMILY_V4
+}
+
+// sysctl sets an IPv6 switch of interface iface in the calling thread's
+// network namespace.
+func sysctl(iface, key, value string) error {
+	path := "/proc/sys/net/ipv6/conf/" + iface + "/" + key
+	if err := os.WriteFile(path, []byte(value+"\n"), 0o644); err != nil {
+		return fmt.Errorf("set %s: %w", path, err)
 	}
 	return nil
 }
@@ -201,26 +257,30 @@ func (h *Host) Remove(name string) error {
 	return nil
 }
 
-// MAC derives a locally administered unicast MAC from an IPv4 address, as
-// CNI does, so a reused address keeps its MAC and neighbours' caches stay
-// right.
+// MAC derives a locally administered unicast MAC from an address (an
+// IPv4 one, or an IPv6 one's last 32 bits), as CNI does, so a reused
+// address keeps its MAC and neighbours' caches stay right.
 func MAC(ip netip.Addr) net.HardwareAddr {
-	a := ip.As4()
-	return net.HardwareAddr{0x0a, 0x58, a[0], a[1], a[2], a[3]}
+	a := ip.As16()
+	return net.HardwareAddr{0x0a, 0x58, a[12], a[13], a[14], a[15]}
 }
 
 func ipNet(p netip.Prefix) *net.IPNet {
-	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), 32)}
+	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
 }
 
 // Endpoint is one container's interface on the bridge.
 type Endpoint struct {
-	Host    string       // host end of the veth pair, on the bridge
-	Alias   string       // set on the host end, to recognise it as ours later
-	Iface   string       // name of the container end, inside its netns
-	Addr    netip.Prefix // container address, with the subnet's prefix length
-	Gateway netip.Addr   // default route via this address; invalid for none
-	MTU     int
+	Host  string // host end of the veth pair, on the bridge
+	Alias string // set on the host end, to recognise it as ours later
+	Iface string // name of the container end, inside its netns
+	// Addrs are the container's addresses, IPv4 first, with their
+	// subnets' prefix lengths.
+	Addrs []netip.Prefix
+	// Gateways get a default route each, one per family; none for no
+	// default route.
+	Gateways []netip.Addr
+	MTU      int
 	// Hairpin lets traffic leave the port it came in on: a container
 	// reaching its own published port through a host address.
 	Hairpin bool
@@ -241,7 +301,7 @@ func (h *Host) Attach(br Bridge, ns netns.NsHandle, ep Endpoint) (err error) {
 	veth := &netlink.Veth{
 		LinkAttrs:        attrs,
 		PeerName:         ep.Iface,
-		PeerHardwareAddr: MAC(ep.Addr.Addr()),
+		PeerHardwareAddr: MAC(ep.Addrs[0].Addr()),
 		PeerNamespace:    netlink.NsFd(ns),
 		PeerTxQLen:       -1,
 	}
@@ -289,8 +349,15 @@ func configure(ns netns.NsHandle, ep Endpoint) error {
 	if err != nil {
 		return fmt.Errorf("find %s in container: %w", ep.Iface, err)
 	}
-	if err := c.AddrAdd(link, &netlink.Addr{IPNet: ipNet(ep.Addr)}); err != nil {
-		return fmt.Errorf("add %s to container %s: %w", ep.Addr, ep.Iface, err)
+	if ep.Addrs[len(ep.Addrs)-1].Addr().Is6() {
+		if err := quiet6(ns, ep.Iface); err != nil {
+			return err
+		}
+	}
+	for _, a := range ep.Addrs {
+		if err := c.AddrAdd(link, address(a)); err != nil {
+			return fmt.Errorf("add %s to container %s: %w", a, ep.Iface, err)
+		}
 	}
 	if err := c.LinkSetUp(link); err != nil {
 		return fmt.Errorf("bring up container %s: %w", ep.Iface, err)
@@ -301,25 +368,58 @@ func configure(ns netns.NsHandle, ep Endpoint) error {
 	if err := c.LinkSetUp(lo); err != nil {
 		return fmt.Errorf("bring up container lo: %w", err)
 	}
-	if !ep.Gateway.IsValid() {
-		return nil
+	for _, gw := range ep.Gateways {
+		route := &netlink.Route{LinkIndex: link.Attrs().Index, Gw: gw.AsSlice()}
+		err = c.RouteAdd(route)
+		if errors.Is(err, unix.EEXIST) {
+			// An earlier network gave the container its default route of
+			// this family: the first network is the way out.
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("add default route via %s in container: %w", gw, err)
+		}
 	}
-	route := &netlink.Route{LinkIndex: link.Attrs().Index, Gw: ep.Gateway.AsSlice()}
-	err = c.RouteAdd(route)
-	if errors.Is(err, unix.EEXIST) {
-		// An earlier network gave the container its default route: the
-		// first network is the way out.
-		return nil
-	}
+	return nil
+}
+
+// quiet6 turns off, on the container's iface, what IPv6 would do on its
+// own before the interface is up: accepting router advertisements, which
+// another container could send to reroute this one, and duplicate address
+// detection, which would hold its link-local address tentative. The
+// switches live in the container's /proc/sys/net, which only a thread in
+// its namespace sees.
+func quiet6(ns netns.NsHandle, iface string) (err error) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	host, err := netns.Get()
 	if err != nil {
-		return fmt.Errorf("add default route via %s in container: %w", ep.Gateway, err)
+		return fmt.Errorf("open own netns: %w", err)
+	}
+	defer host.Close()
+	if err := netns.Set(ns); err != nil {
+		return fmt.Errorf("enter container netns: %w", err)
+	}
+	defer func() {
+		if serr := netns.Set(host); serr != nil {
+			// A thread stuck in the container's namespace must not run
+			// anything else: leaving it locked makes Go end it.
+			runtime.LockOSThread()
+			err = errors.Join(err, fmt.Errorf("leave container netns: %w", serr))
+		}
+	}()
+	for _, key := range []string{"accept_ra", "accept_dad"} {
+		if err := sysctl(iface, key, "0"); err != nil {
+			return err
+		}
 	}
 	return nil
 }
 
 // Present reports whether the container's namespace ns already has iface
-// with address addr: a second setup of the same container is then a no-op.
-func (h *Host) Present(ns netns.NsHandle, iface string, addr netip.Prefix) bool {
+// with every address of addrs: a second setup of the same container is
+// then a no-op.
+func (h *Host) Present(ns netns.NsHandle, iface string, addrs []netip.Prefix) bool {
 	c, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
 	if err != nil {
 		return false
@@ -329,16 +429,20 @@ func (h *Host) Present(ns netns.NsHandle, iface string, addr netip.Prefix) bool 
 	if err != nil {
 		return false
 	}
-	addrs, err := c.AddrList(link, netlink.FAMILY_V4)
+	have, err := c.AddrList(link, netlink.FAMILY_ALL)
 	if err != nil {
 		return false
 	}
-	for _, a := range addrs {
-		if a.IPNet.String() == ipNet(addr).String() {
-			return true
+	for _, want := range addrs {
+		found := false
+		for _, a := range have {
+			found = found || a.IPNet.String() == ipNet(want).String()
+		}
+		if !found {
+			return false
 		}
 	}
-	return false
+	return true
 }
 
 // VethState is what is left of a container's host veth.
@@ -463,28 +567,34 @@ func (h *Host) Unlabelled() ([]string, error) {
 	return names, nil
 }
 
-// PeerAddr finds, in the namespace ns, the interface iface that is the
-// other end of the host veth p, and returns its IPv4 address in subnet:
-// how gc recovers a lease the store lost.
-func (h *Host) PeerAddr(ns netns.NsHandle, iface string, p Port, subnet netip.Prefix) (netip.Addr, bool) {
+// PeerAddrs finds, in the namespace ns, the interface iface that is the
+// other end of the host veth p, and returns its address in each of
+// subnets, in their order: how gc recovers a lease the store lost.
+func (h *Host) PeerAddrs(ns netns.NsHandle, iface string, p Port, subnets []netip.Prefix) ([]netip.Addr, bool) {
 	c, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
 	if err != nil {
-		return netip.Addr{}, false
+		return nil, false
 	}
 	defer c.Close()
 	link, err := c.LinkByName(iface)
 	// A veth's IFLA_LINK is its peer's index: this proves the pairing.
 	if err != nil || link.Attrs().ParentIndex != p.Index {
-		return netip.Addr{}, false
+		return nil, false
 	}
-	addrs, err := c.AddrList(link, netlink.FAMILY_V4)
+	addrs, err := c.AddrList(link, netlink.FAMILY_ALL)
 	if err != nil {
-		return netip.Addr{}, false
+		return nil, false
 	}
-	for _, a := range addrs {
-		if ip, ok := netip.AddrFromSlice(a.IP.To4()); ok && subnet.Contains(ip) {
-			return ip, true
+	found := make([]netip.Addr, len(subnets))
+	for i, subnet := range subnets {
+		for _, a := range addrs {
+			if ip, ok := netip.AddrFromSlice(a.IP); ok && subnet.Contains(ip.Unmap()) {
+				found[i] = ip.Unmap()
+			}
+		}
+		if !found[i].IsValid() {
+			return nil, false
 		}
 	}
-	return netip.Addr{}, false
+	return found, true
 }

@@ -14,6 +14,7 @@ import (
 	"hash/fnv"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"strings"
 	"time"
 
@@ -23,8 +24,10 @@ import (
 // Config is one network and how containers join it: plain data, from the
 // hook's flags.
 type Config struct {
-	Bridge   string
-	Subnet   netip.Prefix
+	Bridge string
+	// Subnets are one prefix, or an IPv4 and an IPv6 one (dual-stack), in
+	// that order (SetSubnets).
+	Subnets  []netip.Prefix
 	MTU      int // 0: the bridge's own, 1500 for a new bridge
 	Iface    string
 	StateDir string
@@ -68,7 +71,7 @@ func (t *timer) step(step string) {
 func Defaults() Config {
 	return Config{
 		Bridge:   "netns0",
-		Subnet:   netip.MustParsePrefix("172.19.0.0/16"),
+		Subnets:  []netip.Prefix{netip.MustParsePrefix("172.19.0.0/16")},
 		Iface:    "eth0",
 		StateDir: "/run/bridgehook",
 		ICC:      true,
@@ -77,19 +80,50 @@ func Defaults() Config {
 	}
 }
 
-// ParseSubnet parses a --subnet value.
+// ParseSubnet parses a --subnet value: an IPv4 or an IPv6 network.
 func ParseSubnet(s string) (netip.Prefix, error) {
 	p, err := netip.ParsePrefix(s)
-	if err != nil || !p.Addr().Is4() {
-		return netip.Prefix{}, inputErr("--subnet %q: want an IPv4 network such as 172.19.0.0/16", s)
+	if err != nil || p.Addr().Zone() != "" || p.Addr().Is4In6() {
+		return netip.Prefix{}, inputErr("--subnet %q: want a network such as 172.19.0.0/16 or fd19::/64", s)
 	}
-	if p.Bits() > 30 {
+	ip := p.Addr()
+	switch {
+	case ip.IsMulticast():
+		return netip.Prefix{}, inputErr("--subnet %s: a multicast range; want unicast addresses, e.g. 172.19.0.0/16 or fd19::/64", s)
+	case ip.IsLoopback():
+		return netip.Prefix{}, inputErr("--subnet %s: a loopback range; want e.g. 172.19.0.0/16 or fd19::/64", s)
+	case ip.IsLinkLocalUnicast():
+		return netip.Prefix{}, inputErr("--subnet %s: a link-local range, which every interface has of its own; want e.g. 172.19.0.0/16 or fd19::/64", s)
+	case p.Bits() == 0 || ip.IsUnspecified() && p.Bits() < ip.BitLen():
+		return netip.Prefix{}, inputErr("--subnet %s: the whole address space; want a network such as 172.19.0.0/16 or fd19::/64", s)
+	case ip.Is4() && p.Bits() > 30:
 		return netip.Prefix{}, inputErr("--subnet %s: too small; want /30 or larger to leave room for a gateway and a container", s)
-	}
-	if p != p.Masked() {
-		return netip.Prefix{}, inputErr("--subnet %s: not a network address; did you mean %s?", s, p.Masked())
+	case ip.Is6() && p.Bits() > 120:
+		return netip.Prefix{}, inputErr("--subnet %s: too small; want an IPv6 prefix of /120 or larger (/64 is usual)", s)
+	case p != p.Masked():
+		return netip.Prefix{}, inputErr("--subnet %s: not a network address (host bits set); did you mean %s?", s, p.Masked())
 	}
 	return p, nil
+}
+
+// SetSubnets makes ps, the --subnet values given, c's subnets: one, or
+// one of each family, IPv4 first.
+func (c *Config) SetSubnets(ps []netip.Prefix) error {
+	switch {
+	case len(ps) == 0:
+		return inputErr("--subnet: missing")
+	case len(ps) > 2 || len(ps) == 2 && ps[0].Addr().Is4() == ps[1].Addr().Is4():
+		return inputErr("--subnet %v: want one network, or one IPv4 and one IPv6 network (dual-stack)", ps)
+	}
+	c.Subnets = slices.Clone(ps)
+	slices.SortFunc(c.Subnets, func(a, b netip.Prefix) int { return a.Addr().BitLen() - b.Addr().BitLen() })
+	return nil
+}
+
+// has reports whether the network has an IPv6 subnet, with v6, or else
+// an IPv4 one.
+func (c Config) has(v6 bool) bool {
+	return slices.ContainsFunc(c.Subnets, func(p netip.Prefix) bool { return p.Addr().Is6() == v6 })
 }
 
 // Check validates c.
@@ -100,11 +134,23 @@ func (c Config) Check() error {
 	if err := checkIfName("--iface", c.Iface); err != nil {
 		return err
 	}
-	if !c.Subnet.IsValid() {
-		return inputErr("--subnet: missing")
+	var set Config
+	if err := set.SetSubnets(c.Subnets); err != nil {
+		return err
+	}
+	if !slices.Equal(set.Subnets, c.Subnets) {
+		return inputErr("--subnet %v: want the IPv4 network first", c.Subnets)
+	}
+	for _, p := range c.Subnets {
+		if _, err := ParseSubnet(p.String()); err != nil {
+			return err
+		}
 	}
 	if c.MTU != 0 && (c.MTU < 576 || c.MTU > 65535) {
 		return inputErr("--mtu %d: want 576 to 65535, or 0 for the bridge's", c.MTU)
+	}
+	if c.MTU != 0 && c.MTU < minMTU6 && c.has(true) {
+		return inputErr("--mtu %d: IPv6 needs 1280 at least; want 1280 to 65535 on a network with an IPv6 subnet", c.MTU)
 	}
 	if c.Firewall != "" && c.Firewall != "iptables" && c.Firewall != "nftables" {
 		return inputErr("--firewall %q: want iptables or nftables", c.Firewall)
@@ -134,14 +180,21 @@ func checkIfName(flag, s string) error {
 	return nil
 }
 
-// gateway is the bridge's address: the subnet's first host address, with
-// the subnet's prefix length.
-func (c Config) gateway() netip.Prefix {
-	return netip.PrefixFrom(c.Subnet.Addr().Next(), c.Subnet.Bits())
+// minMTU6 is the smallest MTU IPv6 works with (RFC 8200).
+const minMTU6 = 1280
+
+// gateways are the bridge's addresses: each subnet's first host address,
+// with the subnet's prefix length.
+func (c Config) gateways() []netip.Prefix {
+	gws := make([]netip.Prefix, len(c.Subnets))
+	for i, p := range c.Subnets {
+		gws[i] = netip.PrefixFrom(p.Addr().Next(), p.Bits())
+	}
+	return gws
 }
 
 func (c Config) natNetwork() nat.Network {
-	return nat.Network{Bridge: c.Bridge, Subnet: c.Subnet, Isolated: !c.ICC, Internal: c.Internal}
+	return nat.Network{Bridge: c.Bridge, Subnets: c.Subnets, Isolated: !c.ICC, Internal: c.Internal}
 }
 
 // vethName is the host end's name: netnsv0-PID for eth0, as the netns hook

@@ -67,7 +67,7 @@ type fakeVeth struct {
 	master string
 	pid    int // whose namespace holds the peer
 	iface  string
-	addr   netip.Prefix
+	addrs  []netip.Prefix
 	state  bridge.VethState
 	index  int
 }
@@ -82,7 +82,7 @@ type fakeHost struct {
 	ensured int // Ensure calls, to tell warm setups from cold ones
 }
 
-func (h *fakeHost) Ensure(name string, gw netip.Prefix, mtu int) (bridge.Bridge, bool, error) {
+func (h *fakeHost) Ensure(name string, gws []netip.Prefix, mtu int) (bridge.Bridge, bool, error) {
 	h.ensured++
 	if err := h.fail.check("ensure"); err != nil {
 		return bridge.Bridge{}, false, err
@@ -126,7 +126,7 @@ func (h *fakeHost) Attach(br bridge.Bridge, ns netns.NsHandle, ep bridge.Endpoin
 		}
 	}
 	h.nextIdx++
-	h.veths[ep.Host] = &fakeVeth{alias: ep.Alias, master: br.Name, pid: pid, iface: ep.Iface, addr: ep.Addr, state: bridge.Live, index: h.nextIdx}
+	h.veths[ep.Host] = &fakeVeth{alias: ep.Alias, master: br.Name, pid: pid, iface: ep.Iface, addrs: ep.Addrs, state: bridge.Live, index: h.nextIdx}
 	return nil
 }
 
@@ -167,21 +167,28 @@ func (h *fakeHost) Unlabelled() ([]string, error) {
 	return names, nil
 }
 
-func (h *fakeHost) Present(ns netns.NsHandle, iface string, addr netip.Prefix) bool {
+func (h *fakeHost) Present(ns netns.NsHandle, iface string, addrs []netip.Prefix) bool {
 	for _, v := range h.veths {
-		if v.pid == h.sys.fds[ns] && v.iface == iface && v.addr == addr {
+		if v.pid == h.sys.fds[ns] && v.iface == iface && slices.Equal(v.addrs, addrs) {
 			return true
 		}
 	}
 	return false
 }
 
-func (h *fakeHost) PeerAddr(ns netns.NsHandle, iface string, p bridge.Port, subnet netip.Prefix) (netip.Addr, bool) {
+func (h *fakeHost) PeerAddrs(ns netns.NsHandle, iface string, p bridge.Port, subnets []netip.Prefix) ([]netip.Addr, bool) {
 	v, ok := h.veths[p.Name]
-	if !ok || v.pid != h.sys.fds[ns] || v.iface != iface || !subnet.Contains(v.addr.Addr()) {
-		return netip.Addr{}, false
+	if !ok || v.pid != h.sys.fds[ns] || v.iface != iface || len(v.addrs) != len(subnets) {
+		return nil, false
 	}
-	return v.addr.Addr(), true
+	var ips []netip.Addr
+	for i, subnet := range subnets {
+		if !subnet.Contains(v.addrs[i].Addr()) {
+			return nil, false
+		}
+		ips = append(ips, v.addrs[i].Addr())
+	}
+	return ips, true
 }
 
 func (h *fakeHost) Close() {}
@@ -288,12 +295,15 @@ type world struct {
 	others []ipam.Store
 }
 
-func newWorld(t *testing.T, subnet string) *world {
+func newWorld(t *testing.T, subnets ...string) *world {
 	t.Helper()
 	c := Defaults()
-	c.Subnet = netip.MustParsePrefix(subnet)
+	c.Subnets = nil
+	for _, s := range subnets {
+		c.Subnets = append(c.Subnets, netip.MustParsePrefix(s))
+	}
 	c.StateDir = t.TempDir()
-	store, err := ipam.NewMemory(c.Bridge, c.Subnet)
+	store, err := ipam.NewMemory(c.Bridge, c.Subnets...)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -19,7 +19,7 @@ import (
 // Host is the kernel's side of networks as hook drives it: *bridge.Host
 // over netlink, or a fake in unit tests.
 type Host interface {
-	Ensure(name string, gw netip.Prefix, mtu int) (br bridge.Bridge, created bool, err error)
+	Ensure(name string, gws []netip.Prefix, mtu int) (br bridge.Bridge, created bool, err error)
 	Find(name string) (bridge.Bridge, bool)
 	Remove(name string) error
 	Attach(br bridge.Bridge, ns netns.NsHandle, ep bridge.Endpoint) error
@@ -27,8 +27,8 @@ type Host interface {
 	State(host, alias string) (bridge.VethState, error)
 	Ports(bridge string) ([]bridge.Port, error)
 	Unlabelled() ([]string, error)
-	Present(ns netns.NsHandle, iface string, addr netip.Prefix) bool
-	PeerAddr(ns netns.NsHandle, iface string, p bridge.Port, subnet netip.Prefix) (netip.Addr, bool)
+	Present(ns netns.NsHandle, iface string, addrs []netip.Prefix) bool
+	PeerAddrs(ns netns.NsHandle, iface string, p bridge.Port, subnets []netip.Prefix) ([]netip.Addr, bool)
 	Close()
 }
 
@@ -68,7 +68,7 @@ func Open(c Config) (*Network, error) {
 	if err := c.Check(); err != nil {
 		return nil, err
 	}
-	store, err := ipam.Open(c.StateDir, c.Bridge, c.Subnet)
+	store, err := ipam.Open(c.StateDir, c.Bridge, c.Subnets...)
 	if err != nil {
 		return nil, hint(err)
 	}
@@ -135,7 +135,7 @@ func (f *firewalls) close() {
 // the network's own.
 func (n *Network) on(s ipam.Store) *Network {
 	o := *n
-	o.Bridge, o.Subnet, o.store = s.Bridge(), s.Subnet(), s
+	o.Bridge, o.Subnets, o.store = s.Bridge(), s.Subnets(), s
 	return &o
 }
 

@@ -24,7 +24,7 @@ func TestColdThenWarmSetup(t *testing.T) {
 		t.Errorf("lease %+v", l)
 	}
 	v := w.host.veths["netnsv0-10"]
-	if v == nil || v.alias != "bridgehook:a" || v.master != "netns0" || v.addr.String() != "10.1.0.2/24" || v.pid != 10 {
+	if v == nil || v.alias != "bridgehook:a" || v.master != "netns0" || fmt.Sprint(v.addrs) != "[10.1.0.2/24]" || v.pid != 10 {
 		t.Fatalf("veth %+v", v)
 	}
 	if _, ok := w.fw.installed["netns0"]; !ok || w.host.ensured != 1 {
@@ -248,7 +248,7 @@ func TestPortClashAcrossNetworks(t *testing.T) {
 	br1, _ := ipam.NewMemory("br1", netip.MustParsePrefix("10.2.0.0/24"))
 	w.others = []ipam.Store{br1}
 	other := *w.n
-	other.Config.Bridge, other.Config.Subnet, other.store = "br1", br1.Subnet(), br1
+	other.Config.Bridge, other.Config.Subnets, other.store = "br1", br1.Subnets(), br1
 	if _, err := other.Setup(Request{ID: "there", PID: w.container(10), Ports: mustPorts(t, "9000:90")}); err != nil {
 		t.Fatal(err)
 	}
@@ -469,7 +469,7 @@ func TestListAndInspect(t *testing.T) {
 func TestCommandsOverTheDiskStore(t *testing.T) {
 	c := Defaults()
 	c.StateDir = t.TempDir()
-	s, err := ipam.Open(c.StateDir, c.Bridge, c.Subnet)
+	s, err := ipam.Open(c.StateDir, c.Bridge, c.Subnets...)
 	if err != nil {
 		t.Fatal(err)
 	}

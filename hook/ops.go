@@ -19,9 +19,13 @@ import (
 
 // NetworkView is one network as `ls --json` shows it.
 type NetworkView struct {
-	Bridge    string     `json:"bridge"`
+	Bridge string `json:"bridge"`
+	// Subnet and Gateway are the first subnet's, as before dual-stack;
+	// Subnets and Gateways have both families'.
 	Subnet    string     `json:"subnet"`
 	Gateway   string     `json:"gateway"`
+	Subnets   []string   `json:"subnets"`
+	Gateways  []string   `json:"gateways"`
 	MTU       int        `json:"mtu"`
 	NAT       bool       `json:"nat"`
 	ICC       bool       `json:"icc"`
@@ -36,6 +40,7 @@ type NetworkView struct {
 type Endpoint struct {
 	ID         string    `json:"id"`
 	IP         string    `json:"ip"`
+	IP6        string    `json:"ip6,omitempty"`
 	MAC        string    `json:"mac"`
 	Iface      string    `json:"iface"`
 	Veth       string    `json:"veth"`
@@ -58,8 +63,12 @@ func endpoint(l ipam.Lease, bridgeName string, alive bool) Endpoint {
 	if ports == nil {
 		ports = []string{}
 	}
+	ip6 := ""
+	if l.IP6.IsValid() {
+		ip6 = l.IP6.String()
+	}
 	return Endpoint{
-		ID: l.ID, IP: l.IP.String(), MAC: bridge.MAC(l.IP).String(), Iface: l.Iface, Veth: l.Veth,
+		ID: l.ID, IP: l.IP.String(), IP6: ip6, MAC: bridge.MAC(l.IP).String(), Iface: l.Iface, Veth: l.Veth,
 		PID: l.PID, NetnsInode: l.NetnsInode, Ports: ports, Created: l.Created, Status: status, Network: bridgeName,
 	}
 }
@@ -70,10 +79,10 @@ func (c Config) stores(all bool) ([]ipam.Store, error) {
 	if all {
 		return ipam.Stores(c.StateDir)
 	}
-	if !ipam.Exists(c.StateDir, c.Bridge, c.Subnet) {
+	if !ipam.Exists(c.StateDir, c.Bridge, c.Subnets...) {
 		return nil, nil // nothing set up yet: nothing to show
 	}
-	s, err := ipam.Open(c.StateDir, c.Bridge, c.Subnet)
+	s, err := ipam.Open(c.StateDir, c.Bridge, c.Subnets...)
 	if err != nil {
 		return nil, hint(err)
 	}
@@ -94,9 +103,13 @@ func list(stores []ipam.Store, sys System) ([]NetworkView, error) {
 	views := []NetworkView{}
 	for _, s := range stores {
 		v := NetworkView{
-			Bridge: s.Bridge(), Subnet: s.Subnet().String(), Gateway: s.Subnet().Addr().Next().String(),
-			NAT: true, ICC: true, Firewall: record{}.firewall(), Endpoints: []Endpoint{},
+			Bridge: s.Bridge(), NAT: true, ICC: true, Firewall: record{}.firewall(), Endpoints: []Endpoint{},
 		}
+		for _, p := range s.Subnets() {
+			v.Subnets = append(v.Subnets, p.String())
+			v.Gateways = append(v.Gateways, p.Addr().Next().String())
+		}
+		v.Subnet, v.Gateway = v.Subnets[0], v.Gateways[0]
 		err := s.Do(func(tx ipam.Tx) error {
 			if rec, ok := readRecord(tx); ok {
 				v.MTU, v.ICC, v.Internal, v.NAT = rec.MTU, rec.ICC, rec.Internal, !rec.Internal
@@ -153,7 +166,7 @@ func Inspect(c Config, id string) (Endpoint, error) {
 // GC runs gc on c's network, or with all on every network under the state
 // directory, each with the options its rules were installed with.
 func GC(c Config, all bool) ([]string, error) {
-	if !all && !ipam.Exists(c.StateDir, c.Bridge, c.Subnet) {
+	if !all && !ipam.Exists(c.StateDir, c.Bridge, c.Subnets...) {
 		return nil, nil // nothing set up yet: nothing to collect
 	}
 	return eachNetwork(c, all, true, "gc", (*Network).gc)
@@ -164,12 +177,12 @@ func GC(c Config, all bool) ([]string, error) {
 // exist, and no store is made for it). With adopt, or with all, each
 // network takes the options its record holds rather than c's.
 func eachNetwork(c Config, all, adopt bool, verb string, fn func(*Network, ipam.Tx) ([]string, error)) ([]string, error) {
-	if all && !ipam.Exists(c.StateDir, c.Bridge, c.Subnet) {
+	if all && !ipam.Exists(c.StateDir, c.Bridge, c.Subnets...) {
 		stores, err := ipam.Stores(c.StateDir)
 		if err != nil || len(stores) == 0 {
 			return nil, err
 		}
-		c.Bridge, c.Subnet = stores[0].Bridge(), stores[0].Subnet()
+		c.Bridge, c.Subnets = stores[0].Bridge(), stores[0].Subnets()
 	}
 	n, err := Open(c)
 	if err != nil {
@@ -316,7 +329,7 @@ func (n *Network) dropStalePorts(tx ipam.Tx, pubs []nat.Published) ([]string, er
 	var stale []string
 	for _, pub := range pubs {
 		if !slices.ContainsFunc(leases, func(l ipam.Lease) bool {
-			return l.IP == pub.IP && nat.Label(l.ID) == pub.ID && len(l.Ports) > 0
+			return slices.Contains(l.Addrs(), pub.IP) && nat.Label(l.ID) == pub.ID && len(l.Ports) > 0
 		}) {
 			stale = append(stale, fmt.Sprintf("%s: removed the port rules of %s (%s): it has no lease", n.Bridge, pub.ID, pub.IP))
 		}
@@ -356,7 +369,7 @@ func (n *Network) dropHalfMade(tx ipam.Tx) ([]string, error) {
 		return nil, err
 	}
 	for _, s := range others {
-		if s.Bridge() == n.Bridge && s.Subnet() == n.Subnet {
+		if n.same(s) {
 			continue
 		}
 		ls, err := s.Peek()
@@ -430,11 +443,15 @@ func (n *Network) fromKernel(p bridge.Port) (ipam.Lease, bool) {
 		return ipam.Lease{}, false
 	}
 	defer ns.Close()
-	ip, ok := n.host.PeerAddr(ns, n.Iface, p, n.Subnet)
+	ips, ok := n.host.PeerAddrs(ns, n.Iface, p, n.Subnets)
 	if !ok {
 		return ipam.Lease{}, false
 	}
-	return ipam.Lease{ID: id, IP: ip, PID: pid, NetnsInode: ino, Veth: p.Name, Iface: n.Iface}, true
+	l := ipam.Lease{ID: id, IP: ips[0], PID: pid, NetnsInode: ino, Veth: p.Name, Iface: n.Iface}
+	if len(ips) > 1 {
+		l.IP6 = ips[1]
+	}
+	return l, true
 }
 
 // RemoveNetwork removes c's bridge, its firewall rules and its store.
@@ -492,7 +509,7 @@ func Repair(c Config, all bool) ([]string, error) {
 		if err := n.repair(tx); err != nil {
 			return nil, err
 		}
-		return []string{fmt.Sprintf("%s: bridge and rules in place (%s)", n.Bridge, n.Subnet)}, nil
+		return []string{fmt.Sprintf("%s: bridge and rules in place (%s)", n.Bridge, subnetList(n.Subnets))}, nil
 	})
 }
 
@@ -501,7 +518,7 @@ func Repair(c Config, all bool) ([]string, error) {
 // one the network's rules are in, it moves them: out of the old backend
 // first, so the two never both hold them.
 func (n *Network) repair(tx ipam.Tx) error {
-	br, _, err := n.host.Ensure(n.Bridge, n.gateway(), n.MTU)
+	br, _, err := n.host.Ensure(n.Bridge, n.gateways(), n.MTU)
 	if err != nil {
 		return hint(err)
 	}
@@ -522,4 +539,14 @@ func (n *Network) repair(tx ipam.Tx) error {
 		return err
 	}
 	return tx.SetRecord(n.recordOf(br))
+}
+
+// subnetList names a network's subnets for a person: "172.19.0.0/16 and
+// fd19::/64".
+func subnetList(ps []netip.Prefix) string {
+	var s []string
+	for _, p := range ps {
+		s = append(s, p.String())
+	}
+	return strings.Join(s, " and ")
 }

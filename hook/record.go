@@ -14,11 +14,10 @@ import (
 // network is taken down, so a command killed half-way leaves a network
 // that is verified again, never trusted wrongly.
 type record struct {
-	Bridge      string       `json:"bridge"`
-	Subnet      netip.Prefix `json:"subnet"`
-	Gateway     netip.Addr   `json:"gateway"`
-	MTU         int          `json:"mtu"`
-	BridgeIndex int          `json:"bridge_index"`
+	Bridge      string         `json:"bridge"`
+	Subnets     []netip.Prefix `json:"subnets"`
+	MTU         int            `json:"mtu"`
+	BridgeIndex int            `json:"bridge_index"`
 	// The options the rules were installed with.
 	ICC      bool `json:"icc"`
 	Internal bool `json:"internal"`
@@ -44,7 +43,7 @@ func readRecord(tx ipam.Tx) (record, bool) {
 // recordOf is what the store keeps of a verified network.
 func (n *Network) recordOf(br bridge.Bridge) record {
 	return record{
-		Bridge: n.Bridge, Subnet: n.Subnet, Gateway: n.Subnet.Addr().Next(),
+		Bridge: n.Bridge, Subnets: n.Subnets,
 		MTU: br.MTU, BridgeIndex: br.Index, ICC: n.ICC, Internal: n.Internal,
 		Firewall: n.Firewall,
 	}

@@ -15,6 +15,7 @@ import (
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
+	"github.com/bridgehook/bridgehook/ipam"
 	"github.com/bridgehook/bridgehook/nat"
 )
 
@@ -57,8 +58,10 @@ func connected(c Config, debug *slog.Logger, fn func(*Network) (Result, error)) 
 const (
 	// AnnotationPorts publishes ports: [HOST_IP:]HOST_PORT[-END]:CONTAINER_PORT[-END][/PROTO],...
 	AnnotationPorts = "bridgehook.ports"
-	// AnnotationIP asks for a static address in the subnet.
+	// AnnotationIP asks for a static address in the IPv4 subnet.
 	AnnotationIP = "bridgehook.ip"
+	// AnnotationIP6 asks for a static address in the IPv6 subnet.
+	AnnotationIP6 = "bridgehook.ip6"
 )
 
 // maxSpec caps the config.json read for annotations.
@@ -98,16 +101,39 @@ func (c Config) requestOf(st specs.State) (Request, error) {
 		if c.Internal {
 			return req, inputErr("annotation %s: network %s is --internal, so nothing can be published on it", AnnotationPorts, c.Bridge)
 		}
+		for _, p := range ports {
+			if p.HostIP.IsValid() && !c.has(p.HostIP.Is6()) {
+				return req, inputErr("annotation %s: %s: network %s has no %s subnet; publish on a host address of its family, or none", AnnotationPorts, p, c.Bridge, familyName(p.HostIP.Is6()))
+			}
+		}
 		req.Ports = ports
 	}
-	if s, ok := ann[AnnotationIP]; ok {
-		ip, err := netip.ParseAddr(s)
-		if err != nil || !ip.Is4() {
-			return req, inputErr("annotation %s: %q is not an IPv4 address", AnnotationIP, s)
+	for _, a := range []struct {
+		key string
+		v6  bool
+		to  *netip.Addr
+	}{{AnnotationIP, false, &req.IP}, {AnnotationIP6, true, &req.IP6}} {
+		s, ok := ann[a.key]
+		if !ok {
+			continue
 		}
-		req.IP = ip
+		ip, err := netip.ParseAddr(s)
+		if err != nil || ip.Is6() != a.v6 || ip.Zone() != "" {
+			return req, inputErr("annotation %s: %q is not an %s address", a.key, s, familyName(a.v6))
+		}
+		if !c.has(a.v6) {
+			return req, inputErr("annotation %s: network %s has no %s subnet (--subnet %v)", a.key, c.Bridge, familyName(a.v6), c.Subnets)
+		}
+		*a.to = ip
 	}
 	return req, nil
+}
+
+func familyName(v6 bool) string {
+	if v6 {
+		return "IPv6"
+	}
+	return "IPv4"
 }
 
 // readSpec reads the bundle's config.json. runc and crun put the
@@ -145,9 +171,10 @@ func portStrings(ports []nat.Port) []string {
 }
 
 // published is what nat needs to add or remove a lease's port rules.
-func published(id string, ip netip.Addr, ports []string) (nat.Published, error) {
-	p := nat.Published{ID: id, IP: ip}
-	for _, s := range ports {
+func published(l ipam.Lease) (nat.Published, error) {
+	id := l.ID
+	p := nat.Published{ID: id, IP: l.IP, IP6: l.IP6}
+	for _, s := range l.Ports {
 		ps, err := nat.ParsePorts(s)
 		if err != nil {
 			return p, fmt.Errorf("lease of %s: %w", id, err)

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -26,7 +27,9 @@ type Request struct {
 	ID    string
 	PID   int
 	Ports []nat.Port
-	IP    netip.Addr // invalid: any free address
+	// IP and IP6 are the static addresses asked for; invalid: any free
+	// address of that family.
+	IP, IP6 netip.Addr
 	// Rootfs is the container's root, where resolv.conf is written when
 	// the network has name servers to give.
 	Rootfs string
@@ -138,7 +141,10 @@ func (n *Network) ensureNetwork(tx ipam.Tx) (br bridge.Bridge, restored bool, un
 			return found, true, nil, n.installFirewall(tx)
 		}
 	}
-	br, created, err := n.host.Ensure(n.Bridge, n.gateway(), n.MTU)
+	if err := n.checkBridgeFree(); err != nil {
+		return br, false, nil, err
+	}
+	br, created, err := n.host.Ensure(n.Bridge, n.gateways(), n.MTU)
 	if err != nil {
 		return br, false, nil, hint(err)
 	}
@@ -162,7 +168,7 @@ func (n *Network) claim(tx ipam.Tx, req Request, ns netns.NsHandle, ino uint64) 
 		return Result{}, nil, hint(err)
 	}
 	if ok {
-		if old.NetnsInode == ino && n.host.Present(ns, old.Iface, n.prefix(old.IP)) {
+		if old.NetnsInode == ino && n.host.Present(ns, old.Iface, n.prefixes(old)) {
 			return Result{Lease: old, Found: true, Reused: true}, nil, nil
 		}
 		if old.NetnsInode != ino && n.alive(old) {
@@ -179,7 +185,7 @@ func (n *Network) claim(tx ipam.Tx, req Request, ns netns.NsHandle, ino uint64) 
 	}
 	failpoint("ports-checked")
 	l, err := n.allocate(tx, ipam.Lease{
-		ID: req.ID, IP: req.IP, PID: req.PID, NetnsInode: ino,
+		ID: req.ID, IP: req.IP, IP6: req.IP6, PID: req.PID, NetnsInode: ino,
 		Veth: n.vethName(req.PID), Iface: n.Iface, Ports: portStrings(req.Ports),
 	})
 	if err != nil {
@@ -190,7 +196,7 @@ func (n *Network) claim(tx ipam.Tx, req Request, ns netns.NsHandle, ino uint64) 
 	if len(req.Ports) == 0 {
 		return res, func() error { return n.store.Do(release) }, nil
 	}
-	pub := nat.Published{ID: req.ID, IP: l.IP, Ports: req.Ports}
+	pub := nat.Published{ID: req.ID, IP: l.IP, IP6: l.IP6, Ports: req.Ports}
 	withdraw := func() error {
 		return n.store.Do(func(tx ipam.Tx) error {
 			return errors.Join(n.fw.Unpublish(n.natNetwork(), pub), release(tx))
@@ -209,17 +215,22 @@ func (n *Network) attach(br bridge.Bridge, ns netns.NsHandle, l ipam.Lease, hair
 	if mtu == 0 {
 		mtu = br.MTU
 	}
+	if mtu < minMTU6 && n.has(true) {
+		return nil, inputErr("bridge %s has MTU %d: IPv6 needs 1280 at least; give --mtu 1280 or more", n.Bridge, mtu)
+	}
 	ep := bridge.Endpoint{
 		Host:     l.Veth,
 		Alias:    alias(l.ID),
 		Iface:    n.Iface,
-		Addr:     n.prefix(l.IP),
+		Addrs:    n.prefixes(l),
 		MTU:      mtu,
 		Hairpin:  hairpin,
 		Isolated: !n.ICC,
 	}
 	if n.DefaultRoute {
-		ep.Gateway = n.Subnet.Addr().Next()
+		for _, gw := range n.gateways() {
+			ep.Gateways = append(ep.Gateways, gw.Addr())
+		}
 	}
 	err = n.host.Attach(br, ns, ep)
 	if errors.Is(err, unix.EEXIST) {
@@ -265,8 +276,8 @@ func (n *Network) allocate(tx ipam.Tx, want ipam.Lease) (ipam.Lease, error) {
 		}
 		l, err = tx.Allocate(want)
 	}
-	if err != nil && want.IP.IsValid() && (errors.Is(err, ipam.ErrTaken) || errors.Is(err, ipam.ErrUnusable)) {
-		return l, inputErr("annotation %s: %v", AnnotationIP, err)
+	if err != nil && (want.IP.IsValid() || want.IP6.IsValid()) && (errors.Is(err, ipam.ErrTaken) || errors.Is(err, ipam.ErrUnusable)) {
+		return l, inputErr("annotation %s: %v", staticAnnotation(want, err), err)
 	}
 	return l, hint(err)
 }
@@ -291,7 +302,7 @@ func (n *Network) checkPorts(tx ipam.Tx, id string, ports []nat.Port) error {
 		return err
 	}
 	for _, s := range others {
-		if s.Bridge() == n.Bridge && s.Subnet() == n.Subnet {
+		if n.same(s) {
 			continue
 		}
 		o := n.on(s)
@@ -395,7 +406,7 @@ func (n *Network) forget(tx ipam.Tx, l ipam.Lease) error {
 	}
 	if len(l.Ports) > 0 {
 		n.adoptFirewall(tx)
-		pub, err := published(l.ID, l.IP, l.Ports)
+		pub, err := published(l)
 		if err != nil {
 			return err
 		}
@@ -449,7 +460,7 @@ func (n *Network) installFirewall(tx ipam.Tx) error {
 	var pubs []nat.Published
 	for _, l := range leases {
 		if len(l.Ports) > 0 {
-			pub, err := published(l.ID, l.IP, l.Ports)
+			pub, err := published(l)
 			if err != nil {
 				return err
 			}
@@ -482,7 +493,60 @@ func (n *Network) removeNetwork(tx ipam.Tx) error {
 	return n.host.Remove(n.Bridge)
 }
 
-func (n *Network) prefix(ip netip.Addr) netip.Prefix { return netip.PrefixFrom(ip, n.Subnet.Bits()) }
+// prefixes are lease l's addresses with their subnets' prefix lengths.
+func (n *Network) prefixes(l ipam.Lease) []netip.Prefix {
+	var ps []netip.Prefix
+	for _, ip := range l.Addrs() {
+		for _, p := range n.Subnets {
+			if p.Contains(ip) {
+				ps = append(ps, netip.PrefixFrom(ip, p.Bits()))
+			}
+		}
+	}
+	return ps
+}
+
+// staticAnnotation names the annotation that asked for the address err
+// is about.
+func staticAnnotation(want ipam.Lease, err error) string {
+	if want.IP6.IsValid() && (!want.IP.IsValid() || strings.Contains(err.Error(), want.IP6.String())) {
+		return AnnotationIP6
+	}
+	return AnnotationIP
+}
+
+// same reports whether store s is n's network's.
+func (n *Network) same(s ipam.Store) bool {
+	return s.Bridge() == n.Bridge && slices.Equal(s.Subnets(), n.Subnets)
+}
+
+// checkBridgeFree refuses a bridge that another network under the state
+// directory uses: two stores handing out addresses on one bridge (say an
+// IPv4 network and the same one made dual-stack) could lease one address
+// twice. It runs where a setup cannot trust its record, never on the warm
+// path.
+func (n *Network) checkBridgeFree() error {
+	stores, err := n.stores()
+	if err != nil {
+		return err
+	}
+	for _, s := range stores {
+		if s.Bridge() == n.Bridge && !n.same(s) {
+			return inputErr("bridge %s is network %v's; use another --bridge, or remove that network first (bridgehook --bridge %s %s network rm)",
+				n.Bridge, s.Subnets(), n.Bridge, subnetFlags(s.Subnets()))
+		}
+	}
+	return nil
+}
+
+// subnetFlags are the --subnet flags naming subnets.
+func subnetFlags(subnets []netip.Prefix) string {
+	var fs []string
+	for _, p := range subnets {
+		fs = append(fs, "--subnet "+p.String())
+	}
+	return strings.Join(fs, " ")
+}
 
 // alias labels a host veth with its container, so that teardown and gc
 // delete only veths that are ours, even when a pid (and so a veth name) has

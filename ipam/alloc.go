@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math/big"
 	"net/netip"
+	"time"
 )
 
 // Range is the addresses of a network that can be leased: all of its
@@ -31,6 +32,31 @@ func RangeOf(p netip.Prefix) (Range, error) {
 		last = last.Prev()
 	}
 	return Range{Prefix: p, First: p.Addr().Next().Next(), Last: last}, nil
+}
+
+// rangesOf returns the ranges of a network's subnets: one, or an IPv4 and
+// an IPv6 one, in that order (dual-stack).
+func rangesOf(subnets []netip.Prefix) ([]Range, error) {
+	switch {
+	case len(subnets) == 0:
+		return nil, fmt.Errorf("no subnet")
+	case len(subnets) > 2 || len(subnets) == 2 && !(subnets[0].Addr().Is4() && subnets[1].Addr().Is6()):
+		return nil, fmt.Errorf("subnets %v: want one, or an IPv4 and an IPv6 one in that order", subnets)
+	}
+	rs := make([]Range, len(subnets))
+	for i, p := range subnets {
+		r, err := RangeOf(p)
+		if err != nil {
+			return nil, err
+		}
+		rs[i] = r
+	}
+	return rs, nil
+}
+
+// wanted is the address of r's family that want asks for, if any.
+func (r Range) wanted(want Lease) netip.Addr {
+	return want.Addr(r.Prefix.Addr().Is6())
 }
 
 // Gateway is the bridge's own address: the first host address.
@@ -115,4 +141,71 @@ func lastAddr(p netip.Prefix) netip.Addr {
 		ip = ip.Unmap()
 	}
 	return ip
+}
+
+func subnetsOf(rs []Range) []netip.Prefix {
+	ps := make([]netip.Prefix, len(rs))
+	for i, r := range rs {
+		ps[i] = r.Prefix
+	}
+	return ps
+}
+
+// unknownFamily refuses an address asked for in a family the network has
+// no subnet of.
+func unknownFamily(rs []Range, want Lease) error {
+	for _, ip := range []netip.Addr{want.IP, want.IP6} {
+		if !ip.IsValid() {
+			continue
+		}
+		ok := false
+		for _, r := range rs {
+			ok = ok || r.Prefix.Addr().Is6() == ip.Is6()
+		}
+		if !ok {
+			return fmt.Errorf("%w: %s is outside subnet %s", ErrUnusable, ip, subnetsOf(rs)[0])
+		}
+	}
+	return nil
+}
+
+// choose picks an address from each range for want: the one want names
+// in that range's family, else the first free one after hints[i]. taken
+// says whether an address of range i is leased or held back; leased
+// counts range i's leases, for the error of a full range.
+func choose(rs []Range, want Lease, hints []netip.Addr, taken func(i int, ip netip.Addr) bool, leased func(i int) int) ([]netip.Addr, error) {
+	if err := unknownFamily(rs, want); err != nil {
+		return nil, err
+	}
+	ips := make([]netip.Addr, len(rs))
+	for i, r := range rs {
+		isTaken := func(ip netip.Addr) bool { return taken(i, ip) }
+		if ip := r.wanted(want); ip.IsValid() {
+			if err := r.Want(ip, isTaken); err != nil {
+				return nil, err
+			}
+			ips[i] = ip
+			continue
+		}
+		ip, ok := r.Next(hints[i], isTaken)
+		if !ok {
+			return nil, fmt.Errorf("%w in %s: %d of %s addresses leased", ErrExhausted, r.Prefix, leased(i), r.Size())
+		}
+		ips[i] = ip
+	}
+	return ips, nil
+}
+
+// leased is want with the addresses chosen for it, dated now unless it
+// has a date (a lease rebuilt by gc keeps its own).
+func leased(want Lease, ips []netip.Addr) Lease {
+	l := want
+	l.IP, l.IP6 = ips[0], netip.Addr{}
+	if len(ips) > 1 {
+		l.IP6 = ips[1]
+	}
+	if l.Created.IsZero() {
+		l.Created = time.Now().UTC().Truncate(time.Second)
+	}
+	return l
 }

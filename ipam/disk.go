@@ -1,9 +1,11 @@
 package ipam
 
 // The store on disk: a directory per network under the state directory.
-// A lease is a file named for its address, so taking an address is one
-// stat and one write whatever the number of leases, and an index file named
-// for the container id makes release by id two reads instead of a scan.
+// A lease is a file named for its (first) address, so taking an address is
+// one stat and one write whatever the number of leases, and an index file
+// named for the container id makes release by id two reads instead of a
+// scan. A dual-stack lease's IPv6 address is reserved by a symlink named
+// for it in leases6/, so that taking one is a stat too.
 
 import (
 	"encoding/hex"
@@ -15,7 +17,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"time"
 
 	"github.com/gofrs/flock"
 	"golang.org/x/sys/unix"
@@ -25,7 +26,9 @@ import (
 type Disk struct {
 	dir    string
 	bridge string
-	r      Range
+	// ranges[0] names the lease files; ranges[1], if any, is the IPv6
+	// range of a dual-stack network.
+	ranges []Range
 	lock   *flock.Flock
 
 	// held is the lease file this process allocated last and still holds
@@ -40,28 +43,32 @@ const (
 	fileMode = 0o600
 )
 
-// Open prepares the store of the network bridge/subnet under stateDir,
+// Open prepares the store of the network bridge/subnets under stateDir,
 // creating its directories if needed. It takes no lock.
-func Open(stateDir, bridge string, subnet netip.Prefix) (*Disk, error) {
-	r, err := RangeOf(subnet)
+func Open(stateDir, bridge string, subnets ...netip.Prefix) (*Disk, error) {
+	rs, err := rangesOf(subnets)
 	if err != nil {
 		return nil, err
 	}
 	if err := checkStateDir(stateDir); err != nil {
 		return nil, err
 	}
-	dir := dirOf(stateDir, bridge, subnet)
-	for _, d := range []string{dir, filepath.Join(dir, "leases"), filepath.Join(dir, "ids"), filepath.Join(dir, "draining")} {
+	dir := dirOf(stateDir, bridge, subnets)
+	subs := []string{dir, filepath.Join(dir, "leases"), filepath.Join(dir, "ids"), filepath.Join(dir, "draining")}
+	if len(rs) > 1 {
+		subs = append(subs, filepath.Join(dir, "leases6"))
+	}
+	for _, d := range subs {
 		if err := os.Mkdir(d, dirMode); err != nil && !errors.Is(err, os.ErrExist) {
 			return nil, fmt.Errorf("lease store in %s: %w", stateDir, err)
 		}
 	}
-	return &Disk{dir: dir, bridge: bridge, r: r, lock: flock.New(filepath.Join(dir, "lock"))}, nil
+	return &Disk{dir: dir, bridge: bridge, ranges: rs, lock: flock.New(filepath.Join(dir, "lock"))}, nil
 }
 
-// Exists reports whether stateDir has a store for network bridge/subnet.
-func Exists(stateDir, bridge string, subnet netip.Prefix) bool {
-	_, err := os.Stat(dirOf(stateDir, bridge, subnet))
+// Exists reports whether stateDir has a store for network bridge/subnets.
+func Exists(stateDir, bridge string, subnets ...netip.Prefix) bool {
+	_, err := os.Stat(dirOf(stateDir, bridge, subnets))
 	return err == nil
 }
 
@@ -87,9 +94,40 @@ func checkStateDir(dir string) error {
 	return nil
 }
 
-// dirOf is the directory of the store of network bridge/subnet.
-func dirOf(stateDir, bridge string, subnet netip.Prefix) string {
-	return filepath.Join(stateDir, bridge+"_"+strings.ReplaceAll(subnet.String(), "/", "_"))
+// dirOf is the directory of the store of network bridge/subnets:
+// BRIDGE_ADDR_BITS for one subnet, as stores have always been named, and
+// BRIDGE_ADDR4_BITS4_ADDR6_BITS6 for a dual-stack network.
+func dirOf(stateDir, bridge string, subnets []netip.Prefix) string {
+	name := bridge
+	for _, p := range subnets {
+		name += "_" + strings.ReplaceAll(p.String(), "/", "_")
+	}
+	return filepath.Join(stateDir, name)
+}
+
+// parseDir reads a store directory's name back into its network. A
+// bridge may hold '_' itself, so the subnets are read from the right, a
+// dual-stack pair first.
+func parseDir(name string) (bridge string, subnets []netip.Prefix, ok bool) {
+	f := strings.Split(name, "_")
+	prefixAt := func(i int) (netip.Prefix, bool) {
+		p, err := netip.ParsePrefix(f[i] + "/" + f[i+1])
+		return p, err == nil
+	}
+	n := len(f)
+	if n >= 5 {
+		p6, ok6 := prefixAt(n - 2)
+		p4, ok4 := prefixAt(n - 4)
+		if ok6 && ok4 && p6.Addr().Is6() && p4.Addr().Is4() {
+			return strings.Join(f[:n-4], "_"), []netip.Prefix{p4, p6}, true
+		}
+	}
+	if n >= 3 {
+		if p, ok := prefixAt(n - 2); ok {
+			return strings.Join(f[:n-2], "_"), []netip.Prefix{p}, true
+		}
+	}
+	return "", nil, false
 }
 
 // Stores lists the networks that have a store under stateDir.
@@ -103,21 +141,11 @@ func Stores(stateDir string) ([]Store, error) {
 	}
 	var stores []Store
 	for _, e := range ents {
-		// <bridge>_<address>_<bits>; the bridge may itself hold '_'.
-		name := e.Name()
-		i := strings.LastIndexByte(name, '_')
-		if !e.IsDir() || i < 0 {
+		bridge, subnets, ok := parseDir(e.Name())
+		if !e.IsDir() || !ok || bridge == "" {
 			continue
 		}
-		j := strings.LastIndexByte(name[:i], '_')
-		if j <= 0 {
-			continue
-		}
-		subnet, err := netip.ParsePrefix(name[j+1:i] + "/" + name[i+1:])
-		if err != nil {
-			continue
-		}
-		s, err := Open(stateDir, name[:j], subnet)
+		s, err := Open(stateDir, bridge, subnets...)
 		if err != nil {
 			continue
 		}
@@ -168,8 +196,8 @@ func (s *Disk) Bridge() string { return s.bridge }
 // Dir is where the store keeps its files.
 func (s *Disk) Dir() string { return s.dir }
 
-// Subnet is the network the store hands addresses out of.
-func (s *Disk) Subnet() netip.Prefix { return s.r.Prefix }
+// Subnets are the prefixes the store hands addresses out of.
+func (s *Disk) Subnets() []netip.Prefix { return subnetsOf(s.ranges) }
 
 // Do runs fn with the store locked. Every read and write of the store goes
 // through a Tx, so no caller can touch the files without holding the lock.
@@ -190,6 +218,12 @@ func (t *diskTx) leasePath(ip netip.Addr) string {
 
 func (t *diskTx) drainPath(ip netip.Addr) string {
 	return filepath.Join(t.s.dir, "draining", ip.String())
+}
+
+// v6Path is the symlink that reserves a dual-stack lease's IPv6 address;
+// it points at the lease's first address.
+func (t *diskTx) v6Path(ip netip.Addr) string {
+	return filepath.Join(t.s.dir, "leases6", ip.String())
 }
 
 // idPath names the index file of a container id. Ids may be up to 1024
@@ -243,53 +277,70 @@ func (t *diskTx) read(ip netip.Addr) (Lease, bool, error) {
 	return l, true, nil
 }
 
-func (t *diskTx) Allocate(l Lease) (Lease, error) {
-	if l.IP.IsValid() {
-		if err := t.s.r.Want(l.IP, t.taken); err != nil {
-			return Lease{}, err
+// The files of each range: where its leases are reserved, and where the
+// address handed out last is noted.
+var (
+	reservedIn = [2]string{"leases", "leases6"}
+	lastIn     = [2]string{"last", "last6"}
+)
+
+func (t *diskTx) Allocate(want Lease) (Lease, error) {
+	hints := make([]netip.Addr, len(t.s.ranges))
+	for i := range hints {
+		if target, err := os.Readlink(filepath.Join(t.s.dir, lastIn[i])); err == nil {
+			hints[i], _ = netip.ParseAddr(target)
 		}
-	} else {
-		var hint netip.Addr
-		if target, err := os.Readlink(filepath.Join(t.s.dir, "last")); err == nil {
-			hint, _ = netip.ParseAddr(target)
-		}
-		ip, ok := t.s.r.Next(hint, t.taken)
-		if !ok {
-			n := 0
-			if ents, err := os.ReadDir(filepath.Join(t.s.dir, "leases")); err == nil {
-				n = len(ents)
-			}
-			return Lease{}, fmt.Errorf("%w in %s: %d of %s addresses leased", ErrExhausted, t.s.r.Prefix, n, t.s.r.Size())
-		}
-		l.IP = ip
 	}
-	if l.Created.IsZero() {
-		l.Created = time.Now().UTC().Truncate(time.Second)
+	taken := func(i int, ip netip.Addr) bool {
+		if i == 1 {
+			return t.taken6(ip)
+		}
+		return t.taken(ip)
 	}
+	count := func(i int) int {
+		ents, _ := os.ReadDir(filepath.Join(t.s.dir, reservedIn[i]))
+		return len(ents)
+	}
+	ips, err := choose(t.s.ranges, want, hints, taken, count)
+	if err != nil {
+		return Lease{}, err
+	}
+	l := leased(want, ips)
 	if err := t.write(l); err != nil {
 		return Lease{}, err
 	}
-	if err := symlinkAtomic(l.IP.String(), filepath.Join(t.s.dir, "last")); err != nil {
-		return Lease{}, fmt.Errorf("record last address: %w", err)
+	for i, ip := range ips {
+		if err := symlinkAtomic(ip.String(), filepath.Join(t.s.dir, lastIn[i])); err != nil {
+			return Lease{}, fmt.Errorf("record last address: %w", err)
+		}
 	}
 	return l, nil
 }
 
-// write stores the lease file first, then its index: a crash between the two
-// leaves a lease that reserves its address and that gc can find, never an
-// index pointing at an address someone else may take.
+// write reserves the IPv6 address of a dual-stack lease first, then
+// stores the lease file, then its index: a crash in between leaves an
+// address reserved that Tidy frees, or a lease that reserves its
+// addresses and that gc can find, never an index pointing at an address
+// someone else may take.
 func (t *diskTx) write(l Lease) error {
 	b, err := json.Marshal(l)
 	if err != nil {
 		return err
 	}
+	if l.IP6.IsValid() {
+		if err := symlinkAtomic(l.IP.String(), t.v6Path(l.IP6)); err != nil {
+			return fmt.Errorf("reserve %s in %s: %w", l.IP6, t.s.dir, err)
+		}
+	}
 	f, err := writeAtomic(t.leasePath(l.IP), b, true)
 	if err != nil {
+		t.unreserve6(l)
 		return fmt.Errorf("write lease %s in %s: %w", l.IP, t.s.dir, err)
 	}
 	if err := symlinkAtomic(l.IP.String(), t.idPath(l.ID)); err != nil {
 		f.Close()
 		os.Remove(t.leasePath(l.IP))
+		t.unreserve6(l)
 		return fmt.Errorf("write lease index %s: %w", l.IP, err)
 	}
 	t.s.Close()
@@ -364,6 +415,19 @@ func (t *diskTx) Settle(l Lease) error {
 	if err := os.Remove(t.drainPath(l.IP)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("free %s: %w", l.IP, err)
 	}
+	return t.unreserve6(l)
+}
+
+// unreserve6 frees a dual-stack lease's IPv6 address, once its lease
+// file is gone: a crash before leaves an address reserved that Tidy
+// frees, never one taken twice.
+func (t *diskTx) unreserve6(l Lease) error {
+	if !l.IP6.IsValid() {
+		return nil
+	}
+	if err := os.Remove(t.v6Path(l.IP6)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("free %s: %w", l.IP6, err)
+	}
 	return nil
 }
 
@@ -373,6 +437,13 @@ func (t *diskTx) taken(ip netip.Addr) bool {
 		return true
 	}
 	_, err := os.Lstat(t.drainPath(ip))
+	return !errors.Is(err, os.ErrNotExist)
+}
+
+// taken6 reports whether the IPv6 address ip of a dual-stack network is
+// reserved: leased, or draining.
+func (t *diskTx) taken6(ip netip.Addr) bool {
+	_, err := os.Lstat(t.v6Path(ip))
 	return !errors.Is(err, os.ErrNotExist)
 }
 
@@ -386,7 +457,7 @@ func (t *diskTx) remove(l Lease) error {
 	if err := os.Remove(t.idPath(l.ID)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("release index of %s: %w", l.IP, err)
 	}
-	return nil
+	return t.unreserve6(l)
 }
 
 func (t *diskTx) recordPath() string { return filepath.Join(t.s.dir, "network.json") }
@@ -472,14 +543,64 @@ func (t *diskTx) Tidy() ([]string, error) {
 	} else if n > 0 {
 		report = append(report, fmt.Sprintf("fixed %d lease index entries", n))
 	}
+	if n, err := t.prune6(); err != nil {
+		return report, err
+	} else if n > 0 {
+		report = append(report, fmt.Sprintf("fixed %d IPv6 address reservations", n))
+	}
 	return report, nil
+}
+
+// prune6 frees the IPv6 reservations of a dual-stack store that no lease
+// or draining lease holds, as a crash between writing or removing a lease
+// and its reservation leaves, and writes those leases lack. It returns
+// the number changed.
+func (t *diskTx) prune6() (int, error) {
+	if len(t.s.ranges) < 2 {
+		return 0, nil
+	}
+	ents, err := os.ReadDir(filepath.Join(t.s.dir, "leases6"))
+	if err != nil {
+		return 0, fmt.Errorf("IPv6 reservations: %w", err)
+	}
+	holds := map[netip.Addr]bool{}
+	leases, _, err := t.List()
+	if err != nil {
+		return 0, err
+	}
+	draining, err := t.Draining()
+	if err != nil {
+		return 0, err
+	}
+	for _, l := range append(leases, draining...) {
+		holds[l.IP6] = true
+	}
+	n := 0
+	for _, e := range ents {
+		if ip, err := netip.ParseAddr(e.Name()); err == nil && holds[ip] {
+			delete(holds, ip)
+			continue
+		}
+		if os.Remove(filepath.Join(t.s.dir, "leases6", e.Name())) == nil {
+			n++
+		}
+	}
+	for _, l := range append(leases, draining...) {
+		if l.IP6.IsValid() && holds[l.IP6] {
+			if err := symlinkAtomic(l.IP.String(), t.v6Path(l.IP6)); err != nil {
+				return n, fmt.Errorf("reserve %s: %w", l.IP6, err)
+			}
+			n++
+		}
+	}
+	return n, nil
 }
 
 // sweep removes the temporary files of writes that a killed process left
 // half done.
 func (t *diskTx) sweep() (int, error) {
 	n := 0
-	for _, sub := range []string{"", "leases", "ids"} {
+	for _, sub := range []string{"", "leases", "ids", "leases6"} {
 		tmps, err := filepath.Glob(filepath.Join(t.s.dir, sub, ".tmp-*"))
 		if err != nil {
 			return n, err

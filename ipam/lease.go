@@ -31,10 +31,14 @@ var ErrTaken = errors.New("address taken")
 // its broadcast address.
 var ErrUnusable = errors.New("address not leasable")
 
-// Lease is one container's address and the endpoint that uses it.
+// Lease is one container's addresses and the endpoint that uses them.
 type Lease struct {
-	ID         string     `json:"id"`
+	ID string `json:"id"`
+	// IP is the address from the network's first subnet, which names the
+	// lease: IPv4, or IPv6 on an IPv6-only network. IP6 is the IPv6
+	// address of a dual-stack network's lease.
 	IP         netip.Addr `json:"ip"`
+	IP6        netip.Addr `json:"ip6,omitzero"`
 	Iface      string     `json:"iface,omitempty"`
 	Veth       string     `json:"veth,omitempty"`
 	PID        int        `json:"pid,omitempty"`
@@ -43,7 +47,26 @@ type Lease struct {
 	Created    time.Time  `json:"created"`
 }
 
-// Store is the lease store of one network (bridge + subnet).
+// Addrs returns the lease's addresses, IPv4 first.
+func (l Lease) Addrs() []netip.Addr {
+	if l.IP6.IsValid() {
+		return []netip.Addr{l.IP, l.IP6}
+	}
+	return []netip.Addr{l.IP}
+}
+
+// Addr returns the lease's IPv6 address with v6, else its IPv4 one;
+// invalid when it has none of that family.
+func (l Lease) Addr(v6 bool) netip.Addr {
+	for _, ip := range l.Addrs() {
+		if ip.Is6() == v6 {
+			return ip
+		}
+	}
+	return netip.Addr{}
+}
+
+// Store is the lease store of one network (bridge + its subnets).
 type Store interface {
 	// Do runs fn with the store locked: every read and write of leases
 	// happens inside one Do.
@@ -57,16 +80,19 @@ type Store interface {
 	// that anyone cares about.
 	Destroy() error
 	Bridge() string
-	Subnet() netip.Prefix
+	// Subnets are the network's prefixes: one, or an IPv4 and an IPv6
+	// one (dual-stack), in that order.
+	Subnets() []netip.Prefix
 }
 
 // Tx is a store while its lock is held.
 type Tx interface {
 	// Lookup returns the lease held by container id.
 	Lookup(id string) (Lease, bool, error)
-	// Allocate leases want.IP, or with none the next free address after
-	// the last one handed out (so a just-released address is not reused at
-	// once), to want.ID and records want with it. It does not look for an
+	// Allocate leases to want.ID an address from each subnet: the one
+	// want names in that family (IP or IP6), or with none the next free
+	// address after the last one handed out (so a just-released address
+	// is not reused at once), and records want with them, in one write. It does not look for an
 	// existing lease of the id: callers decide what a second one means.
 	// The lease is pending (see Pending) until the store is closed.
 	Allocate(want Lease) (Lease, error)

@@ -2,10 +2,8 @@ package ipam
 
 import (
 	"encoding/json"
-	"fmt"
 	"net/netip"
 	"sync"
-	"time"
 )
 
 // Memory is a lease store held in memory, with the disk store's rules and
@@ -14,14 +12,17 @@ import (
 // Close, as if by another process still at work on it.
 type Memory struct {
 	bridge string
-	r      Range
+	ranges []Range
 
 	mu       sync.Mutex
 	leases   map[netip.Addr]Lease
 	draining map[netip.Addr]Lease
 	pending  map[netip.Addr]bool
-	last     netip.Addr
-	record   []byte
+	// v6 holds the IPv6 addresses of a dual-stack network's leases and
+	// draining leases.
+	v6     map[netip.Addr]bool
+	last   [2]netip.Addr
+	record []byte
 	// Unreadable are addresses whose records List reports as unreadable;
 	// they stay reserved until Tidy drops them.
 	Unreadable map[netip.Addr]bool
@@ -31,16 +32,16 @@ type Memory struct {
 	Fail func(op string) error
 }
 
-// NewMemory returns an empty store for network bridge/subnet.
-func NewMemory(bridge string, subnet netip.Prefix) (*Memory, error) {
-	r, err := RangeOf(subnet)
+// NewMemory returns an empty store for network bridge/subnets.
+func NewMemory(bridge string, subnets ...netip.Prefix) (*Memory, error) {
+	rs, err := rangesOf(subnets)
 	if err != nil {
 		return nil, err
 	}
 	return &Memory{
-		bridge: bridge, r: r,
+		bridge: bridge, ranges: rs,
 		leases: map[netip.Addr]Lease{}, draining: map[netip.Addr]Lease{}, pending: map[netip.Addr]bool{},
-		Unreadable: map[netip.Addr]bool{},
+		v6: map[netip.Addr]bool{}, Unreadable: map[netip.Addr]bool{},
 	}, nil
 }
 
@@ -68,12 +69,13 @@ func (m *Memory) Destroy() error {
 	defer m.mu.Unlock()
 	clear(m.leases)
 	clear(m.draining)
+	clear(m.v6)
 	m.record = nil
 	return nil
 }
 
-func (m *Memory) Bridge() string       { return m.bridge }
-func (m *Memory) Subnet() netip.Prefix { return m.r.Prefix }
+func (m *Memory) Bridge() string          { return m.bridge }
+func (m *Memory) Subnets() []netip.Prefix { return subnetsOf(m.ranges) }
 
 type memTx struct{ m *Memory }
 
@@ -99,28 +101,30 @@ func (t memTx) taken(ip netip.Addr) bool {
 	return leased || draining || t.m.Unreadable[ip]
 }
 
-func (t memTx) Allocate(l Lease) (Lease, error) {
+func (t memTx) taken6(ip netip.Addr) bool { return t.m.v6[ip] }
+
+func (t memTx) Allocate(want Lease) (Lease, error) {
 	if err := t.fail("allocate"); err != nil {
 		return Lease{}, err
 	}
-	if l.IP.IsValid() {
-		if err := t.m.r.Want(l.IP, t.taken); err != nil {
-			return Lease{}, err
+	taken := func(i int, ip netip.Addr) bool {
+		if i == 1 {
+			return t.taken6(ip)
 		}
-	} else {
-		ip, ok := t.m.r.Next(t.m.last, t.taken)
-		if !ok {
-			return Lease{}, fmt.Errorf("%w in %s: %d of %s addresses leased", ErrExhausted, t.m.r.Prefix, len(t.m.leases), t.m.r.Size())
-		}
-		l.IP = ip
+		return t.taken(ip)
 	}
-	if l.Created.IsZero() {
-		l.Created = time.Now().UTC().Truncate(time.Second)
+	ips, err := choose(t.m.ranges, want, t.m.last[:len(t.m.ranges)], taken, func(int) int { return len(t.m.leases) })
+	if err != nil {
+		return Lease{}, err
+	}
+	l := leased(want, ips)
+	if l.IP6.IsValid() {
+		t.m.v6[l.IP6] = true
 	}
 	t.m.leases[l.IP] = l
 	clear(t.m.pending) // a process holds the lease it allocated last
 	t.m.pending[l.IP] = true
-	t.m.last = l.IP
+	copy(t.m.last[:], ips)
 	return l, nil
 }
 
@@ -139,6 +143,7 @@ func (t memTx) Remove(l Lease) error {
 	if held, ok := t.m.leases[l.IP]; ok && held.ID == l.ID {
 		delete(t.m.leases, l.IP)
 		delete(t.m.pending, l.IP)
+		delete(t.m.v6, held.IP6)
 	}
 	return nil
 }
@@ -178,6 +183,7 @@ func (t memTx) Settle(l Lease) error {
 		return err
 	}
 	delete(t.m.draining, l.IP)
+	delete(t.m.v6, l.IP6)
 	return nil
 }
 

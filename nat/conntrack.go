@@ -19,15 +19,21 @@ func flushUDP(p Published) error {
 	if !hasUDP {
 		return nil
 	}
-	f := &netlink.ConntrackFilter{}
-	if err := f.AddIP(netlink.ConntrackReplySrcIP, p.IP.AsSlice()); err != nil {
-		return err
-	}
-	if err := f.AddProtocol(unix.IPPROTO_UDP); err != nil {
-		return err
-	}
-	if _, err := netlink.ConntrackDeleteFilters(netlink.ConntrackTable, unix.AF_INET, f); err != nil {
-		return fmt.Errorf("flush UDP conntrack of %s: %w", p.IP, err)
+	for _, ip := range p.addrs() {
+		f := &netlink.ConntrackFilter{}
+		if err := f.AddIP(netlink.ConntrackReplySrcIP, ip.AsSlice()); err != nil {
+			return err
+		}
+		if err := f.AddProtocol(unix.IPPROTO_UDP); err != nil {
+			return err
+		}
+		family := netlink.InetFamily(unix.AF_INET)
+		if ip.Is6() {
+			family = unix.AF_INET6
+		}
+		if _, err := netlink.ConntrackDeleteFilters(netlink.ConntrackTable, family, f); err != nil {
+			return fmt.Errorf("flush UDP conntrack of %s: %w", ip, err)
+		}
 	}
 	return nil
 }

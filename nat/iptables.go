@@ -13,9 +13,10 @@ import (
 )
 
 // IPTables is the Firewall of the host's iptables: a chain of our own per
-// network and table, jumped to from the built-in chains.
+// network and table, jumped to from the built-in chains; ip6tables holds
+// the same for a network's IPv6 subnet.
 type IPTables struct {
-	r runner
+	r, r6 runner
 	// lock serialises changes to the built-in chains, which all networks
 	// share, across processes: the jump check and the restore are two
 	// commands.
@@ -30,7 +31,23 @@ type IPTables struct {
 // NewIPTables returns the iptables Firewall; lockFile is the flock that
 // serialises installs and removals across processes.
 func NewIPTables(lockFile string) *IPTables {
-	return &IPTables{r: &execRunner{}, lock: lockFile, sysctl: sysctlOn}
+	return &IPTables{r: &execRunner{cmd: "iptables"}, r6: &execRunner{cmd: "ip6tables"}, lock: lockFile, sysctl: sysctlOn}
+}
+
+// runner is the iptables of family fam: iptables or ip6tables.
+func (f *IPTables) runner(fam Family) runner {
+	if fam == IPv6 {
+		return f.r6
+	}
+	return f.r
+}
+
+// nftFamily is the table family iptables-nft keeps fam's tables in.
+func nftFamily(fam Family) nftables.TableFamily {
+	if fam == IPv6 {
+		return nftables.TableFamilyIPv6
+	}
+	return nftables.TableFamilyIPv4
 }
 
 var _ Firewall = (*IPTables)(nil)
@@ -129,10 +146,13 @@ func (n Network) iptables(r Rule) iptRule {
 	return out
 }
 
-func (n Network) iptablesAll(rules []Rule) []iptRule {
-	out := make([]iptRule, len(rules))
-	for i, r := range rules {
-		out[i] = n.iptables(r)
+// iptablesOf renders the rules of family fam, for iptables or ip6tables.
+func (n Network) iptablesOf(fam Family, rules []Rule) []iptRule {
+	var out []iptRule
+	for _, r := range rules {
+		if r.in(fam) {
+			out = append(out, n.iptables(r))
+		}
 	}
 	return out
 }
@@ -182,16 +202,19 @@ func (f *IPTables) Install(n Network, pubs []Published) error {
 }
 
 func (f *IPTables) install(n Network, pubs []Published) error {
-	saved, err := f.r.Save()
-	if err != nil {
-		return fmt.Errorf("read firewall: %w", err)
-	}
 	rules, err := n.withPorts(pubs)
 	if err != nil {
 		return err
 	}
-	if err := f.r.Restore(restoreInput(n, n.iptablesAll(rules), jumpsIn(saved))); err != nil {
-		return fmt.Errorf("install rules for %s: %w", n.Bridge, err)
+	for _, fam := range n.Families() {
+		r := f.runner(fam)
+		saved, err := r.Save()
+		if err != nil {
+			return fmt.Errorf("read firewall: %w", err)
+		}
+		if err := r.Restore(restoreInput(n, n.iptablesOf(fam, rules), jumpsIn(saved))); err != nil {
+			return fmt.Errorf("install rules for %s: %w", n.Bridge, err)
+		}
 	}
 	return nil
 }
@@ -203,8 +226,19 @@ func (f *IPTables) Publish(n Network, p Published) error {
 	if err != nil {
 		return err
 	}
-	if err := f.r.Restore(render("-A", n.iptablesAll(rules))); err != nil {
-		return fmt.Errorf("publish ports of %s: %w", p.ID, err)
+	var undo []iptRule
+	for _, fam := range n.Families() {
+		ipt := n.iptablesOf(fam, rules)
+		if len(ipt) == 0 {
+			continue
+		}
+		if err := f.runner(fam).Restore(render("-A", ipt)); err != nil {
+			if len(undo) > 0 {
+				f.r.Restore(render("-D", undo)) // all or none: the IPv4 ones went first
+			}
+			return fmt.Errorf("publish ports of %s: %w", p.ID, err)
+		}
+		undo = ipt
 	}
 	return nil
 }
@@ -216,13 +250,18 @@ func (f *IPTables) Unpublish(n Network, p Published) error {
 	if err != nil {
 		return err
 	}
-	ipt := n.iptablesAll(rules)
-	if err := f.r.Restore(render("-D", ipt)); err != nil {
-		// Some rule was already gone (a firewall reload, say): remove the
-		// rest one by one.
-		for _, r := range ipt {
-			if err := f.r.DeleteIfExists(r.Table, r.Chain, r.Spec...); err != nil {
-				return fmt.Errorf("unpublish ports of %s: %w", p.ID, err)
+	for _, fam := range n.Families() {
+		r, ipt := f.runner(fam), n.iptablesOf(fam, rules)
+		if len(ipt) == 0 {
+			continue
+		}
+		if err := r.Restore(render("-D", ipt)); err != nil {
+			// Some rule was already gone (a firewall reload, say): remove
+			// the rest one by one.
+			for _, rule := range ipt {
+				if err := r.DeleteIfExists(rule.Table, rule.Chain, rule.Spec...); err != nil {
+					return fmt.Errorf("unpublish ports of %s: %w", p.ID, err)
+				}
 			}
 		}
 	}
@@ -234,11 +273,15 @@ func (f *IPTables) Unpublish(n Network, p Published) error {
 // finds the ports of a lease the store lost, and the rules no lease
 // accounts for.
 func (f *IPTables) Published(n Network) ([]Published, error) {
-	saved, err := f.r.Save()
-	if err != nil {
-		return nil, fmt.Errorf("read firewall: %w", err)
+	var pubs []Published
+	for _, fam := range n.Families() {
+		saved, err := f.runner(fam).Save()
+		if err != nil {
+			return nil, fmt.Errorf("read firewall: %w", err)
+		}
+		pubs = append(pubs, publishedIn(n, saved)...)
 	}
-	return publishedIn(n, saved), nil
+	return pubs, nil
 }
 
 // publishedIn reads the port rules of n out of iptables-save output.
@@ -402,38 +445,45 @@ func quote(spec []string) string {
 // or deletes them, and takes the jumps with it. Legacy iptables has no
 // such read: there it is one iptables-save, a process.
 func (f *IPTables) Verify(n Network) (bool, error) {
-	if err := f.sysctl(ipForward); err != nil {
+	if err := n.forwarding(f.sysctl); err != nil {
 		return false, err
 	}
+	for _, fam := range n.Families() {
+		if !f.verify(n, fam) {
+			return false, nil
+		}
+	}
+	return true, nil
+}
+
+// verify checks n's chains of family fam.
+func (f *IPTables) verify(n Network, fam Family) bool {
 	want := map[string]int{n.fwdChain(): 0, n.masqChain(): 0}
-	for _, r := range n.iptablesAll(n.Rules()) {
+	for _, r := range n.iptablesOf(fam, n.Rules()) {
 		want[r.Chain]++
 	}
 	if f.legacy() {
-		saved, err := f.r.Save()
-		if err != nil {
-			return false, nil
-		}
-		return verifySaved(n, saved, want), nil
+		saved, err := f.runner(fam).Save()
+		return err == nil && verifySaved(n, saved, want)
 	}
 	// A reload flushes a table (iptables -F) or deletes our chains (-X,
 	// iptables-restore, nft flush ruleset): the rules of our chains tell
 	// both. An internal network's NAT chain is empty, and the dump of an
 	// empty chain is that of a missing one, so it is asked for instead.
 	for _, ch := range []struct{ table, chain string }{{"filter", n.fwdChain()}, {"nat", n.masqChain()}} {
-		t := &nftables.Table{Name: ch.table, Family: nftables.TableFamilyIPv4}
+		t := &nftables.Table{Name: ch.table, Family: nftFamily(fam)}
 		if want[ch.chain] == 0 {
 			if ok, err := f.nft.exists(t, ch.chain); err != nil || !ok {
-				return false, nil
+				return false
 			}
 			continue
 		}
 		rules, err := f.nft.rules(t, ch.chain)
 		if err != nil || len(rules) != want[ch.chain] {
-			return false, nil
+			return false
 		}
 	}
-	return true, nil
+	return true
 }
 
 // verifySaved checks iptables-save output for n's jumps and the number of
@@ -479,18 +529,25 @@ func (f *IPTables) Close() { f.nft.close() }
 
 // Uninstall removes n's jumps and chains. What is already gone is skipped.
 func (f *IPTables) Uninstall(n Network) error {
-	return f.locked(func() error { return f.uninstall(n) })
+	return f.locked(func() error {
+		for _, fam := range n.Families() {
+			if err := f.uninstall(n, f.runner(fam)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 }
 
-func (f *IPTables) uninstall(n Network) error {
+func (f *IPTables) uninstall(n Network, r runner) error {
 	gone := map[string]bool{}
 	for _, j := range n.jumps() {
-		ok, err := f.r.ChainExists(j.Table, j.To)
+		ok, err := r.ChainExists(j.Table, j.To)
 		if err != nil {
 			return fmt.Errorf("remove rules of %s: %w", n.Bridge, err)
 		}
 		if ok {
-			if err := f.r.DeleteIfExists(j.Table, j.From, j.spec(n)...); err != nil {
+			if err := r.DeleteIfExists(j.Table, j.From, j.spec(n)...); err != nil {
 				return fmt.Errorf("remove jump to %s: %w", j.To, err)
 			}
 		}
@@ -500,8 +557,8 @@ func (f *IPTables) uninstall(n Network) error {
 			continue
 		}
 		gone[j.To] = true
-		if ok, _ := f.r.ChainExists(j.Table, j.To); ok {
-			if err := f.r.ClearAndDeleteChain(j.Table, j.To); err != nil {
+		if ok, _ := r.ChainExists(j.Table, j.To); ok {
+			if err := r.ClearAndDeleteChain(j.Table, j.To); err != nil {
 				return fmt.Errorf("remove chain %s: %w", j.To, err)
 			}
 		}

@@ -11,17 +11,24 @@ import (
 	"github.com/coreos/go-iptables/iptables"
 )
 
-// execRunner is the runner of the host's iptables. go-iptables runs
-// `iptables --version` when it is created, so it is created on first use:
-// a warm setup never needs it.
+// execRunner is the runner of the host's iptables or ip6tables (cmd).
+// go-iptables runs `iptables --version` when it is created, so it is
+// created on first use: a warm setup never needs it.
 type execRunner struct {
+	cmd  string
 	once sync.Once
 	ipt  *iptables.IPTables
 	err  error
 }
 
 func (t *execRunner) get() (*iptables.IPTables, error) {
-	t.once.Do(func() { t.ipt, t.err = iptables.New() })
+	t.once.Do(func() {
+		proto := iptables.ProtocolIPv4
+		if t.cmd == "ip6tables" {
+			proto = iptables.ProtocolIPv6
+		}
+		t.ipt, t.err = iptables.New(iptables.IPFamily(proto))
+	})
 	return t.ipt, t.err
 }
 
@@ -41,7 +48,7 @@ func run(name string, stdin string) (string, error) {
 		return "", err
 	}
 	args := []string{}
-	if name == "iptables-restore" {
+	if strings.HasSuffix(name, "-restore") {
 		args = append(args, "--noflush", "-w")
 	}
 	cmd := exec.Command(path, args...)
@@ -54,10 +61,10 @@ func run(name string, stdin string) (string, error) {
 	return out.String(), nil
 }
 
-func (t *execRunner) Save() (string, error) { return run("iptables-save", "") }
+func (t *execRunner) Save() (string, error) { return run(t.cmd+"-save", "") }
 
 func (t *execRunner) Restore(input string) error {
-	_, err := run("iptables-restore", input)
+	_, err := run(t.cmd+"-restore", input)
 	return err
 }
 

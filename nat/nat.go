@@ -14,12 +14,15 @@ import (
 	"net/netip"
 	"os"
 	"strings"
+
+	"github.com/vishvananda/netlink"
 )
 
 // Network is what the rules of one network depend on.
 type Network struct {
 	Bridge string
-	Subnet netip.Prefix
+	// Subnets are one prefix, or an IPv4 and an IPv6 one (dual-stack).
+	Subnets []netip.Prefix
 	// Isolated containers cannot reach each other (--icc=false).
 	Isolated bool
 	// Internal networks have no way out: no MASQUERADE, no forwarding
@@ -54,18 +57,35 @@ type Firewall interface {
 	Close()
 }
 
-const ipForward = "/proc/sys/net/ipv4/ip_forward"
+const (
+	ipForward  = "/proc/sys/net/ipv4/ip_forward"
+	ip6Forward = "/proc/sys/net/ipv6/conf/all/forwarding"
+)
 
 // enable turns on what n's rules need of the kernel: IP forwarding, and
 // route_localnet on the bridge for ports reached through 127.0.0.1.
 func (n Network) enable(sysctl func(path string) error) error {
-	if err := sysctl(ipForward); err != nil {
+	if err := n.forwarding(sysctl); err != nil {
 		return err
 	}
-	if n.Internal {
+	if n.Internal || !n.Has(IPv4) {
 		return nil
 	}
 	return sysctl(routeLocalnet(n.Bridge))
+}
+
+// forwarding turns on IP forwarding for n's families.
+func (n Network) forwarding(sysctl func(path string) error) error {
+	if n.Has(IPv4) {
+		if err := sysctl(ipForward); err != nil {
+			return err
+		}
+	}
+	if n.Has(IPv6) {
+		// Every interface's forwarding follows "all"; see keepRAs.
+		return sysctl(ip6Forward)
+	}
+	return nil
 }
 
 // routeLocalnet is the switch that lets the host reach published ports
@@ -81,8 +101,50 @@ func sysctlOn(path string) error {
 	if err == nil && strings.TrimSpace(string(b)) == "1" {
 		return nil
 	}
+	if path == ip6Forward {
+		if err := keepRAs(); err != nil {
+			return err
+		}
+	}
 	if err := os.WriteFile(path, []byte("1\n"), 0o644); err != nil {
 		return fmt.Errorf("enable %s: %w", path, err)
+	}
+	return nil
+}
+
+// rtprotRA marks the routes the kernel learned from router advertisements
+// (RTPROT_RA in linux/rtnetlink.h).
+const rtprotRA = 9
+
+// keepRAs runs before IPv6 forwarding is turned on. A forwarding host
+// ignores router advertisements on interfaces whose accept_ra is 1, the
+// default, so a host that learned its default route and addresses from
+// them would lose both when they expire (moby#43466). The interfaces that
+// hold routes learned that way get accept_ra 2, which keeps accepting
+// them. Others keep 1: on a container's host veth, 2 would let the
+// container's advertisements reroute the host.
+func keepRAs() error {
+	routes, err := netlink.RouteListFiltered(netlink.FAMILY_V6, &netlink.Route{Protocol: rtprotRA}, netlink.RT_FILTER_PROTOCOL)
+	if err != nil {
+		return fmt.Errorf("list IPv6 routes learned from router advertisements: %w", err)
+	}
+	seen := map[int]bool{}
+	for _, r := range routes {
+		if seen[r.LinkIndex] {
+			continue
+		}
+		seen[r.LinkIndex] = true
+		link, err := netlink.LinkByIndex(r.LinkIndex)
+		if err != nil {
+			continue // gone meanwhile
+		}
+		path := "/proc/sys/net/ipv6/conf/" + link.Attrs().Name + "/accept_ra"
+		if b, err := os.ReadFile(path); err != nil || strings.TrimSpace(string(b)) != "1" {
+			continue
+		}
+		if err := os.WriteFile(path, []byte("2\n"), 0o644); err != nil {
+			return fmt.Errorf("keep accepting router advertisements on %s before IPv6 forwarding is on: %w", link.Attrs().Name, err)
+		}
 	}
 	return nil
 }

@@ -37,7 +37,7 @@ func (f *fake) DeleteIfExists(table, chain string, spec ...string) error { retur
 func (f *fake) ChainExists(table, chain string) (bool, error)            { return false, nil }
 func (f *fake) ClearAndDeleteChain(table, chain string) error            { return nil }
 
-var testNet = Network{Bridge: "netns0", Subnet: netip.MustParsePrefix("172.19.0.0/16")}
+var testNet = Network{Bridge: "netns0", Subnets: []netip.Prefix{netip.MustParsePrefix("172.19.0.0/16")}}
 
 func TestInstallAddsJumpsOnce(t *testing.T) {
 	f := &fake{}
@@ -97,7 +97,7 @@ COMMIT
 }
 
 func TestRulesStayInOurChainsWithComments(t *testing.T) {
-	for _, r := range testNet.iptablesAll(testNet.Rules()) {
+	for _, r := range testNet.iptablesOf(IPv4, testNet.Rules()) {
 		if !strings.HasPrefix(r.Chain, "BH-") || len(r.Chain) > 28 {
 			t.Errorf("rule in chain %q", r.Chain)
 		}
@@ -129,7 +129,7 @@ func TestPublishedReadsBackPortRules(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Another network's rules are not this one's.
-	if err := fw.Install(Network{Bridge: "br1", Subnet: netip.MustParsePrefix("10.1.0.0/24")},
+	if err := fw.Install(Network{Bridge: "br1", Subnets: []netip.Prefix{netip.MustParsePrefix("10.1.0.0/24")}},
 		[]Published{{ID: "other", IP: netip.MustParseAddr("10.1.0.2"), Ports: mustPorts(t, "7070:70")}}); err != nil {
 		t.Fatal(err)
 	}
@@ -183,7 +183,7 @@ func TestVerifySaved(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := map[string]int{testNet.fwdChain(): 0, testNet.masqChain(): 0}
-	for _, r := range testNet.iptablesAll(testNet.Rules()) {
+	for _, r := range testNet.iptablesOf(IPv4, testNet.Rules()) {
 		want[r.Chain]++
 	}
 	if !verifySaved(testNet, f.saved, want) {

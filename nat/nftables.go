@@ -6,6 +6,7 @@ import (
 	"math/bits"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 
 	"github.com/google/nftables"
@@ -63,11 +64,11 @@ func (n Network) nftTable() *nftables.Table {
 	return &nftables.Table{Name: "bridgehook-" + n.Bridge, Family: nftables.TableFamilyINet}
 }
 
-// The chains of iptables on nf_tables that coexistRule goes into.
-var (
-	iptFilter  = &nftables.Table{Name: "filter", Family: nftables.TableFamilyIPv4}
-	iptForward = &nftables.Chain{Name: "FORWARD", Table: iptFilter}
-)
+// iptForward is the chain of iptables (or ip6tables, for IPv6) on
+// nf_tables that coexistRule goes into.
+func iptForward(fam Family) *nftables.Chain {
+	return &nftables.Chain{Name: "FORWARD", Table: &nftables.Table{Name: "filter", Family: nftFamily(fam)}}
+}
 
 func (n Network) coexistComment() string {
 	return n.comment("accept what table inet bridgehook-" + n.Bridge + " accepts")
@@ -106,17 +107,34 @@ func nftChainOf(c Chain) string {
 // its comment, the way nft(8) would.
 func (n Network) nftRule(r Rule) *nftables.Rule {
 	var e []expr.Any
-	// In an inet table, IPv4 headers and NAT need the family checked
-	// first, as nft(8) does for "ip saddr".
-	if r.Src.IsValid() || r.Dst.IsValid() || r.Verdict == DNAT {
-		e = append(e, &expr.Meta{Key: expr.MetaKeyNFPROTO, Register: reg1},
-			&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{unix.NFPROTO_IPV4}})
+	// In an inet table, network headers and NAT need the family checked
+	// first, as nft(8) does for "ip saddr" and "ip6 saddr".
+	fam := r.Family()
+	nfproto := byte(unix.NFPROTO_IPV4)
+	if fam == IPv6 {
+		nfproto = unix.NFPROTO_IPV6
 	}
-	prefix := func(p netip.Prefix, offset uint32) {
-		e = append(e, &expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseNetworkHeader, Offset: offset, Len: 4})
-		if p.Bits() < 32 {
-			mask := net.CIDRMask(p.Bits(), 32)
-			e = append(e, &expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4, Mask: mask, Xor: make([]byte, 4)})
+	if fam != Both {
+		e = append(e, &expr.Meta{Key: expr.MetaKeyNFPROTO, Register: reg1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{nfproto}})
+	}
+	// Source and destination address: at 12 and 16 in an IPv4 header, at
+	// 8 and 24 in an IPv6 one.
+	prefix := func(p netip.Prefix, dst bool) {
+		size := uint32(p.Addr().BitLen() / 8)
+		offset := uint32(12)
+		switch {
+		case size == 16 && dst:
+			offset = 24
+		case size == 16:
+			offset = 8
+		case dst:
+			offset = 16
+		}
+		e = append(e, &expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseNetworkHeader, Offset: offset, Len: size})
+		if p.Bits() < p.Addr().BitLen() {
+			mask := net.CIDRMask(p.Bits(), p.Addr().BitLen())
+			e = append(e, &expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: size, Mask: mask, Xor: make([]byte, size)})
 		}
 		e = append(e, &expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: p.Masked().Addr().AsSlice()})
 	}
@@ -130,10 +148,10 @@ func (n Network) nftRule(r Rule) *nftables.Rule {
 			&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: make([]byte, 4)})
 	}
 	if r.Src.IsValid() {
-		prefix(r.Src, 12)
+		prefix(r.Src, false)
 	}
 	if r.Dst.IsValid() {
-		prefix(r.Dst, 16)
+		prefix(r.Dst, true)
 	}
 	if r.In != "" {
 		iface(expr.MetaKeyIIFNAME, expr.CmpOpEq, r.In)
@@ -177,7 +195,7 @@ func (n Network) nftRule(r Rule) *nftables.Rule {
 		e = append(e, &expr.Masq{})
 	case DNAT:
 		e = append(e, &expr.Immediate{Register: reg1, Data: r.To.Addr().AsSlice()})
-		nat := &expr.NAT{Type: expr.NATTypeDestNAT, Family: unix.NFPROTO_IPV4, RegAddrMin: reg1}
+		nat := &expr.NAT{Type: expr.NATTypeDestNAT, Family: uint32(nfproto), RegAddrMin: reg1}
 		if r.To.Port() != 0 {
 			e = append(e, &expr.Immediate{Register: reg2, Data: binaryutil.BigEndian.PutUint16(r.To.Port())})
 			nat.RegProtoMin, nat.Specified = reg2, true
@@ -235,15 +253,17 @@ func (n Network) toPorts(chain string) *nftables.Rule {
 	}
 }
 
-// coexistRule goes at the head of iptables' FORWARD: it accepts what n's
-// table accepted. It is written the way iptables-nft writes
-// "-m mark --mark M/M -m comment --comment C -j ACCEPT", so iptables-save
-// shows it as that and iptables keeps working on the chain.
-func (n Network) coexistRule() *nftables.Rule {
+// coexistRule goes at the head of iptables' (or for IPv6 ip6tables')
+// FORWARD: it accepts what n's table accepted. It is written the way
+// iptables-nft writes "-m mark --mark M/M -m comment --comment C -j
+// ACCEPT", so iptables-save shows it as that and iptables keeps working on
+// the chain.
+func (n Network) coexistRule(fam Family) *nftables.Rule {
 	mark := binaryutil.NativeEndian.PutUint32(AcceptMark)
+	chain := iptForward(fam)
 	return &nftables.Rule{
-		Table: iptFilter,
-		Chain: iptForward,
+		Table: chain.Table,
+		Chain: chain,
 		Exprs: []expr.Any{
 			&expr.Meta{Key: expr.MetaKeyMARK, Register: reg1},
 			&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4, Mask: mark, Xor: make([]byte, 4)},
@@ -273,9 +293,11 @@ func (f *NFTables) Install(n Network, pubs []Published) error {
 		return err
 	}
 	// Read first: a failed read drops the connection (conn.rules).
-	coexist, err := f.coexisting(&f.c, n)
-	if err != nil {
-		return err
+	coexist := map[Family]coexistence{}
+	for _, fam := range n.Families() {
+		if coexist[fam], err = f.coexisting(&f.c, n, fam); err != nil {
+			return err
+		}
 	}
 	c, err := f.c.get()
 	if err != nil {
@@ -295,13 +317,16 @@ func (f *NFTables) Install(n Network, pubs []Published) error {
 	}
 	c.AddRule(n.toPorts(nftPrerouting))
 	c.AddRule(n.toPorts(nftOutput))
-	if coexist.present {
-		for _, old := range coexist.ours {
+	for fam, co := range coexist {
+		if !co.present {
+			continue
+		}
+		for _, old := range co.ours {
 			if err := c.DelRule(old); err != nil {
 				return fmt.Errorf("install rules for %s: %w", n.Bridge, err)
 			}
 		}
-		c.InsertRule(n.coexistRule())
+		c.InsertRule(n.coexistRule(fam))
 	}
 	if err := c.Flush(); err != nil {
 		return fmt.Errorf("install rules for %s: nftables: %w", n.Bridge, err)
@@ -309,21 +334,23 @@ func (f *NFTables) Install(n Network, pubs []Published) error {
 	return nil
 }
 
-// coexistence is what iptables' FORWARD holds for a network.
+// coexistence is what iptables' (or ip6tables') FORWARD holds for a
+// network.
 type coexistence struct {
 	present bool             // iptables on nf_tables has a FORWARD chain
 	ours    []*nftables.Rule // the network's coexistRules in it
 }
 
-func (f *NFTables) coexisting(c *conn, n Network) (coexistence, error) {
-	rules, err := c.rules(iptFilter, iptForward.Name)
+func (f *NFTables) coexisting(c *conn, n Network, fam Family) (coexistence, error) {
+	chain := iptForward(fam)
+	rules, err := c.rules(chain.Table, chain.Name)
 	if err != nil {
 		return coexistence{}, fmt.Errorf("read iptables' FORWARD chain: %w", err)
 	}
 	var co coexistence
 	for _, r := range rules {
 		if commentOf(r) == n.coexistComment() {
-			r.Table, r.Chain = iptFilter, iptForward
+			r.Table, r.Chain = chain.Table, chain
 			co.ours = append(co.ours, r)
 		}
 	}
@@ -333,7 +360,7 @@ func (f *NFTables) coexisting(c *conn, n Network) (coexistence, error) {
 	}
 	// The dump of a chain that does not exist is as empty as that of an
 	// empty chain (with a DROP policy, say).
-	co.present, err = c.exists(iptFilter, iptForward.Name)
+	co.present, err = c.exists(chain.Table, chain.Name)
 	return co, err
 }
 
@@ -349,25 +376,31 @@ func missing(err error) bool {
 // reads, three where iptables has no FORWARD chain. A read that fails
 // says "not in place"; the Install that follows reports why.
 func (f *NFTables) Verify(n Network) (bool, error) {
-	if err := f.sysctl(ipForward); err != nil {
+	if err := n.forwarding(f.sysctl); err != nil {
 		return false, err
 	}
 	t, err := f.c.table(n.nftTable())
 	if err != nil || t == nil || chainsIn(t) != len(n.nftChains()) {
 		return false, nil
 	}
-	co, err := f.coexisting(&f.c, n)
-	if err != nil || (co.present && len(co.ours) != 1) {
-		return false, nil
+	for _, fam := range n.Families() {
+		co, err := f.coexisting(&f.c, n, fam)
+		if err != nil || (co.present && len(co.ours) != 1) {
+			return false, nil
+		}
 	}
 	return true, nil
 }
 
 // Uninstall deletes n's table and its rule in iptables' FORWARD.
 func (f *NFTables) Uninstall(n Network) error {
-	co, err := f.coexisting(&f.c, n)
-	if err != nil {
-		return err
+	var ours []*nftables.Rule
+	for _, fam := range n.Families() {
+		co, err := f.coexisting(&f.c, n, fam)
+		if err != nil {
+			return err
+		}
+		ours = append(ours, co.ours...)
 	}
 	table, err := f.c.table(n.nftTable())
 	if err != nil {
@@ -380,7 +413,7 @@ func (f *NFTables) Uninstall(n Network) error {
 	if table != nil {
 		c.DelTable(n.nftTable())
 	}
-	for _, r := range co.ours {
+	for _, r := range ours {
 		if err := c.DelRule(r); err != nil {
 			return fmt.Errorf("remove rules of %s: %w", n.Bridge, err)
 		}
@@ -423,7 +456,7 @@ func (f *NFTables) Unpublish(n Network, p Published) error {
 	}
 	doomed := 0
 	for _, r := range rules {
-		if pub, ok := n.publishedBy(r); ok && pub.ID == Label(p.ID) && pub.IP == p.IP {
+		if pub, ok := n.publishedBy(r); ok && pub.ID == Label(p.ID) && slices.Contains(p.addrs(), pub.IP) {
 			r.Table, r.Chain = n.nftTable(), &nftables.Chain{Name: nftPorts, Table: n.nftTable()}
 			if err := c.DelRule(r); err != nil {
 				return fmt.Errorf("unpublish ports of %s: %w", p.ID, err)

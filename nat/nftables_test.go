@@ -108,7 +108,7 @@ func TestNFTablesRendersThePolicy(t *testing.T) {
 	if !slices.Equal(dnated, want) {
 		t.Errorf("published ports accept:\n%s\nwant:\n%s", strings.Join(dnated, "\n"), strings.Join(want, "\n"))
 	}
-	isolated := Network{Bridge: "netns0", Subnet: testNet.Subnet, Isolated: true}
+	isolated := Network{Bridge: "netns0", Subnets: testNet.Subnets, Isolated: true}
 	drop := show(isolated.nftRule(ruleOf(t, isolated.Rules(), "containers isolated")).Exprs)
 	if slices.ContainsFunc(drop, func(s string) bool { return strings.HasPrefix(s, "meta set") }) || drop[len(drop)-1] != "verdict 0 " {
 		t.Errorf("isolation rule: %q", drop)
@@ -123,7 +123,7 @@ func TestNFTablesRendersThePolicy(t *testing.T) {
 // The marks are little-endian on the hosts this runs on, as the kernel
 // compares them: the test above spells 0x01000000 as 00000001.
 func TestNFTablesMarkIsHostOrder(t *testing.T) {
-	got := show(testNet.coexistRule().Exprs)
+	got := show(testNet.coexistRule(IPv4).Exprs)
 	want := []string{
 		fmt.Sprintf("meta load %d => r1", markKey), "bitwise r1 & 00000001 ^ 00000000", "cmp 0 r1 00000001", "counter",
 		fmt.Sprintf("verdict %d ", accept),
@@ -131,7 +131,7 @@ func TestNFTablesMarkIsHostOrder(t *testing.T) {
 	if !slices.Equal(got, want) {
 		t.Errorf("coexistence rule:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
-	if r := testNet.coexistRule(); r.Table.Name != "filter" || r.Table.Family != nftables.TableFamilyIPv4 || r.Chain.Name != "FORWARD" {
+	if r := testNet.coexistRule(IPv4); r.Table.Name != "filter" || r.Table.Family != nftables.TableFamilyIPv4 || r.Chain.Name != "FORWARD" {
 		t.Errorf("coexistence rule in %s %s", r.Table.Name, r.Chain.Name)
 	}
 }
@@ -175,7 +175,7 @@ func TestNFTablesRendersPorts(t *testing.T) {
 		t.Errorf("read back %+v, want %+v", back, pub)
 	}
 	// Another network's rule is not this one's.
-	other := Network{Bridge: "br1", Subnet: netip.MustParsePrefix("10.1.0.0/24")}
+	other := Network{Bridge: "br1", Subnets: []netip.Prefix{netip.MustParsePrefix("10.1.0.0/24")}}
 	if _, ok := testNet.publishedBy(other.nftRule(rules[0])); ok {
 		t.Error("br1's port rule read back as netns0's")
 	}

@@ -55,6 +55,58 @@ type Rule struct {
 	To netip.AddrPort
 }
 
+// Family is the IP version a rule applies to.
+type Family int
+
+const (
+	// Both: a rule that matches no address applies to either.
+	Both Family = iota
+	IPv4
+	IPv6
+)
+
+// Family is the IP version of the addresses r matches or rewrites to.
+func (r Rule) Family() Family {
+	for _, a := range []netip.Addr{r.Src.Addr(), r.Dst.Addr(), r.To.Addr()} {
+		if a.IsValid() {
+			return familyOf(a)
+		}
+	}
+	return Both
+}
+
+func familyOf(a netip.Addr) Family {
+	if a.Is4() {
+		return IPv4
+	}
+	return IPv6
+}
+
+// in reports whether r belongs in the rules of family f.
+func (r Rule) in(f Family) bool {
+	fam := r.Family()
+	return fam == Both || fam == f
+}
+
+// Families are the IP versions of n's subnets, IPv4 first.
+func (n Network) Families() []Family {
+	var fs []Family
+	for _, p := range n.Subnets {
+		fs = append(fs, familyOf(p.Addr()))
+	}
+	return fs
+}
+
+// Has reports whether n has a subnet of family f.
+func (n Network) Has(f Family) bool {
+	for _, p := range n.Subnets {
+		if familyOf(p.Addr()) == f {
+			return true
+		}
+	}
+	return false
+}
+
 // Rules returns the policy of network n, without the published ports of
 // its containers.
 func (n Network) Rules() []Rule {
@@ -78,39 +130,61 @@ func (n Network) Rules() []Rule {
 	if n.Internal {
 		return append(rules, fwd("internal, nothing leaves", Drop, Rule{In: br, NotOut: br}))
 	}
-	localhost := netip.MustParsePrefix("127.0.0.0/8")
-	return append(rules,
+	rules = append(rules,
 		fwd("out of the bridge", Accept, Rule{In: br, NotOut: br}),
 		// Into the bridge only what answers the containers' own traffic,
 		// and what a published port sent there.
 		fwd("replies into the bridge", Accept, Rule{Out: br, Replies: true}),
 		fwd("published ports", Accept, Rule{Out: br, DNATed: true}),
-		// Not for traffic that stays on the bridge: containers see each
-		// other's real addresses.
-		masq("masquerade", Rule{Src: n.Subnet, NotOut: br}),
-		// A container reaching a published port through a host address
-		// and landing on the bridge again (hairpin): the reply must come
-		// back through the host, so it must be addressed to the host.
-		masq("hairpin", Rule{Src: n.Subnet, Dst: n.Subnet, Out: br, DNATed: true}),
-		// The host reaching a published port through 127.0.0.1: the
-		// container cannot answer a loopback source.
-		masq("localhost", Rule{Src: localhost, Out: br, DNATed: true}),
 	)
+	for _, subnet := range n.Subnets {
+		rules = append(rules,
+			// Not for traffic that stays on the bridge: containers see
+			// each other's real addresses. IPv6 too: a ULA subnet is not
+			// routed outside, and a global one is rarely routed to this
+			// host, as Docker and podman do by default.
+			masq("masquerade", Rule{Src: subnet, NotOut: br}),
+			// A container reaching a published port through a host
+			// address and landing on the bridge again (hairpin): the
+			// reply must come back through the host, so it must be
+			// addressed to the host.
+			masq("hairpin", Rule{Src: subnet, Dst: subnet, Out: br, DNATed: true}),
+		)
+	}
+	if n.Has(IPv4) {
+		// The host reaching a published port through 127.0.0.1: the
+		// container cannot answer a loopback source. IPv6 has no
+		// route_localnet, so ::1 is refused (ParsePorts).
+		rules = append(rules, masq("localhost", Rule{Src: netip.MustParsePrefix("127.0.0.0/8"), Out: br, DNATed: true}))
+	}
+	return rules
 }
 
-// Published is one container's published ports.
+// Published is one container's published ports, to each of its
+// addresses: IP, and IP6 on a dual-stack network. What a Firewall reads
+// back has one entry per address, in IP.
 type Published struct {
 	ID    string
 	IP    netip.Addr
+	IP6   netip.Addr
 	Ports []Port
+}
+
+func (p Published) addrs() []netip.Addr {
+	if p.IP6.IsValid() {
+		return []netip.Addr{p.IP, p.IP6}
+	}
+	return []netip.Addr{p.IP}
 }
 
 // maxPorts bounds the rules one container's ranges expand to.
 const maxPorts = 1024
 
-// PortRules returns the DNAT rules of one container's published ports. A
-// range maps port by port, since DNAT to a port range would pick any port
-// of it; a range mapped to the same ports needs one rule.
+// PortRules returns the DNAT rules of one container's published ports: to
+// each of its addresses, or with a host address to the one of that
+// address's family. A range maps port by port, since DNAT to a port range
+// would pick any port of it; a range mapped to the same ports needs one
+// rule.
 func (n Network) PortRules(p Published) ([]Rule, error) {
 	var rules []Rule
 	who := Label(p.ID)
@@ -119,18 +193,28 @@ func (n Network) PortRules(p Published) ([]Rule, error) {
 		if port.HostIP.IsValid() {
 			r.Dst = netip.PrefixFrom(port.HostIP, port.HostIP.BitLen())
 		}
-		if port.HostPort == port.Container {
-			r.DPort, r.DPortEnd, r.To = port.HostPort, port.HostEnd, netip.AddrPortFrom(p.IP, 0)
-			rules = append(rules, r)
-			continue
-		}
-		if int(port.HostEnd-port.HostPort) >= maxPorts {
+		if int(port.HostEnd-port.HostPort) >= maxPorts && port.HostPort != port.Container {
 			return nil, fmt.Errorf("port %s: over %d ports to remap; publish a range on the same ports instead", port, maxPorts)
 		}
-		for off := uint16(0); off <= port.HostEnd-port.HostPort; off++ {
-			r.DPort, r.DPortEnd = port.HostPort+off, port.HostPort+off
-			r.To = netip.AddrPortFrom(p.IP, port.Container+off)
-			rules = append(rules, r)
+		some := false
+		for _, ip := range p.addrs() {
+			if port.HostIP.IsValid() && port.HostIP.Is6() != ip.Is6() {
+				continue
+			}
+			some = true
+			if port.HostPort == port.Container {
+				r.DPort, r.DPortEnd, r.To = port.HostPort, port.HostEnd, netip.AddrPortFrom(ip, 0)
+				rules = append(rules, r)
+				continue
+			}
+			for off := uint16(0); off <= port.HostEnd-port.HostPort; off++ {
+				r.DPort, r.DPortEnd = port.HostPort+off, port.HostPort+off
+				r.To = netip.AddrPortFrom(ip, port.Container+off)
+				rules = append(rules, r)
+			}
+		}
+		if !some {
+			return nil, fmt.Errorf("port %s: the container has no address of the host address's family", port)
 		}
 	}
 	if len(rules) > maxPorts {

@@ -19,7 +19,10 @@ type Port struct {
 // String renders p in the annotation grammar, canonically.
 func (p Port) String() string {
 	var b strings.Builder
-	if p.HostIP.IsValid() {
+	switch {
+	case p.HostIP.Is6():
+		b.WriteString("[" + p.HostIP.String() + "]:")
+	case p.HostIP.IsValid():
 		b.WriteString(p.HostIP.String() + ":")
 	}
 	b.WriteString(portRange(p.HostPort, p.HostEnd) + ":")
@@ -35,7 +38,8 @@ func portRange(a, b uint16) string {
 }
 
 // ParsePorts parses a comma-separated list of
-// [HOST_IP:]HOST_PORT[-END]:CONTAINER_PORT[-END][/tcp|/udp|/sctp].
+// [HOST_IP:]HOST_PORT[-END]:CONTAINER_PORT[-END][/tcp|/udp|/sctp], an
+// IPv6 HOST_IP in brackets.
 func ParsePorts(s string) ([]Port, error) {
 	var ports []Port
 	for _, item := range strings.Split(s, ",") {
@@ -69,18 +73,37 @@ func parsePort(s string) (Port, error) {
 			return p, fmt.Errorf("protocol %q: want tcp, udp or sctp", p.Proto)
 		}
 	}
+	bracketed := strings.HasPrefix(s, "[")
+	if bracketed {
+		host, rest, ok := strings.Cut(s[1:], "]:")
+		ip, err := netip.ParseAddr(host)
+		if !ok || err != nil || !ip.Is6() || ip.Zone() != "" {
+			return p, fmt.Errorf("host address %q: want an IPv6 address in brackets, e.g. [2001:db8::1]:8080:80", s)
+		}
+		if ip.IsLoopback() {
+			// IPv6 has no route_localnet: the kernel drops a packet from
+			// ::1 routed to a container.
+			return p, fmt.Errorf("host address [::1]: IPv6 cannot forward loopback traffic to a container; publish on a host address, or use 127.0.0.1")
+		}
+		if !ip.IsUnspecified() {
+			p.HostIP = ip
+		}
+		s = rest
+	}
 	parts := strings.Split(s, ":")
-	switch len(parts) {
-	case 2:
-	case 3:
+	switch {
+	case len(parts) == 2:
+	case len(parts) == 3 && !bracketed:
 		ip, err := netip.ParseAddr(parts[0])
 		if err != nil || !ip.Is4() {
-			return p, fmt.Errorf("host address %q: want an IPv4 address", parts[0])
+			return p, fmt.Errorf("host address %q: want an IPv4 address, or an IPv6 one in brackets", parts[0])
 		}
 		if !ip.IsUnspecified() {
 			p.HostIP = ip
 		}
 		parts = parts[1:]
+	case len(parts) > 3 && !bracketed:
+		return p, fmt.Errorf("want [HOST_IP:]HOST_PORT:CONTAINER_PORT[/PROTO], an IPv6 HOST_IP in brackets")
 	default:
 		return p, fmt.Errorf("want [HOST_IP:]HOST_PORT:CONTAINER_PORT[/PROTO]")
 	}

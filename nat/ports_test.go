@@ -9,13 +9,16 @@ import (
 
 func TestParsePorts(t *testing.T) {
 	good := map[string]string{
-		"8080:80":                       "8080:80/tcp",
-		"127.0.0.1:5353:53/udp":         "127.0.0.1:5353:53/udp",
-		"0.0.0.0:8080:80":               "8080:80/tcp",
-		"9000-9002:7000-7002/sctp":      "9000-9002:7000-7002/sctp",
-		" 80:80/tcp , 443:443 ":         "80:80/tcp,443:443/tcp",
-		"53:53/udp,53:53/tcp":           "53:53/udp,53:53/tcp",
-		"10.0.0.1:80:80,10.0.0.2:80:80": "10.0.0.1:80:80/tcp,10.0.0.2:80:80/tcp",
+		"8080:80":                            "8080:80/tcp",
+		"127.0.0.1:5353:53/udp":              "127.0.0.1:5353:53/udp",
+		"0.0.0.0:8080:80":                    "8080:80/tcp",
+		"9000-9002:7000-7002/sctp":           "9000-9002:7000-7002/sctp",
+		" 80:80/tcp , 443:443 ":              "80:80/tcp,443:443/tcp",
+		"53:53/udp,53:53/tcp":                "53:53/udp,53:53/tcp",
+		"10.0.0.1:80:80,10.0.0.2:80:80":      "10.0.0.1:80:80/tcp,10.0.0.2:80:80/tcp",
+		"[2001:db8::1]:8080:80":              "[2001:db8::1]:8080:80/tcp",
+		"[::]:53:53/udp":                     "53:53/udp",
+		"[2001:db8::1]:80:80,10.0.0.1:80:80": "[2001:db8::1]:80:80/tcp,10.0.0.1:80:80/tcp",
 	}
 	for in, want := range good {
 		ps, err := ParsePorts(in)
@@ -44,6 +47,12 @@ func TestParsePorts(t *testing.T) {
 		"8080:80,8080:81":        "overlaps",
 		"8080-8090:1-11,8085:80": "overlaps",
 		"+80:80":                 "not a port number",
+		"[::1]:8080:80":          "IPv6 cannot forward loopback traffic",
+		"[10.0.0.1]:80:80":       "want an IPv6 address in brackets",
+		"[2001:db8::1]80:80":     "want an IPv6 address in brackets",
+		"[fe80::1%eth0]:80:80":   "want an IPv6 address in brackets",
+		"[2001:db8::1]:1:80:80":  "want [HOST_IP:]",
+		"[::]:1.2.3.4:80:80":     "want [HOST_IP:]",
 	}
 	for in, want := range bad {
 		if _, err := ParsePorts(in); err == nil || !strings.Contains(err.Error(), want) {
