@@ -341,7 +341,11 @@ func runHook(e *env, args []string) error {
 	}
 	attrs := []any{"command", e.cmd, "id", st.ID, "bridge", e.cfg.Bridge, "duration", time.Since(start).String()}
 	if res.Found {
-		attrs = append(attrs, "ip", res.Lease.IP.String(), "veth", res.Lease.Veth)
+		attrs = append(attrs, "ip", res.Lease.IP.String())
+		if res.Lease.IP6.IsValid() {
+			attrs = append(attrs, "ip6", res.Lease.IP6.String())
+		}
+		attrs = append(attrs, "veth", res.Lease.Veth)
 	}
 	if res.RulesRestored {
 		attrs = append(attrs, "rules_restored", true)

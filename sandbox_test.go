@@ -439,3 +439,42 @@ func checkHostUntouched(t *testing.T) {
 		t.Errorf("the host firewall was touched: nft tables:\n%s", out)
 	}
 }
+
+// refused runs the hook with state and args, and checks that it refuses
+// them as bad input: exit 2, one line on stderr naming want, and nothing
+// left behind.
+func (s *sandbox) refused(t *testing.T, state string, args []string, want string) {
+	t.Helper()
+	_, out, code := s.run(state, args...)
+	if code != 2 {
+		t.Errorf("exit %d, want 2 for bad input; stderr: %s", code, out)
+	}
+	if !strings.Contains(out, want) || strings.Count(out, "\n") != 1 || !strings.HasPrefix(out, "bridgehook: ") {
+		t.Errorf("stderr %q, want one line containing %q", out, want)
+	}
+	s.assertEmpty()
+}
+
+// assertEmpty checks that no network under the sandbox's state directory
+// holds a lease, and that no veth, bridge or rule of ours is left.
+func (s *sandbox) assertEmpty() {
+	s.t.Helper()
+	stores, err := ipam.Stores(s.stateDir)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	for _, st := range stores {
+		if ls, err := st.Peek(); err != nil || len(ls) != 0 {
+			s.t.Errorf("%s %v: leases left: %v %v", st.Bridge(), st.Subnets(), ls, err)
+		}
+	}
+	if v := s.veths(); len(v) != 0 {
+		s.t.Errorf("veths left: %v", v)
+	}
+	if _, err := s.nl.LinkByName("netns0"); err == nil {
+		s.t.Error("bridge left")
+	}
+	if r := s.rules(); len(r) != 0 {
+		s.t.Errorf("rules left: %v", r)
+	}
+}

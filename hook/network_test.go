@@ -584,3 +584,36 @@ func TestOCIFace(t *testing.T) {
 		t.Errorf("InputErr: %v", err)
 	}
 }
+
+// A record written before dual-stack (one "subnet", a "gateway") is still
+// trusted: an IPv4 network set up by an older bridgehook stays warm.
+func TestRecordOfAnOlderVersionIsTrusted(t *testing.T) {
+	w := newWorld(t, "172.19.0.0/16")
+	w.mustSetup("a", w.container(10), "")
+	br := w.host.bridges["netns0"]
+	old := map[string]any{"bridge": "netns0", "subnet": "172.19.0.0/16", "gateway": "172.19.0.1",
+		"mtu": br.MTU, "bridge_index": br.Index, "icc": true, "internal": false}
+	if err := w.store.Do(func(tx ipam.Tx) error { return tx.SetRecord(old) }); err != nil {
+		t.Fatal(err)
+	}
+	w.mustSetup("b", w.container(11), "")
+	if w.host.ensured != 1 {
+		t.Errorf("the older record was not trusted: %d Ensure calls", w.host.ensured)
+	}
+}
+
+// A dual-stack setup gives the container both addresses, and the rules
+// both subnets.
+func TestDualStackSetup(t *testing.T) {
+	w := newWorld(t, "10.1.0.0/24", "fd19::/64")
+	l := w.mustSetup("a", w.container(10), "")
+	if l.IP.String() != "10.1.0.2" || l.IP6.String() != "fd19::2" {
+		t.Fatalf("lease %+v", l)
+	}
+	if v := w.host.veths["netnsv0-10"]; fmt.Sprint(v.addrs) != "[10.1.0.2/24 fd19::2/64]" {
+		t.Errorf("container addresses %v", v.addrs)
+	}
+	if n := w.fw.installed["netns0"]; !slices.Equal(n.Subnets, w.n.Subnets) {
+		t.Errorf("rules installed for %v", n.Subnets)
+	}
+}

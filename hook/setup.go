@@ -521,20 +521,25 @@ func (n *Network) same(s ipam.Store) bool {
 }
 
 // checkBridgeFree refuses a bridge that another network under the state
-// directory uses: two stores handing out addresses on one bridge (say an
-// IPv4 network and the same one made dual-stack) could lease one address
-// twice. It runs where a setup cannot trust its record, never on the warm
-// path.
+// directory uses (it has leases, or its bridge and rules were set up):
+// two stores handing out addresses on one bridge (say an IPv4 network and
+// the same one made dual-stack) could lease one address twice. It runs
+// where a setup cannot trust its record, never on the warm path.
 func (n *Network) checkBridgeFree() error {
 	stores, err := n.stores()
 	if err != nil {
 		return err
 	}
 	for _, s := range stores {
-		if s.Bridge() == n.Bridge && !n.same(s) {
-			return inputErr("bridge %s is network %v's; use another --bridge, or remove that network first (bridgehook --bridge %s %s network rm)",
-				n.Bridge, s.Subnets(), n.Bridge, subnetFlags(s.Subnets()))
+		if s.Bridge() != n.Bridge || n.same(s) {
+			continue
 		}
+		// A store that a refused setup left empty is no network.
+		if ls, err := s.Peek(); err == nil && len(ls) == 0 && !s.Recorded() {
+			continue
+		}
+		return inputErr("bridge %s is network %v's; use another --bridge, or remove that network first (bridgehook --bridge %s %s network rm)",
+			n.Bridge, s.Subnets(), n.Bridge, subnetFlags(s.Subnets()))
 	}
 	return nil
 }

@@ -163,6 +163,13 @@ func (s *Disk) Peek() ([]Lease, error) {
 	return ls, err
 }
 
+// Recorded reports whether the network has a record. The record is
+// replaced atomically, so a look without the lock is safe.
+func (s *Disk) Recorded() bool {
+	_, err := os.Stat((&diskTx{s: s}).recordPath())
+	return err == nil
+}
+
 // Destroy removes the store's files. The caller makes sure no lease is
 // left that anyone cares about.
 func (s *Disk) Destroy() error {

@@ -74,6 +74,9 @@ type Store interface {
 	// Peek returns the leases without taking the lock: each is whole, the
 	// set may be a moment old.
 	Peek() ([]Lease, error)
+	// Recorded reports, without taking the lock, whether the network has
+	// a record (Tx.SetRecord): its bridge and rules were set up.
+	Recorded() bool
 	// Close lets go of the leases this process allocated (see Tx.Pending).
 	Close()
 	// Destroy removes the store. The caller makes sure no lease is left

@@ -58,6 +58,12 @@ func (m *Memory) Peek() ([]Lease, error) {
 	return ls, err
 }
 
+func (m *Memory) Recorded() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.record != nil
+}
+
 func (m *Memory) Close() {
 	m.mu.Lock()
 	defer m.mu.Unlock()
