@@ -141,9 +141,12 @@ func TestBenchTable(t *testing.T) {
 		ported := sb.containers(runs)
 		// The same, on a network of the nftables backend in the same
 		// sandbox, timed in turn with the iptables one.
-		var nft []string
-		var nftPids, nftPorted []int
+		var nft, dual []string
+		var nftPids, nftPorted, dualPids []int
 		if name == "" {
+			// A dual-stack network beside the IPv4 one, timed in turn.
+			dual = []string{"--state-dir", sb.stateDir, "--bridge", "dual0", "--subnet", "10.78.0.0/16", "--subnet", "fd78::/64"}
+			dualPids = sb.containers(runs)
 			// A state directory of its own: setups with ports check the
 			// other networks of theirs.
 			nft = []string{"--state-dir", nftStateDir(t), "--firewall", "nftables", "--bridge", "nft0", "--subnet", "10.77.0.0/16"}
@@ -157,7 +160,7 @@ func TestBenchTable(t *testing.T) {
 			basePids = sb.containers(runs)
 		}
 		var emptyF, startup, warm, down, downLive, ports, portsDown figures
-		var nftWarm, nftPorts, nftPortsDown figures
+		var nftWarm, nftPorts, nftPortsDown, dualWarm figures
 		var baseStartup, baseWarm, baseDown figures
 		portsState := func(id string, pid, i int) string {
 			return fmt.Sprintf(`{"id":"%s","pid":%d,"status":"creating","annotations":{"bridgehook.ports":"%d:80,%d:81/udp"}}`, id, pid, 10000+i, 20000+i)
@@ -178,6 +181,7 @@ func TestBenchTable(t *testing.T) {
 			hook(setupState("first", sb.container())) // the bridge and rules now exist
 			if nftPids != nil {
 				hook(setupState("first", sb.container()), nft...)
+				hook(setupState("first", sb.container()), dual...)
 			}
 			for i := range runs {
 				emptyF = append(emptyF, timeRun(t, setupState("x", 1), empty))
@@ -185,6 +189,10 @@ func TestBenchTable(t *testing.T) {
 				// Each warm setup follows a light run, each with ports a
 				// heavy one: a process's cost depends on the one before.
 				warm = append(warm, hook(setupState(fmt.Sprint("c", i), pids[i])))
+				if dualPids != nil {
+					timeRun(t, setupState("x", 1), binary, "version") // light, as before warm
+					dualWarm = append(dualWarm, hook(setupState(fmt.Sprint("c", i), dualPids[i]), dual...))
+				}
 				if nftPids != nil {
 					nftWarm = append(nftWarm, hook(setupState(fmt.Sprint("c", i), nftPids[i]), nft...))
 				}
@@ -221,6 +229,7 @@ func TestBenchTable(t *testing.T) {
 			add("empty Go program", emptyF, false, "(baseline)")
 			add("bridgehook version: start-up, no work", startup, true, "(the libraries' start-up)")
 			add("warm setup", warm, true, "<= 3 ms above")
+			add("dual-stack (IPv4 + IPv6 /64): warm setup", dualWarm, true, "<= 0.5 ms above IPv4's")
 			add("teardown (container exited, as at poststop)", down, true, "<= 3 ms above")
 			add("teardown (namespace alive: veth deleted)", downLive, true, "(no target)")
 			add("setup with 2 published ports", ports, true, "<= 15 ms above")
@@ -285,9 +294,15 @@ func TestBenchTable(t *testing.T) {
 	}
 	add(fmt.Sprintf("64 setups at once: wall %s ms, %d/%d distinct", ms(wall), len(distinct), n+1), each, false, "all succeed, distinct")
 
-	alloc, rel := leaseBench(t, 60000, 200)
+	alloc, rel := leaseBench(t, 60000, 200, netip.MustParsePrefix("10.200.0.0/16"))
 	add("lease allocate, 60,000 leases held (in-process)", alloc, false, "<= 1 ms")
 	add("lease release, 60,000 leases held (in-process)", rel, false, "<= 1 ms")
+	alloc, rel = leaseBench(t, 60000, 200, netip.MustParsePrefix("10.200.0.0/16"), netip.MustParsePrefix("fd20::/64"))
+	add("dual-stack lease allocate, 60,000 held (IPv6 /64)", alloc, false, "flat, as IPv4")
+	add("dual-stack lease release, 60,000 held (IPv6 /64)", rel, false, "flat, as IPv4")
+	alloc, rel = leaseBench(t, 60000, 200, netip.MustParsePrefix("fd21::/64"))
+	add("IPv6-only lease allocate, 60,000 held (/64)", alloc, false, "flat, as IPv4")
+	add("IPv6-only lease release, 60,000 held (/64)", rel, false, "flat, as IPv4")
 
 	with, without := runcBench(t, 15)
 	add("runc run busybox true, without the hook", without, false, "")
@@ -318,12 +333,12 @@ func isRunning(pid int) bool {
 	return len(f) > 2 && f[2] != "Z"
 }
 
-// leaseBench times allocate and release one at a time in a store that
-// holds held leases, on a tmpfs.
-func leaseBench(t *testing.T, held, runs int) (alloc, rel figures) {
+// leaseBench times allocate and release one at a time in a store of
+// subnets that holds held leases, on a tmpfs.
+func leaseBench(t *testing.T, held, runs int, subnets ...netip.Prefix) (alloc, rel figures) {
 	dir := t.TempDir()
 	mountTmpfs(t, dir)
-	st, err := ipam.Open(dir, "bench0", netip.MustParsePrefix("10.200.0.0/16"))
+	st, err := ipam.Open(dir, "bench0", subnets...)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -105,10 +105,15 @@ func testIPv6Network(t *testing.T, fw string, net ipv6Net) {
 		addrs, _ := in.AddrList(eth0, netlink.FAMILY_V6)
 		found := false
 		for _, a := range addrs {
+			// None tentative, the link-local one included: the
+			// container can use IPv6 the moment it starts.
+			if a.Flags&unix.IFA_F_TENTATIVE != 0 {
+				t.Errorf("%s: %s is tentative (flags %#x)", id, a.IPNet, a.Flags)
+			}
 			if a.IP.Equal(addr6(l).AsSlice()) {
 				found = true
-				if a.Flags&unix.IFA_F_TENTATIVE != 0 || a.Flags&unix.IFA_F_NODAD == 0 {
-					t.Errorf("%s: %s has flags %#x: tentative, or subject to DAD", id, a.IPNet, a.Flags)
+				if a.Flags&unix.IFA_F_NODAD == 0 {
+					t.Errorf("%s: %s is subject to DAD (flags %#x)", id, a.IPNet, a.Flags)
 				}
 			}
 		}
@@ -125,8 +130,10 @@ func testIPv6Network(t *testing.T, fw string, net ipv6Net) {
 		}
 		in.Close()
 		nsPath := fmt.Sprintf("/proc/%d/ns/net", pid)
-		if ra := sb.sysctl(nsPath, "/proc/sys/net/ipv6/conf/eth0/accept_ra"); ra != "0" {
-			t.Errorf("%s: eth0 accept_ra %s, want 0", id, ra)
+		for _, key := range []string{"accept_ra", "accept_dad"} {
+			if v := sb.sysctl(nsPath, "/proc/sys/net/ipv6/conf/eth0/"+key); v != "0" {
+				t.Errorf("%s: eth0 %s %s, want 0", id, key, v)
+			}
 		}
 	}
 	if f := sb.sysctl(sb.path, "/proc/sys/net/ipv6/conf/all/forwarding"); f != "1" {

@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
+	"sync"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -349,11 +350,6 @@ func configure(ns netns.NsHandle, ep Endpoint) error {
 	if err != nil {
 		return fmt.Errorf("find %s in container: %w", ep.Iface, err)
 	}
-	if ep.Addrs[len(ep.Addrs)-1].Addr().Is6() {
-		if err := quiet6(ns, ep.Iface); err != nil {
-			return err
-		}
-	}
 	for _, a := range ep.Addrs {
 		if err := c.AddrAdd(link, address(a)); err != nil {
 			return fmt.Errorf("add %s to container %s: %w", a, ep.Iface, err)
@@ -383,37 +379,38 @@ func configure(ns netns.NsHandle, ep Endpoint) error {
 	return nil
 }
 
-// quiet6 turns off, on the container's iface, what IPv6 would do on its
-// own before the interface is up: accepting router advertisements, which
-// another container could send to reroute this one, and duplicate address
-// detection, which would hold its link-local address tentative. The
-// switches live in the container's /proc/sys/net, which only a thread in
-// its namespace sees.
-func quiet6(ns netns.NsHandle, iface string) (err error) {
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	host, err := netns.Get()
-	if err != nil {
-		return fmt.Errorf("open own netns: %w", err)
-	}
-	defer host.Close()
-	if err := netns.Set(ns); err != nil {
-		return fmt.Errorf("enter container netns: %w", err)
-	}
-	defer func() {
-		if serr := netns.Set(host); serr != nil {
-			// A thread stuck in the container's namespace must not run
-			// anything else: leaving it locked makes Go end it.
-			runtime.LockOSThread()
-			err = errors.Join(err, fmt.Errorf("leave container netns: %w", serr))
+// Quiet6 starts turning off, in the container's namespace ns, what IPv6
+// would do on its own on the interfaces made there next (the container's
+// end of the veth): accepting router advertisements, which another
+// container could send to reroute this one, and duplicate address
+// detection, which holds even the link-local address "tentative" for a
+// second. The switches are the namespace's defaults, which a new
+// interface copies, so this can run while the setup does other work; the
+// returned wait says when it is done, as often as it is called. They live in the namespace's
+// /proc/sys/net, which only a thread inside it sees: that thread is left
+// locked, so Go ends it rather than run anything else in there.
+func (h *Host) Quiet6(ns netns.NsHandle) (wait func() error) {
+	done := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		if err := netns.Set(ns); err != nil {
+			done <- fmt.Errorf("enter container netns: %w", err)
+			return
 		}
+		for _, key := range []string{"accept_ra", "accept_dad"} {
+			if err := sysctl("default", key, "0"); err != nil {
+				done <- err
+				return
+			}
+		}
+		done <- nil
 	}()
-	for _, key := range []string{"accept_ra", "accept_dad"} {
-		if err := sysctl(iface, key, "0"); err != nil {
-			return err
-		}
+	var once sync.Once
+	var err error
+	return func() error {
+		once.Do(func() { err = <-done })
+		return err
 	}
-	return nil
 }
 
 // Present reports whether the container's namespace ns already has iface

@@ -80,6 +80,7 @@ type fakeHost struct {
 	veths   map[string]*fakeVeth
 	nextIdx int
 	ensured int // Ensure calls, to tell warm setups from cold ones
+	quieted []int // the pids whose namespaces Quiet6 was asked to quiet
 }
 
 func (h *fakeHost) Ensure(name string, gws []netip.Prefix, mtu int) (bridge.Bridge, bool, error) {
@@ -128,6 +129,11 @@ func (h *fakeHost) Attach(br bridge.Bridge, ns netns.NsHandle, ep bridge.Endpoin
 	h.nextIdx++
 	h.veths[ep.Host] = &fakeVeth{alias: ep.Alias, master: br.Name, pid: pid, iface: ep.Iface, addrs: ep.Addrs, state: bridge.Live, index: h.nextIdx}
 	return nil
+}
+
+func (h *fakeHost) Quiet6(ns netns.NsHandle) func() error {
+	h.quieted = append(h.quieted, h.sys.fds[ns])
+	return func() error { return h.fail.check("quiet6") }
 }
 
 func (h *fakeHost) Detach(host, alias string) error {

@@ -59,6 +59,13 @@ func (n *Network) Setup(req Request) (res Result, err error) {
 	}
 	defer ns.Close()
 	tm.step("open netns")
+	// The container's IPv6 defaults are set while the steps below run;
+	// the veth waits for them (attach), and ns stays open until then.
+	quiet := func() error { return nil }
+	if n.has(true) {
+		quiet = n.host.Quiet6(ns)
+		defer quiet()
+	}
 
 	var undo undoStack
 	defer func() { err = undo.onError(err) }()
@@ -100,6 +107,9 @@ func (n *Network) Setup(req Request) (res Result, err error) {
 	failpoint("leased")
 
 	// 3. The veth pair, and the container's side of it.
+	if err := quiet(); err != nil {
+		return res, err
+	}
 	u, err := n.attach(br, ns, res.Lease, len(req.Ports) > 0)
 	undo.push(u)
 	if err != nil {

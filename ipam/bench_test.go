@@ -35,13 +35,12 @@ func fill(b *testing.B, s *Disk, n int) {
 		}
 		ip = ip.Next()
 	}
-	if err := symlinkAtomic(ip.Prev().String(), filepath.Join(s.dir, "last")); err != nil {
-		b.Fatal(err)
-	}
+	last := ip.Prev().String()
 	if ip6.IsValid() {
-		if err := symlinkAtomic(ip6.Prev().String(), filepath.Join(s.dir, "last6")); err != nil {
-			b.Fatal(err)
-		}
+		last += " " + ip6.Prev().String()
+	}
+	if err := symlinkAtomic(last, filepath.Join(s.dir, "last")); err != nil {
+		b.Fatal(err)
 	}
 }
 

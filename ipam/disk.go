@@ -284,18 +284,18 @@ func (t *diskTx) read(ip netip.Addr) (Lease, bool, error) {
 	return l, true, nil
 }
 
-// The files of each range: where its leases are reserved, and where the
-// address handed out last is noted.
-var (
-	reservedIn = [2]string{"leases", "leases6"}
-	lastIn     = [2]string{"last", "last6"}
-)
+// reservedIn is where each range's addresses are reserved.
+var reservedIn = [2]string{"leases", "leases6"}
 
+// The symlink "last" names the addresses handed out last, one per range,
+// separated by a space: one write for both families.
 func (t *diskTx) Allocate(want Lease) (Lease, error) {
 	hints := make([]netip.Addr, len(t.s.ranges))
-	for i := range hints {
-		if target, err := os.Readlink(filepath.Join(t.s.dir, lastIn[i])); err == nil {
-			hints[i], _ = netip.ParseAddr(target)
+	if target, err := os.Readlink(filepath.Join(t.s.dir, "last")); err == nil {
+		for i, f := range strings.Fields(target) {
+			if i < len(hints) {
+				hints[i], _ = netip.ParseAddr(f)
+			}
 		}
 	}
 	taken := func(i int, ip netip.Addr) bool {
@@ -316,10 +316,12 @@ func (t *diskTx) Allocate(want Lease) (Lease, error) {
 	if err := t.write(l); err != nil {
 		return Lease{}, err
 	}
-	for i, ip := range ips {
-		if err := symlinkAtomic(ip.String(), filepath.Join(t.s.dir, lastIn[i])); err != nil {
-			return Lease{}, fmt.Errorf("record last address: %w", err)
-		}
+	last := l.IP.String()
+	if l.IP6.IsValid() {
+		last += " " + l.IP6.String()
+	}
+	if err := symlinkAtomic(last, filepath.Join(t.s.dir, "last")); err != nil {
+		return Lease{}, fmt.Errorf("record last address: %w", err)
 	}
 	return l, nil
 }
@@ -335,7 +337,9 @@ func (t *diskTx) write(l Lease) error {
 		return err
 	}
 	if l.IP6.IsValid() {
-		if err := symlinkAtomic(l.IP.String(), t.v6Path(l.IP6)); err != nil {
+		// A plain symlink: the address was found free under the lock,
+		// and creating it is atomic.
+		if err := os.Symlink(l.IP.String(), t.v6Path(l.IP6)); err != nil {
 			return fmt.Errorf("reserve %s in %s: %w", l.IP6, t.s.dir, err)
 		}
 	}
