@@ -4,6 +4,7 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -17,6 +18,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/bridgehook/bridgehook/cni"
 	"github.com/bridgehook/bridgehook/hook"
 )
 
@@ -173,6 +175,15 @@ type env struct {
 }
 
 func main() {
+	// The CNI face, when a CNI runtime runs the binary: CNI_COMMAND set
+	// and a network configuration on stdin (see cni.Wants).
+	if command := os.Getenv("CNI_COMMAND"); command != "" {
+		stdin, err := io.ReadAll(io.LimitReader(os.Stdin, hook.MaxState+1))
+		if err == nil && cni.Wants(command, stdin) {
+			os.Exit(cni.Main(stdin, version()+" (CNI plugin)"))
+		}
+		os.Exit(run(os.Args[1:], bytes.NewReader(stdin), os.Stdout, os.Stderr))
+	}
 	os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
 }
 

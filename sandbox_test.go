@@ -396,7 +396,13 @@ func (s *sandbox) veths() []string {
 // inside returns a netlink handle in the network namespace of pid.
 func inside(t *testing.T, pid int) *netlink.Handle {
 	t.Helper()
-	ns, err := netns.GetFromPid(pid)
+	return insidePath(t, fmt.Sprintf("/proc/%d/ns/net", pid))
+}
+
+// insidePath returns a netlink handle in the network namespace at path.
+func insidePath(t *testing.T, path string) *netlink.Handle {
+	t.Helper()
+	ns, err := netns.GetFromPath(path)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -281,12 +281,21 @@ type Endpoint struct {
 	// Gateways get a default route each, one per family; none for no
 	// default route.
 	Gateways []netip.Addr
-	MTU      int
+	// MAC of the container's interface; nil: MAC of its first address.
+	MAC net.HardwareAddr
+	MTU int
 	// Hairpin lets traffic leave the port it came in on: a container
 	// reaching its own published port through a host address.
 	Hairpin bool
 	// Isolated ports cannot talk to each other, only to the bridge.
 	Isolated bool
+}
+
+func (ep Endpoint) mac() net.HardwareAddr {
+	if ep.MAC != nil {
+		return ep.MAC
+	}
+	return MAC(ep.Addrs[0].Addr())
 }
 
 // Attach creates the veth pair with its host end on bridge br and its
@@ -302,7 +311,7 @@ func (h *Host) Attach(br Bridge, ns netns.NsHandle, ep Endpoint) (err error) {
 	veth := &netlink.Veth{
 		LinkAttrs:        attrs,
 		PeerName:         ep.Iface,
-		PeerHardwareAddr: MAC(ep.Addrs[0].Addr()),
+		PeerHardwareAddr: ep.mac(),
 		PeerNamespace:    netlink.NsFd(ns),
 		PeerTxQLen:       -1,
 	}
@@ -440,6 +449,31 @@ func (h *Host) Present(ns netns.NsHandle, iface string, addrs []netip.Prefix) bo
 		}
 	}
 	return true
+}
+
+// DefaultGateways lists the gateways of the default routes in the
+// namespace ns, of both families.
+func (h *Host) DefaultGateways(ns netns.NsHandle) []netip.Addr {
+	c, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
+	if err != nil {
+		return nil
+	}
+	defer c.Close()
+	routes, err := c.RouteList(nil, netlink.FAMILY_ALL)
+	if err != nil {
+		return nil
+	}
+	var gws []netip.Addr
+	for _, r := range routes {
+		ones := 0
+		if r.Dst != nil {
+			ones, _ = r.Dst.Mask.Size()
+		}
+		if gw, ok := netip.AddrFromSlice(r.Gw); ok && ones == 0 {
+			gws = append(gws, gw.Unmap())
+		}
+	}
+	return gws
 }
 
 // VethState is what is left of a container's host veth.

@@ -209,8 +209,38 @@ func (c Config) vethName(pid int) string {
 	return fmt.Sprintf("bh%s-%d", hex.EncodeToString(h.Sum(nil))[:5], pid)
 }
 
-// isVethName reports whether s is a host veth name as vethName makes them.
+// vethFor is the host end's name for the container of req: vethName's for
+// a container known by its pid, cniVethName's for one known by its
+// namespace's path.
+func (c Config) vethFor(req Request) string {
+	if req.Netns != "" {
+		return cniVethName(req.ID)
+	}
+	return c.vethName(req.PID)
+}
+
+// cniVethName names the host end of a CNI attachment (id: container id
+// and interface): "bhc" and 48 bits of a hash of id, 15 bytes. It shares
+// no form with vethName's names, which end in "-PID", so the two never
+// collide.
+func cniVethName(id string) string {
+	h := fnv.New64a()
+	h.Write([]byte(id))
+	return "bhc" + hex.EncodeToString(h.Sum(nil))[:12]
+}
+
+// isCNIVeth reports whether s is a host veth name as cniVethName makes them.
+func isCNIVeth(s string) bool {
+	h, ok := strings.CutPrefix(s, "bhc")
+	return ok && len(h) == 12 && strings.Trim(h, "0123456789abcdef") == ""
+}
+
+// isVethName reports whether s is a host veth name as vethName or
+// cniVethName make them.
 func isVethName(s string) bool {
+	if isCNIVeth(s) {
+		return true
+	}
 	head, pid, ok := strings.Cut(s, "-")
 	if !ok || pid == "" || strings.Trim(pid, "0123456789") != "" {
 		return false

@@ -39,6 +39,24 @@ type fakeSystem struct {
 	t      *testing.T
 	inodes map[int]uint64
 	fds    map[netns.NsHandle]int
+	// paths are namespaces bind-mounted at a path (CNI's), each standing
+	// for the namespace of a pid.
+	paths map[string]int
+}
+
+func (s *fakeSystem) NetnsAt(path string) (netns.NsHandle, uint64, error) {
+	pid, ok := s.paths[path]
+	if !ok {
+		return -1, 0, fmt.Errorf("%w: %s", ErrNetns, path)
+	}
+	return s.Netns(pid)
+}
+
+func (s *fakeSystem) PathInode(path string) (uint64, error) {
+	if pid, ok := s.paths[path]; ok {
+		return s.NetnsInode(pid)
+	}
+	return 0, errors.New("no such file")
 }
 
 func (s *fakeSystem) Netns(pid int) (netns.NsHandle, uint64, error) {
@@ -63,13 +81,14 @@ func (s *fakeSystem) NetnsInode(pid int) (uint64, error) {
 
 // fakeVeth is a host veth: its alias, its bridge, and the container end.
 type fakeVeth struct {
-	alias  string
-	master string
-	pid    int // whose namespace holds the peer
-	iface  string
-	addrs  []netip.Prefix
-	state  bridge.VethState
-	index  int
+	alias    string
+	master   string
+	pid      int // whose namespace holds the peer
+	iface    string
+	addrs    []netip.Prefix
+	gateways []netip.Addr
+	state    bridge.VethState
+	index    int
 }
 
 // fakeHost is the kernel's links.
@@ -79,7 +98,7 @@ type fakeHost struct {
 	bridges map[string]bridge.Bridge
 	veths   map[string]*fakeVeth
 	nextIdx int
-	ensured int // Ensure calls, to tell warm setups from cold ones
+	ensured int   // Ensure calls, to tell warm setups from cold ones
 	quieted []int // the pids whose namespaces Quiet6 was asked to quiet
 }
 
@@ -127,7 +146,7 @@ func (h *fakeHost) Attach(br bridge.Bridge, ns netns.NsHandle, ep bridge.Endpoin
 		}
 	}
 	h.nextIdx++
-	h.veths[ep.Host] = &fakeVeth{alias: ep.Alias, master: br.Name, pid: pid, iface: ep.Iface, addrs: ep.Addrs, state: bridge.Live, index: h.nextIdx}
+	h.veths[ep.Host] = &fakeVeth{alias: ep.Alias, master: br.Name, pid: pid, iface: ep.Iface, addrs: ep.Addrs, gateways: ep.Gateways, state: bridge.Live, index: h.nextIdx}
 	return nil
 }
 
@@ -180,6 +199,15 @@ func (h *fakeHost) Present(ns netns.NsHandle, iface string, addrs []netip.Prefix
 		}
 	}
 	return false
+}
+
+func (h *fakeHost) DefaultGateways(ns netns.NsHandle) []netip.Addr {
+	for _, v := range h.veths {
+		if v.pid == h.sys.fds[ns] {
+			return v.gateways
+		}
+	}
+	return nil
 }
 
 func (h *fakeHost) PeerAddrs(ns netns.NsHandle, iface string, p bridge.Port, subnets []netip.Prefix) ([]netip.Addr, bool) {
@@ -314,7 +342,7 @@ func newWorld(t *testing.T, subnets ...string) *world {
 		t.Fatal(err)
 	}
 	f := fails{}
-	sys := &fakeSystem{t: t, inodes: map[int]uint64{}, fds: map[netns.NsHandle]int{}}
+	sys := &fakeSystem{t: t, inodes: map[int]uint64{}, fds: map[netns.NsHandle]int{}, paths: map[string]int{}}
 	w := &world{
 		t: t, store: store, fail: f, sys: sys,
 		host: &fakeHost{sys: sys, fail: f, bridges: map[string]bridge.Bridge{}, veths: map[string]*fakeVeth{}},

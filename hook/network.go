@@ -10,6 +10,7 @@ import (
 	"syscall"
 
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 
 	"github.com/bridgehook/bridgehook/bridge"
 	"github.com/bridgehook/bridgehook/ipam"
@@ -29,6 +30,7 @@ type Host interface {
 	Ports(bridge string) ([]bridge.Port, error)
 	Unlabelled() ([]string, error)
 	Present(ns netns.NsHandle, iface string, addrs []netip.Prefix) bool
+	DefaultGateways(ns netns.NsHandle) []netip.Addr
 	PeerAddrs(ns netns.NsHandle, iface string, p bridge.Port, subnets []netip.Prefix) ([]netip.Addr, bool)
 	Close()
 }
@@ -41,6 +43,11 @@ type System interface {
 	Netns(pid int) (netns.NsHandle, uint64, error)
 	// NetnsInode is the inode of pid's network namespace.
 	NetnsInode(pid int) (uint64, error)
+	// NetnsAt opens the network namespace at path (a bind mount of one,
+	// as CNI runtimes give), refusing the hook's own.
+	NetnsAt(path string) (netns.NsHandle, uint64, error)
+	// PathInode is the inode of the namespace at path.
+	PathInode(path string) (uint64, error)
 }
 
 // Network is one network, connected: its configuration and the handles
@@ -188,10 +195,30 @@ func (n *Network) useFirewall(name string) {
 func (n *Network) timer() *timer { return newTimer(n.Debug) }
 
 // alive reports whether the lease's container still runs: its pid exists
-// and is in the namespace the lease was made for, not a reuse of the pid.
+// and is in the namespace the lease was made for, not a reuse of the pid;
+// or, for a namespace given by path (CNI), the path still holds that
+// namespace (the runtime unmounts it when the pod sandbox goes).
 func (n *Network) alive(l ipam.Lease) bool {
-	ino, err := n.sys.NetnsInode(l.PID)
+	var ino uint64
+	var err error
+	if l.Netns != "" {
+		ino, err = n.sys.PathInode(l.Netns)
+	} else {
+		ino, err = n.sys.NetnsInode(l.PID)
+	}
 	return err == nil && ino == l.NetnsInode
+}
+
+// ErrNetns marks a network namespace path that names none.
+var ErrNetns = errors.New("not a network namespace")
+
+// openNetns opens the namespace of the container req names: by path, or
+// by pid.
+func (n *Network) openNetns(req Request) (netns.NsHandle, uint64, error) {
+	if req.Netns != "" {
+		return n.sys.NetnsAt(req.Netns)
+	}
+	return n.sys.Netns(req.PID)
 }
 
 // hint adds to an error of a leaf package what a person running
@@ -251,6 +278,34 @@ func (procs) Netns(pid int) (netns.NsHandle, uint64, error) {
 		}
 	}
 	return ns, ino, nil
+}
+
+func (procs) PathInode(path string) (uint64, error) { return pathInode(path) }
+
+func (procs) NetnsAt(path string) (netns.NsHandle, uint64, error) {
+	ns, err := netns.GetFromPath(path)
+	if err != nil {
+		return ns, 0, fmt.Errorf("%w: %s: %v", ErrNetns, path, err)
+	}
+	ino, err := fdInode(int(ns))
+	if err == nil && !isNetns(int(ns)) {
+		err = fmt.Errorf("%w: %s", ErrNetns, path)
+	}
+	if own, oerr := pathInode("/proc/self/ns/net"); err == nil && oerr == nil && own == ino {
+		err = inputErr("%s is the plugin's own network namespace; refusing to touch it", path)
+	}
+	if err != nil {
+		ns.Close()
+		return ns, 0, err
+	}
+	return ns, ino, nil
+}
+
+// isNetns reports whether fd is a network namespace: a file of nsfs that
+// answers the namespace-type ioctl with CLONE_NEWNET.
+func isNetns(fd int) bool {
+	t, err := unix.IoctlRetInt(fd, unix.NS_GET_NSTYPE)
+	return err == nil && t == unix.CLONE_NEWNET
 }
 
 func fdInode(fd int) (uint64, error) {

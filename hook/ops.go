@@ -138,7 +138,7 @@ func list(stores []ipam.Store, sys System) ([]NetworkView, error) {
 // Inspect finds container id's endpoint on any network under the state
 // directory.
 func Inspect(c Config, id string) (Endpoint, error) {
-	if err := CheckID(id); err != nil {
+	if err := checkLeaseID(id); err != nil {
 		return Endpoint{}, err
 	}
 	stores, err := ipam.Stores(c.StateDir)
@@ -297,6 +297,14 @@ func (n *Network) adoptOrphans(tx ipam.Tx) ([]string, error) {
 	for _, p := range ports {
 		if !strings.HasPrefix(p.Alias, "bridgehook:") || ours[p.Name+" "+p.Alias] {
 			continue
+		}
+		if isCNIVeth(p.Name) {
+			// Its namespace is known only to its runtime: a live one is
+			// left to the runtime's CNI GC.
+			if state, err := n.host.State(p.Name, p.Alias); err == nil && state == bridge.Live {
+				report = append(report, fmt.Sprintf("%s: left veth %s of %s alone: its lease is lost and its namespace lives (CNI GC removes it)", n.Bridge, p.Name, strings.TrimPrefix(p.Alias, "bridgehook:")))
+				continue
+			}
 		}
 		if l, ok := n.fromKernel(p); ok {
 			for _, pub := range pubs {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -24,12 +25,21 @@ import (
 // Request is one container asking to join a network, whichever face it
 // came through.
 type Request struct {
-	ID    string
+	ID string
+	// The container's network namespace: that of its process PID (OCI),
+	// or the one at path Netns (CNI).
 	PID   int
+	Netns string
 	Ports []nat.Port
 	// IP and IP6 are the static addresses asked for; invalid: any free
 	// address of that family.
 	IP, IP6 netip.Addr
+	// Static names where IP and IP6 were asked for, for errors; empty:
+	// the annotations.
+	Static string
+	// MAC is the container interface's address; nil: one derived from
+	// its IP address.
+	MAC net.HardwareAddr
 	// Rootfs is the container's root, where resolv.conf is written when
 	// the network has name servers to give.
 	Rootfs string
@@ -53,7 +63,7 @@ type Result struct {
 // nothing behind; an undo that fails is reported in the error.
 func (n *Network) Setup(req Request) (res Result, err error) {
 	tm := n.timer()
-	ns, ino, err := n.sys.Netns(req.PID)
+	ns, ino, err := n.openNetns(req)
 	if err != nil {
 		return res, err
 	}
@@ -110,7 +120,7 @@ func (n *Network) Setup(req Request) (res Result, err error) {
 	if err := quiet(); err != nil {
 		return res, err
 	}
-	u, err := n.attach(br, ns, res.Lease, len(req.Ports) > 0)
+	u, err := n.attach(br, ns, res.Lease, req.MAC, len(req.Ports) > 0)
 	undo.push(u)
 	if err != nil {
 		return res, err
@@ -195,9 +205,9 @@ func (n *Network) claim(tx ipam.Tx, req Request, ns netns.NsHandle, ino uint64) 
 	}
 	failpoint("ports-checked")
 	l, err := n.allocate(tx, ipam.Lease{
-		ID: req.ID, IP: req.IP, IP6: req.IP6, PID: req.PID, NetnsInode: ino,
-		Veth: n.vethName(req.PID), Iface: n.Iface, Ports: portStrings(req.Ports),
-	})
+		ID: req.ID, IP: req.IP, IP6: req.IP6, PID: req.PID, Netns: req.Netns, NetnsInode: ino,
+		Veth: n.vethFor(req), Iface: n.Iface, Ports: portStrings(req.Ports),
+	}, req.Static)
 	if err != nil {
 		return Result{}, nil, err
 	}
@@ -220,7 +230,7 @@ func (n *Network) claim(tx ipam.Tx, req Request, ns netns.NsHandle, ino uint64) 
 
 // attach creates the veth pair into the container and configures its side
 // (bridge.Attach is all or nothing). Its undo deletes the pair.
-func (n *Network) attach(br bridge.Bridge, ns netns.NsHandle, l ipam.Lease, hairpin bool) (undo func() error, err error) {
+func (n *Network) attach(br bridge.Bridge, ns netns.NsHandle, l ipam.Lease, mac net.HardwareAddr, hairpin bool) (undo func() error, err error) {
 	mtu := n.MTU
 	if mtu == 0 {
 		mtu = br.MTU
@@ -233,6 +243,7 @@ func (n *Network) attach(br bridge.Bridge, ns netns.NsHandle, l ipam.Lease, hair
 		Alias:    alias(l.ID),
 		Iface:    n.Iface,
 		Addrs:    n.prefixes(l),
+		MAC:      mac,
 		MTU:      mtu,
 		Hairpin:  hairpin,
 		Isolated: !n.ICC,
@@ -269,7 +280,7 @@ func (n *Network) attach(br bridge.Bridge, ns netns.NsHandle, l ipam.Lease, hair
 // what containers that are gone still hold, and a drained address asked
 // for by name is settled if its veth is gone: both need the kernel's word,
 // so both run here, under the lock, rather than in the store.
-func (n *Network) allocate(tx ipam.Tx, want ipam.Lease) (ipam.Lease, error) {
+func (n *Network) allocate(tx ipam.Tx, want ipam.Lease, static string) (ipam.Lease, error) {
 	l, err := tx.Allocate(want)
 	switch {
 	case errors.Is(err, ipam.ErrExhausted):
@@ -287,7 +298,10 @@ func (n *Network) allocate(tx ipam.Tx, want ipam.Lease) (ipam.Lease, error) {
 		l, err = tx.Allocate(want)
 	}
 	if err != nil && (want.IP.IsValid() || want.IP6.IsValid()) && (errors.Is(err, ipam.ErrTaken) || errors.Is(err, ipam.ErrUnusable)) {
-		return l, inputErr("annotation %s: %v", staticAnnotation(want, err), err)
+		if static == "" {
+			static = "annotation " + staticAnnotation(want, err)
+		}
+		return l, inputErr("%s: %v", static, err)
 	}
 	return l, hint(err)
 }

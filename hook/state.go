@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"strings"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
@@ -102,6 +103,18 @@ func CheckID(id string) error {
 		}
 	}
 	return nil
+}
+
+// checkLeaseID checks an id as leases hold them: a container id, or for
+// an attachment through CNI, "CONTAINER_ID/IFNAME".
+func checkLeaseID(id string) error {
+	if cid, ifname, ok := strings.Cut(id, "/"); ok {
+		if err := CheckID(cid); err != nil {
+			return err
+		}
+		return checkIfName("interface", ifname)
+	}
+	return CheckID(id)
 }
 
 // CheckPID checks the pid that setup will look up.

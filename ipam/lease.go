@@ -42,6 +42,9 @@ type Lease struct {
 	Iface      string     `json:"iface,omitempty"`
 	Veth       string     `json:"veth,omitempty"`
 	PID        int        `json:"pid,omitempty"`
+	// Netns is the path of the container's network namespace, for a
+	// container that came through CNI (which gives no pid).
+	Netns      string     `json:"netns,omitempty"`
 	NetnsInode uint64     `json:"netns_inode,omitempty"`
 	Ports      []string   `json:"ports,omitempty"`
 	Created    time.Time  `json:"created"`

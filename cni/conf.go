@@ -1,0 +1,184 @@
+package cni
+
+import (
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+
+	"github.com/containernetworking/cni/pkg/types"
+
+	"github.com/bridgehook/bridgehook/hook"
+	"github.com/bridgehook/bridgehook/nat"
+)
+
+// netConf is the plugin's configuration: the network's keys mirror the
+// hook's flags, and the runtime adds runtimeConfig (the capabilities
+// portMappings, ips and mac) and, for CHECK, prevResult.
+type netConf struct {
+	types.PluginConf
+	Bridge       string  `json:"bridge"`
+	Subnet       subnets `json:"subnet"`
+	MTU          int     `json:"mtu"`
+	ICC          *bool   `json:"icc"`
+	Internal     bool    `json:"internal"`
+	DefaultRoute *bool   `json:"defaultRoute"`
+	// DNS goes into the result as it is, for the runtime to write; it is
+	// CNI's own object (libcni parses it too).
+	DNS      types.DNS `json:"dns"`
+	Firewall string    `json:"firewall"`
+	StateDir string    `json:"stateDir"`
+	LogFile  string    `json:"logFile"`
+
+	RuntimeConfig struct {
+		PortMappings []portMapping `json:"portMappings"`
+		IPs          []string      `json:"ips"`
+		MAC          string        `json:"mac"`
+	} `json:"runtimeConfig"`
+}
+
+type portMapping struct {
+	HostPort      int    `json:"hostPort"`
+	ContainerPort int    `json:"containerPort"`
+	Protocol      string `json:"protocol"`
+	HostIP        string `json:"hostIP"`
+}
+
+// subnets is "subnet": one prefix as a string, or a list of one or two.
+type subnets []string
+
+func (s *subnets) UnmarshalJSON(b []byte) error {
+	var one string
+	if json.Unmarshal(b, &one) == nil {
+		*s = []string{one}
+		return nil
+	}
+	var list []string
+	if err := json.Unmarshal(b, &list); err != nil {
+		return fmt.Errorf(`"subnet": want a string such as "172.19.0.0/16", or a list of an IPv4 and an IPv6 prefix`)
+	}
+	*s = list
+	return nil
+}
+
+// parse reads the configuration on stdin.
+func parse(stdin []byte) (*netConf, error) {
+	var c netConf
+	if err := json.Unmarshal(stdin, &c); err != nil {
+		return nil, invalid("network configuration: %v", err)
+	}
+	for _, s := range c.DNS.Nameservers {
+		if _, err := netip.ParseAddr(s); err != nil {
+			return nil, invalid(`"dns": nameserver %q is not an IP address`, s)
+		}
+	}
+	return &c, nil
+}
+
+// config is the network c describes, for the container's interface
+// ifname, checked as the hook checks its flags.
+func (c *netConf) config(ifname string) (hook.Config, error) {
+	cfg := hook.Defaults()
+	if ifname != "" { // GC and STATUS name none
+		cfg.Iface = ifname
+	}
+	if c.Bridge != "" {
+		cfg.Bridge = c.Bridge
+	}
+	if len(c.Subnet) > 0 {
+		var ps []netip.Prefix
+		for _, s := range c.Subnet {
+			p, err := hook.ParseSubnet(s)
+			if err != nil {
+				return cfg, invalid(`"subnet": %s`, strings.TrimPrefix(err.Error(), "--subnet "))
+			}
+			ps = append(ps, p)
+		}
+		if err := cfg.SetSubnets(ps); err != nil {
+			return cfg, invalid(`"subnet": %s`, strings.TrimPrefix(err.Error(), "--subnet "))
+		}
+	}
+	cfg.MTU, cfg.Internal, cfg.Firewall = c.MTU, c.Internal, c.Firewall
+	if c.ICC != nil {
+		cfg.ICC = *c.ICC
+	}
+	if c.DefaultRoute != nil {
+		cfg.DefaultRoute = *c.DefaultRoute
+	}
+	if c.StateDir != "" {
+		cfg.StateDir = c.StateDir
+	}
+	if err := cfg.Check(); err != nil {
+		return cfg, invalid("%s", flagsToKeys(err.Error()))
+	}
+	return cfg, nil
+}
+
+// flagsToKeys names the configuration's keys where the hook's checks
+// name its flags.
+func flagsToKeys(msg string) string {
+	return strings.NewReplacer("--bridge", `"bridge"`, "--subnet", `"subnet"`, "--mtu", `"mtu"`,
+		"--firewall", `"firewall"`, "--state-dir", `"stateDir"`, "--iface", "CNI_IFNAME").Replace(msg)
+}
+
+// request is what the runtime asks for the container: its ports, static
+// addresses and MAC.
+func (c *netConf) request(id, netns string, cfg hook.Config) (hook.Request, error) {
+	req := hook.Request{ID: id, Netns: netns, Static: "runtimeConfig.ips"}
+	rc := c.RuntimeConfig
+	if len(rc.PortMappings) > 0 {
+		var specs []string
+		for _, m := range rc.PortMappings {
+			proto := strings.ToLower(m.Protocol)
+			if proto == "" {
+				proto = "tcp"
+			}
+			host := ""
+			if m.HostIP != "" {
+				ip, err := netip.ParseAddr(m.HostIP)
+				if err != nil {
+					return req, invalid("portMappings: hostIP %q is not an IP address", m.HostIP)
+				}
+				if host = ip.String() + ":"; ip.Is6() {
+					host = "[" + ip.String() + "]:"
+				}
+			}
+			specs = append(specs, fmt.Sprintf("%s%d:%d/%s", host, m.HostPort, m.ContainerPort, proto))
+		}
+		ports, err := nat.ParsePorts(strings.Join(specs, ","))
+		if err != nil {
+			return req, invalid("portMappings: %v", err)
+		}
+		if cfg.Internal {
+			return req, invalid("portMappings: network %s is internal, so nothing can be published on it", cfg.Bridge)
+		}
+		req.Ports = ports
+	}
+	for _, s := range rc.IPs {
+		ip, err := netip.ParseAddr(s)
+		if p, perr := netip.ParsePrefix(s); perr == nil {
+			ip, err = p.Addr(), nil
+		}
+		if err != nil {
+			return req, invalid("ips: %q is not an IP address", s)
+		}
+		if ip.Is6() {
+			req.IP6 = ip
+		} else {
+			req.IP = ip
+		}
+	}
+	if rc.MAC != "" {
+		mac, err := net.ParseMAC(rc.MAC)
+		if err != nil || len(mac) != 6 || mac[0]&1 != 0 {
+			return req, invalid("mac: %q is not a unicast Ethernet address", rc.MAC)
+		}
+		req.MAC = mac
+	}
+	return req, nil
+}
+
+func invalid(format string, a ...any) *types.Error {
+	return types.NewError(types.ErrInvalidNetworkConfig, fmt.Sprintf(format, a...), "")
+}
