@@ -8,8 +8,10 @@ GO ?= go
 # busybox for the containers' rootfs, iptables (nft and legacy), nftables
 # for nft(8), which the tests read and flush rules with, iproute2 for
 # `ip netns`, util-linux for nsenter/unshare, podman for the hooks.d test,
-# and systemd for systemd-analyze, which checks the units in systemd/.
-DEBS := runc crun iptables nftables busybox-static iproute2 util-linux podman systemd
+# systemd for systemd-analyze, which checks the units in systemd/,
+# containernetworking-plugins (bridge, host-local, tuning, bandwidth) for
+# the CNI chain test and bench, and containerd for the `ctr run --cni` test.
+DEBS := runc crun iptables nftables busybox-static iproute2 util-linux podman systemd containernetworking-plugins containerd
 
 .PHONY: build test lint cover demo bench fuzz stress flaky deps clean
 
@@ -22,16 +24,16 @@ build:
 # namespaces and fail if anything they need is missing; as another user
 # only the unit tests run.
 test: lint
-	$(GO) test -count=1 -race ./ipam ./hook ./nat
+	$(GO) test -count=1 -race ./ipam ./hook ./nat ./cni
 	$(GO) test -count=1 -timeout 30m ./...
 
 # Coverage of the tests that need no root: the packages' own, with hook's
 # decisions tested against fakes of the kernel, the firewall and the store.
 cover:
-	$(GO) test -count=1 -coverprofile=cover.out ./hook ./ipam ./nat ./bridge
+	$(GO) test -count=1 -coverprofile=cover.out ./hook ./ipam ./nat ./bridge ./cni
 	@echo "hook/, by function (lowest first):"
 	@$(GO) tool cover -func=cover.out | grep '/hook/' | sort -k3 -n | head -8
-	@echo "all four packages:"; $(GO) tool cover -func=cover.out | tail -1
+	@echo "all five packages:"; $(GO) tool cover -func=cover.out | tail -1
 
 # go vet and staticcheck; any finding fails the build.
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2

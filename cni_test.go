@@ -37,6 +37,11 @@ type cniWorld struct {
 
 func newCNIWorld(t *testing.T, sb *sandbox) *cniWorld {
 	t.Helper()
+	for _, p := range []string{"bridge", "host-local", "tuning", "bandwidth", "loopback"} {
+		if _, err := os.Stat(filepath.Join(debianPlugins, p)); err != nil {
+			t.Fatalf("%s: install containernetworking-plugins (see make deps)", err)
+		}
+	}
 	dir := t.TempDir()
 	if err := os.Symlink(binary, filepath.Join(dir, "bridgehook")); err != nil {
 		t.Fatal(err)
