@@ -304,6 +304,11 @@ func TestBenchTable(t *testing.T) {
 	add("IPv6-only lease allocate, 60,000 held (/64)", alloc, false, "flat, as IPv4")
 	add("IPv6-only lease release, 60,000 held (/64)", rel, false, "flat, as IPv4")
 
+	bh, deb := cniBench(t, runs)
+	add("CNI ADD: bridgehook (warm)", bh, false, "")
+	add("CNI ADD: Debian's bridge + host-local (warm)", deb, false, "")
+	rows[len(rows)-2].name += fmt.Sprintf(" = %.2fx Debian's", float64(bh.pct(0.5))/float64(deb.pct(0.5)))
+
 	with, without := runcBench(t, 15)
 	add("runc run busybox true, without the hook", without, false, "")
 	add(fmt.Sprintf("runc run busybox true, with the hook (%+.1f%%)", 100*(float64(with.pct(0.5))/float64(without.pct(0.5))-1)), with, false, "<= 10 % slower")
@@ -369,6 +374,43 @@ func leaseBench(t *testing.T, held, runs int, subnets ...netip.Prefix) (alloc, r
 		}
 	}
 	return alloc, rel
+}
+
+// cniBench times CNI ADDs of bridgehook and of Debian's bridge plugin
+// with host-local, in turn, each exec'd as a runtime execs it, on networks
+// that exist already (warm), with their state on a tmpfs.
+func cniBench(t *testing.T, runs int) (bridgehook, debian figures) {
+	sb := newSandbox(t)
+	onTmpfs(t, sb)
+	hostLocal := filepath.Join(sb.stateDir, "host-local")
+	confs := map[string]string{
+		binary: fmt.Sprintf(`{"cniVersion":"1.0.0","name":"bh","type":"bridgehook","bridge":"cnibh0","subnet":"10.95.0.0/16","stateDir":%q}`, sb.stateDir),
+		filepath.Join(debianPlugins, "bridge"): fmt.Sprintf(`{"cniVersion":"1.0.0","name":"br","type":"bridge","bridge":"cnibr0","isGateway":true,"ipMasq":true,`+
+			`"ipam":{"type":"host-local","subnet":"10.96.0.0/16","dataDir":%q}}`, hostLocal),
+	}
+	w := newCNIWorld(t, sb)
+	add := func(plugin, id string) time.Duration {
+		c := exec.Command(plugin)
+		c.Stdin = strings.NewReader(confs[plugin])
+		c.Env = append(os.Environ(), "CNI_COMMAND=ADD", "CNI_CONTAINERID="+id, "CNI_NETNS="+w.netns(t), "CNI_IFNAME=eth0", "CNI_PATH="+debianPlugins)
+		start := time.Now()
+		out, err := c.CombinedOutput()
+		d := time.Since(start)
+		if err != nil {
+			t.Fatalf("%s ADD: %v %s", plugin, err, out)
+		}
+		return d
+	}
+	inNetns(t, sb.ns, func() {
+		for plugin := range confs {
+			add(plugin, "first") // the bridge and its rules now exist
+		}
+		for i := range runs {
+			bridgehook = append(bridgehook, add(binary, fmt.Sprint("b", i)))
+			debian = append(debian, add(filepath.Join(debianPlugins, "bridge"), fmt.Sprint("d", i)))
+		}
+	})
+	return bridgehook, debian
 }
 
 // runcBench times `runc run` of a busybox `true`, with and without
