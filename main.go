@@ -47,6 +47,8 @@ Commands:
 
 List bridgehook under createRuntime (or prestart) and under poststop in
 config.json, with the same flags in both; see "bridgehook help hook".
+Run with CNI_COMMAND set and a CNI network configuration on stdin, it is a
+CNI plugin instead (containerd, CRI-O, Kubernetes; see the README).
 
 Flags (every command takes them; they define the network):
 `
