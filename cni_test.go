@@ -282,6 +282,32 @@ func TestCNIGCRemovesWhatIsNotValid(t *testing.T) {
 	if got := addrsIn(t, keep, "eth0"); len(got) != 1 {
 		t.Errorf("the kept pod's eth0 has %v", got)
 	}
+
+	// The hook's commands handle attachments too: inspect finds one by
+	// its key, network rm refuses while its namespace lives, and gc
+	// reclaims it once the runtime has removed the namespace without a
+	// DEL (a crashed runtime).
+	if stdout, stderr, code := sb.run("", "inspect", "keep/eth0"); code != 0 || !strings.Contains(stdout, `"id": "keep/eth0"`) {
+		t.Errorf("inspect keep/eth0: exit %d %s %s", code, stdout, stderr)
+	}
+	sb.mustHook(stopState("hooked"))
+	if _, stderr, code := sb.run("", "network", "rm"); code != 2 || !strings.Contains(stderr, "keep/eth0") {
+		t.Errorf("network rm with a live pod: exit %d %s", code, stderr)
+	}
+	if out, err := sb.cmd("ip", "netns", "del", filepath.Base(keep)).CombinedOutput(); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	stdout, stderr, code := sb.run("", "gc")
+	if code != 0 || !strings.Contains(stdout, "from keep/eth0") {
+		t.Errorf("gc after the pod's namespace went: exit %d %q %q", code, stdout, stderr)
+	}
+	if ids := sb.leaseIDs(); len(ids) != 0 {
+		t.Errorf("after gc: leases %v", ids)
+	}
+	if stdout, stderr, code := sb.run("", "network", "rm"); code != 0 {
+		t.Errorf("network rm: exit %d %s %s", code, stdout, stderr)
+	}
+	sb.assertEmpty()
 }
 
 // cniExec runs the binary as a CNI runtime would, in the sandbox, and
