@@ -206,6 +206,14 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	fs.StringVar(&cfg.StateDir, "state-dir", cfg.StateDir, "where the lease store lives; under /run, leases die with a reboot as containers do")
 	fs.StringVar(&logFile, "log-file", "", "append a JSON line per setup, teardown and failure to this `file` (crun discards hook output)")
 	fs.BoolVar(&cfg.ICC, "icc", true, "let containers on the bridge reach each other; false isolates them (they still reach the gateway and beyond)")
+	fs.Func("non-masquerade-cidr", "traffic to this `CIDR` leaves with the container's own address, not the host's (a cluster's pod CIDR, routed by its nodes); may be repeated", func(v string) error {
+		p, err := netip.ParsePrefix(v)
+		if err != nil {
+			return fmt.Errorf("%q is not a network such as 10.244.0.0/16", v)
+		}
+		cfg.NonMasquerade = append(cfg.NonMasquerade, p)
+		return nil
+	})
 	fs.BoolVar(&cfg.Internal, "internal", false, "no way out: no MASQUERADE, no forwarding out of the bridge; containers reach each other and the gateway")
 	fs.StringVar(&cfg.Firewall, "firewall", "", "where the network's rules go: `iptables` or nftables (a table of its own, over netlink); default: the network's own, iptables for a new one")
 	fs.BoolVar(&cfg.DefaultRoute, "default-route", true, "give the container a default route via the gateway (skipped when an earlier network gave it one)")

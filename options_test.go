@@ -415,3 +415,57 @@ func editableRoot(t *testing.T, root string) {
 		t.Fatal(err)
 	}
 }
+
+func TestNonMasqueradeCIDR(t *testing.T) { forEachFirewall(t, testNonMasqueradeCIDR) }
+
+// testNonMasqueradeCIDR: traffic to a --non-masquerade-cidr reaches the
+// client with the container's own address (the client routes the
+// subnet back, as another node of a cluster would); traffic elsewhere is
+// masqueraded as before.
+func testNonMasqueradeCIDR(t *testing.T, fw string) {
+	sb := newSandbox(t, "--firewall", fw, "--non-masquerade-cidr", clientAddr+"/32")
+	cl := sb.addClient(1500)
+	if out, err := sb.cmd("ip", "-n", cl.name, "route", "add", "172.19.0.0/16", "via", hostAddr).CombinedOutput(); err != nil {
+		t.Fatalf("route back: %v %s", err, out)
+	}
+	if out, err := sb.cmd("ip", "-n", cl.name, "addr", "add", "192.168.77.3/24", "dev", "uplink").CombinedOutput(); err != nil {
+		t.Fatalf("second client address: %v %s", err, out)
+	}
+	// The client reports the source address of each connection.
+	var ln net.Listener
+	var err error
+	inNetns(t, cl.ns, func() { ln, err = net.Listen("tcp", ":7000") })
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	seen := make(chan string, 4)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			seen <- c.RemoteAddr().(*net.TCPAddr).IP.String()
+			c.Close()
+		}
+	}()
+	runc := newRuntime(t, sb, "runc")
+	runc.start(t, "a", bundle(t, sb, rootfs(t), createRuntime, []string{"sleep", "600"}))
+	for _, c := range []struct{ dest, wantSource string }{
+		{clientAddr, "172.19.0.2"}, // the exception: its own address
+		{"192.168.77.3", hostAddr}, // elsewhere: masqueraded
+	} {
+		if out, err := runc.cmd("exec", "a", "nc", "-w", "2", c.dest, "7000").CombinedOutput(); err != nil {
+			t.Fatalf("connect to %s: %v %s", c.dest, err, out)
+		}
+		select {
+		case src := <-seen:
+			if src != c.wantSource {
+				t.Errorf("to %s the client saw %s, want %s", c.dest, src, c.wantSource)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("the client saw no connection to %s", c.dest)
+		}
+	}
+}

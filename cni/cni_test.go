@@ -37,7 +37,8 @@ func TestWants(t *testing.T) {
 func TestConfigMirrorsTheFlags(t *testing.T) {
 	conf, err := parse([]byte(`{"cniVersion":"1.1.0","name":"n","type":"bridgehook","bridge":"cni0",
 		"subnet":["fd10::/64","10.10.0.0/24"],"mtu":1400,"icc":false,"internal":true,"defaultRoute":false,
-		"dns":{"nameservers":["10.10.0.53"],"search":["svc.local"]},"firewall":"nftables","stateDir":"/run/x"}`))
+		"dns":{"nameservers":["10.10.0.53"],"search":["svc.local"]},"firewall":"nftables","stateDir":"/run/x",
+		"nonMasqueradeCIDRs":["10.244.0.0/16"]}`))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -46,7 +47,8 @@ func TestConfigMirrorsTheFlags(t *testing.T) {
 		t.Fatal(err)
 	}
 	if c.Bridge != "cni0" || fmt.Sprint(c.Subnets) != "[10.10.0.0/24 fd10::/64]" || c.MTU != 1400 || c.ICC || !c.Internal ||
-		c.DefaultRoute || c.Firewall != "nftables" || c.StateDir != "/run/x" || c.Iface != "net1" {
+		c.DefaultRoute || c.Firewall != "nftables" || c.StateDir != "/run/x" || c.Iface != "net1" ||
+		fmt.Sprint(c.NonMasquerade) != "[10.244.0.0/16]" {
 		t.Errorf("config %+v", c)
 	}
 	// One subnet as a string, and the hook's defaults for what is left out.
@@ -60,15 +62,17 @@ func TestConfigMirrorsTheFlags(t *testing.T) {
 
 func TestBadConfigsNameTheirKeys(t *testing.T) {
 	for stdin, want := range map[string]string{
-		`{"subnet":"10.0.0.1/24"}`:          `"subnet": 10.0.0.1/24: not a network address`,
-		`{"subnet":{"a":1}}`:                `"subnet": want a string`,
-		`{"bridge":"a/b"}`:                  `"bridge" "a/b"`,
-		`{"mtu":10}`:                        `"mtu" 10`,
-		`{"firewall":"pf"}`:                 `"firewall" "pf"`,
-		`{"stateDir":"run"}`:                `"stateDir" "run"`,
-		`{"subnet":"fd00::/64","mtu":1000}`: `"mtu" 1000: IPv6 needs 1280`,
-		`{"dns":{"nameservers":["1.2.3"]}}`: `"dns": nameserver "1.2.3"`,
-		`{"icc":"yes"}`:                     `network configuration`,
+		`{"subnet":"10.0.0.1/24"}`:              `"subnet": 10.0.0.1/24: not a network address`,
+		`{"subnet":{"a":1}}`:                    `"subnet": want a string`,
+		`{"bridge":"a/b"}`:                      `"bridge" "a/b"`,
+		`{"mtu":10}`:                            `"mtu" 10`,
+		`{"firewall":"pf"}`:                     `"firewall" "pf"`,
+		`{"stateDir":"run"}`:                    `"stateDir" "run"`,
+		`{"subnet":"fd00::/64","mtu":1000}`:     `"mtu" 1000: IPv6 needs 1280`,
+		`{"dns":{"nameservers":["1.2.3"]}}`:     `"dns": nameserver "1.2.3"`,
+		`{"icc":"yes"}`:                         `network configuration`,
+		`{"nonMasqueradeCIDRs":["x"]}`:          `"nonMasqueradeCIDRs": "x"`,
+		`{"nonMasqueradeCIDRs":["10.0.0.1/8"]}`: `"nonMasqueradeCIDRs" 10.0.0.1/8: want a network address`,
 	} {
 		conf, err := parse([]byte(stdin))
 		if err == nil {

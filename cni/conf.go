@@ -18,12 +18,14 @@ import (
 // portMappings, ips and mac) and, for CHECK, prevResult.
 type netConf struct {
 	types.PluginConf
-	Bridge       string  `json:"bridge"`
-	Subnet       subnets `json:"subnet"`
-	MTU          int     `json:"mtu"`
-	ICC          *bool   `json:"icc"`
-	Internal     bool    `json:"internal"`
-	DefaultRoute *bool   `json:"defaultRoute"`
+	Bridge   string  `json:"bridge"`
+	Subnet   subnets `json:"subnet"`
+	MTU      int     `json:"mtu"`
+	ICC      *bool   `json:"icc"`
+	Internal bool    `json:"internal"`
+	// NonMasquerade mirrors --non-masquerade-cidr.
+	NonMasquerade []string `json:"nonMasqueradeCIDRs"`
+	DefaultRoute  *bool    `json:"defaultRoute"`
 	// DNS goes into the result as it is, for the runtime to write; it is
 	// CNI's own object (libcni parses it too).
 	DNS      types.DNS `json:"dns"`
@@ -100,6 +102,13 @@ func (c *netConf) config(ifname string) (hook.Config, error) {
 		}
 	}
 	cfg.MTU, cfg.Internal, cfg.Firewall = c.MTU, c.Internal, c.Firewall
+	for _, s := range c.NonMasquerade {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return cfg, invalid(`"nonMasqueradeCIDRs": %q is not a network such as "10.244.0.0/16"`, s)
+		}
+		cfg.NonMasquerade = append(cfg.NonMasquerade, p)
+	}
 	if c.ICC != nil {
 		cfg.ICC = *c.ICC
 	}
@@ -118,7 +127,7 @@ func (c *netConf) config(ifname string) (hook.Config, error) {
 // flagsToKeys names the configuration's keys where the hook's checks
 // name its flags.
 func flagsToKeys(msg string) string {
-	return strings.NewReplacer("--bridge", `"bridge"`, "--subnet", `"subnet"`, "--mtu", `"mtu"`,
+	return strings.NewReplacer("--bridge", `"bridge"`, "--subnet", `"subnet"`, "--mtu", `"mtu"`, "--non-masquerade-cidr", `"nonMasqueradeCIDRs"`,
 		"--firewall", `"firewall"`, "--state-dir", `"stateDir"`, "--iface", "CNI_IFNAME").Replace(msg)
 }
 

@@ -36,6 +36,9 @@ type Config struct {
 	ICC bool
 	// Internal networks have no way out (--internal).
 	Internal bool
+	// NonMasquerade are destinations reached without masquerade
+	// (--non-masquerade-cidr): a cluster's pod CIDR.
+	NonMasquerade []netip.Prefix
 	// DefaultRoute adds a default route via the gateway, unless the
 	// container has one already from an earlier network.
 	DefaultRoute bool
@@ -152,6 +155,11 @@ func (c Config) Check() error {
 	if c.MTU != 0 && c.MTU < minMTU6 && c.has(true) {
 		return inputErr("--mtu %d: IPv6 needs 1280 at least; want 1280 to 65535 on a network with an IPv6 subnet", c.MTU)
 	}
+	for _, p := range c.NonMasquerade {
+		if !p.IsValid() || p != p.Masked() {
+			return inputErr("--non-masquerade-cidr %s: want a network address, e.g. 10.244.0.0/16", p)
+		}
+	}
 	if c.Firewall != "" && c.Firewall != "iptables" && c.Firewall != "nftables" {
 		return inputErr("--firewall %q: want iptables or nftables", c.Firewall)
 	}
@@ -194,7 +202,7 @@ func (c Config) gateways() []netip.Prefix {
 }
 
 func (c Config) natNetwork() nat.Network {
-	return nat.Network{Bridge: c.Bridge, Subnets: c.Subnets, Isolated: !c.ICC, Internal: c.Internal}
+	return nat.Network{Bridge: c.Bridge, Subnets: c.Subnets, Isolated: !c.ICC, Internal: c.Internal, NonMasquerade: c.NonMasquerade}
 }
 
 // vethName is the host end's name: netnsv0-PID for eth0, as the netns hook

@@ -152,7 +152,7 @@ func (n *Network) on(s ipam.Store) *Network {
 // flags they were not given.
 func (n *Network) adopt(tx ipam.Tx) {
 	if rec, ok := readRecord(tx); ok {
-		n.ICC, n.Internal = rec.ICC, rec.Internal
+		n.ICC, n.Internal, n.NonMasquerade = rec.ICC, rec.Internal, rec.NonMasquerade
 	}
 	n.adoptFirewall(tx)
 }

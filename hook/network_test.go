@@ -51,6 +51,18 @@ func TestColdThenWarmSetup(t *testing.T) {
 	if !slices.Contains(w.fw.calls[calls:], "install netns0") || !w.fw.installed["netns0"].Isolated {
 		t.Errorf("--icc=false on a network set up with icc: %v", w.fw.calls[calls:])
 	}
+	// So does a new --non-masquerade-cidr, and the record keeps it.
+	w.n.NonMasquerade = []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}
+	calls = len(w.fw.calls)
+	w.mustSetup("e", w.container(14), "")
+	if !slices.Contains(w.fw.calls[calls:], "install netns0") || len(w.fw.installed["netns0"].NonMasquerade) != 1 {
+		t.Errorf("--non-masquerade-cidr on a network set up without: %v", w.fw.calls[calls:])
+	}
+	calls = len(w.fw.calls)
+	w.mustSetup("f", w.container(15), "")
+	if len(w.fw.calls) != calls {
+		t.Errorf("the next setup did not trust the record: %v", w.fw.calls[calls:])
+	}
 }
 
 // A firewall reload takes the rules; the next setup finds them gone and

@@ -22,16 +22,18 @@ type NetworkView struct {
 	Bridge string `json:"bridge"`
 	// Subnet and Gateway are the first subnet's, as before dual-stack;
 	// Subnets and Gateways have both families'.
-	Subnet    string     `json:"subnet"`
-	Gateway   string     `json:"gateway"`
-	Subnets   []string   `json:"subnets"`
-	Gateways  []string   `json:"gateways"`
-	MTU       int        `json:"mtu"`
-	NAT       bool       `json:"nat"`
-	ICC       bool       `json:"icc"`
-	Internal  bool       `json:"internal"`
-	Firewall  string     `json:"firewall"`
-	Endpoints []Endpoint `json:"endpoints"`
+	Subnet   string   `json:"subnet"`
+	Gateway  string   `json:"gateway"`
+	Subnets  []string `json:"subnets"`
+	Gateways []string `json:"gateways"`
+	MTU      int      `json:"mtu"`
+	NAT      bool     `json:"nat"`
+	ICC      bool     `json:"icc"`
+	Internal bool     `json:"internal"`
+	// NonMasquerade are the destinations reached without masquerade.
+	NonMasquerade []string   `json:"non_masquerade,omitempty"`
+	Firewall      string     `json:"firewall"`
+	Endpoints     []Endpoint `json:"endpoints"`
 	// Unreadable names lease files gc will rebuild or discard.
 	Unreadable []string `json:"unreadable,omitempty"`
 }
@@ -113,6 +115,9 @@ func list(stores []ipam.Store, sys System) ([]NetworkView, error) {
 		err := s.Do(func(tx ipam.Tx) error {
 			if rec, ok := readRecord(tx); ok {
 				v.MTU, v.ICC, v.Internal, v.NAT = rec.MTU, rec.ICC, rec.Internal, !rec.Internal
+				for _, p := range rec.NonMasquerade {
+					v.NonMasquerade = append(v.NonMasquerade, p.String())
+				}
 				v.Firewall = rec.firewall()
 			}
 			ls, bad, err := tx.List()

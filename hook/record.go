@@ -2,6 +2,7 @@ package hook
 
 import (
 	"net/netip"
+	"slices"
 
 	"github.com/bridgehook/bridgehook/bridge"
 	"github.com/bridgehook/bridgehook/ipam"
@@ -19,8 +20,9 @@ type record struct {
 	MTU         int            `json:"mtu"`
 	BridgeIndex int            `json:"bridge_index"`
 	// The options the rules were installed with.
-	ICC      bool `json:"icc"`
-	Internal bool `json:"internal"`
+	ICC           bool           `json:"icc"`
+	Internal      bool           `json:"internal"`
+	NonMasquerade []netip.Prefix `json:"non_masquerade,omitempty"`
 	// The backend that holds them; records older than the choice have
 	// none, and theirs is iptables.
 	Firewall string `json:"firewall,omitempty"`
@@ -44,12 +46,12 @@ func readRecord(tx ipam.Tx) (record, bool) {
 func (n *Network) recordOf(br bridge.Bridge) record {
 	return record{
 		Bridge: n.Bridge, Subnets: n.Subnets,
-		MTU: br.MTU, BridgeIndex: br.Index, ICC: n.ICC, Internal: n.Internal,
+		MTU: br.MTU, BridgeIndex: br.Index, ICC: n.ICC, Internal: n.Internal, NonMasquerade: n.NonMasquerade,
 		Firewall: n.Firewall,
 	}
 }
 
 // trusts reports whether rec vouches for network n's bridge br.
 func (n *Network) trusts(rec record, br bridge.Bridge) bool {
-	return rec.ICC == n.ICC && rec.Internal == n.Internal && rec.BridgeIndex == br.Index
+	return rec.ICC == n.ICC && rec.Internal == n.Internal && slices.Equal(rec.NonMasquerade, n.NonMasquerade) && rec.BridgeIndex == br.Index
 }

@@ -37,17 +37,17 @@ type Lease struct {
 	// IP is the address from the network's first subnet, which names the
 	// lease: IPv4, or IPv6 on an IPv6-only network. IP6 is the IPv6
 	// address of a dual-stack network's lease.
-	IP         netip.Addr `json:"ip"`
-	IP6        netip.Addr `json:"ip6,omitzero"`
-	Iface      string     `json:"iface,omitempty"`
-	Veth       string     `json:"veth,omitempty"`
-	PID        int        `json:"pid,omitempty"`
+	IP    netip.Addr `json:"ip"`
+	IP6   netip.Addr `json:"ip6,omitzero"`
+	Iface string     `json:"iface,omitempty"`
+	Veth  string     `json:"veth,omitempty"`
+	PID   int        `json:"pid,omitempty"`
 	// Netns is the path of the container's network namespace, for a
 	// container that came through CNI (which gives no pid).
-	Netns      string     `json:"netns,omitempty"`
-	NetnsInode uint64     `json:"netns_inode,omitempty"`
-	Ports      []string   `json:"ports,omitempty"`
-	Created    time.Time  `json:"created"`
+	Netns      string    `json:"netns,omitempty"`
+	NetnsInode uint64    `json:"netns_inode,omitempty"`
+	Ports      []string  `json:"ports,omitempty"`
+	Created    time.Time `json:"created"`
 }
 
 // Addrs returns the lease's addresses, IPv4 first.

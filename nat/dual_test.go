@@ -155,3 +155,34 @@ func TestIPTablesDualStackUsesBothTools(t *testing.T) {
 		t.Errorf("Published() = %v %v", got, err)
 	}
 }
+
+func TestNonMasqueradeReturnsBeforeTheMasquerade(t *testing.T) {
+	n := dualNet
+	n.NonMasquerade = []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("fd44::/48")}
+	var order []string
+	for _, r := range n.Rules() {
+		if r.Chain == Masquerade {
+			order = append(order, r.What)
+		}
+	}
+	want := []string{"not masqueraded to 10.244.0.0/16", "not masqueraded to fd44::/48", "masquerade", "hairpin", "masquerade", "hairpin", "localhost"}
+	if !slices.Equal(order, want) {
+		t.Errorf("masquerade chain %v, want %v", order, want)
+	}
+	ipt := n.iptablesOf(IPv4, n.Rules())
+	found := false
+	for _, r := range ipt {
+		spec := strings.Join(r.Spec, " ")
+		found = found || spec == `-d 10.244.0.0/16 ! -o netns0 -m comment --comment bridgehook netns0: not masqueraded to 10.244.0.0/16 -j RETURN`
+		if strings.Contains(spec, "fd44::") {
+			t.Errorf("IPv6 exception in iptables: %s", spec)
+		}
+	}
+	if !found {
+		t.Errorf("no IPv4 RETURN rule in %v", ipt)
+	}
+	ret := show(n.nftRule(ruleOf(t, n.Rules(), "not masqueraded to fd44::/48")).Exprs)
+	if ret[len(ret)-1] != fmt.Sprintf("verdict %d ", -5) || !slices.Contains(ret, "payload 1+24/16 => r1") {
+		t.Errorf("IPv6 exception in nftables:\n%s", strings.Join(ret, "\n"))
+	}
+}

@@ -133,6 +133,8 @@ func (n Network) iptables(r Rule) iptRule {
 		add("-j", "ACCEPT")
 	case Drop:
 		add("-j", "DROP")
+	case Return:
+		add("-j", "RETURN")
 	case Masq:
 		add("-j", "MASQUERADE")
 	case DNAT:

@@ -28,6 +28,10 @@ type Network struct {
 	// Internal networks have no way out: no MASQUERADE, no forwarding
 	// out of the bridge.
 	Internal bool
+	// NonMasquerade are destinations the containers' traffic reaches
+	// with their own addresses: a cluster's pod CIDR, whose nodes route
+	// it (--non-masquerade-cidr).
+	NonMasquerade []netip.Prefix
 }
 
 func (n Network) comment(what string) string { return "bridgehook " + n.Bridge + ": " + what }

@@ -191,6 +191,8 @@ func (n Network) nftRule(r Rule) *nftables.Rule {
 		e = append(e, &expr.Verdict{Kind: expr.VerdictAccept})
 	case Drop:
 		e = append(e, &expr.Verdict{Kind: expr.VerdictDrop})
+	case Return:
+		e = append(e, &expr.Verdict{Kind: expr.VerdictReturn})
 	case Masq:
 		e = append(e, &expr.Masq{})
 	case DNAT:

@@ -29,6 +29,9 @@ const (
 	Drop
 	Masq
 	DNAT
+	// Return leaves the network's chain: the rules after it do not see
+	// the traffic.
+	Return
 )
 
 // Rule is one rule of a network's policy, in no backend's terms: the
@@ -137,6 +140,11 @@ func (n Network) Rules() []Rule {
 		fwd("replies into the bridge", Accept, Rule{Out: br, Replies: true}),
 		fwd("published ports", Accept, Rule{Out: br, DNATed: true}),
 	)
+	for _, dst := range n.NonMasquerade {
+		// Before the masquerade: traffic leaving for these keeps its
+		// source (hairpin traffic goes back into the bridge: untouched).
+		rules = append(rules, Rule{Chain: Masquerade, What: "not masqueraded to " + dst.String(), Dst: dst, NotOut: br, Verdict: Return})
+	}
 	for _, subnet := range n.Subnets {
 		rules = append(rules,
 			// Not for traffic that stays on the bridge: containers see
