@@ -490,7 +490,7 @@ func (n *Network) Remove() ([]string, error) {
 		var live []string
 		for _, l := range leases {
 			if n.alive(l) {
-				live = append(live, fmt.Sprintf("%s (%s, pid %d)", l.ID, l.IP, l.PID))
+				live = append(live, fmt.Sprintf("%s (%s, %s)", l.ID, l.IP, holder(l)))
 			}
 		}
 		if len(live) > 0 {

@@ -192,7 +192,7 @@ func (n *Network) claim(tx ipam.Tx, req Request, ns netns.NsHandle, ino uint64) 
 			return Result{Lease: old, Found: true, Reused: true}, nil, nil
 		}
 		if old.NetnsInode != ino && n.alive(old) {
-			return Result{}, nil, inputErr("container id %q already holds %s for a live network namespace (pid %d); container ids must be unique per network", req.ID, old.IP, old.PID)
+			return Result{}, nil, inputErr("container id %q already holds %s for a live network namespace (%s); container ids must be unique per network", req.ID, old.IP, holder(old))
 		}
 		// A setup that failed half-way, or an id whose container died
 		// without a teardown: start afresh.
@@ -528,6 +528,15 @@ func (n *Network) prefixes(l ipam.Lease) []netip.Prefix {
 		}
 	}
 	return ps
+}
+
+// holder names the namespace a lease was made for: its process's pid, or
+// its path (CNI).
+func holder(l ipam.Lease) string {
+	if l.Netns != "" {
+		return l.Netns
+	}
+	return fmt.Sprintf("pid %d", l.PID)
 }
 
 // staticAnnotation names the annotation that asked for the address err
