@@ -24,16 +24,13 @@ build:
 # namespaces and fail if anything they need is missing; as another user
 # only the unit tests run.
 test: lint
-	$(GO) test -count=1 -race ./ipam ./hook ./nat ./cni
+	$(GO) test -count=1 -race ./input ./port ./ipam ./hook ./nat ./oci ./cni
 	$(GO) test -count=1 -timeout 30m ./...
 
 # Coverage of the tests that need no root: the packages' own, with hook's
 # decisions tested against fakes of the kernel, the firewall and the store.
 cover:
-	$(GO) test -count=1 -coverprofile=cover.out ./hook ./ipam ./nat ./bridge ./cni
-	@echo "hook/, by function (lowest first):"
-	@$(GO) tool cover -func=cover.out | grep '/hook/' | sort -k3 -n | head -8
-	@echo "all five packages:"; $(GO) tool cover -func=cover.out | tail -1
+	$(GO) test -count=1 -cover ./input ./port ./ipam ./hook ./nat ./oci ./cni ./bridge
 
 # go vet and staticcheck; any finding fails the build.
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
@@ -54,13 +51,13 @@ demo: deps
 bench: deps
 	$(if $(BASE),bash .ci/build-rev $(BASE) $(CURDIR)/bridgehook-base &&) \
 	BRIDGEHOOK_BENCH=1 BRIDGEHOOK_BENCH_RUNS=$(RUNS) $(if $(BASE),BRIDGEHOOK_BENCH_BASE=$(CURDIR)/bridgehook-base) $(GO) test -count=1 -run '^TestBenchTable$$' -v . | grep -v -e '^=== RUN' -e '^--- PASS' -e '^PASS' -e '^ok '
-	$(GO) test -run '^$$' -bench . -benchtime 2000x ./ipam ./hook
+	$(GO) test -run '^$$' -bench . -benchtime 2000x ./ipam ./oci
 
 # Each fuzz target for a bounded time (FUZZTIME), from the seeds in testdata/.
 FUZZTIME ?= 30s
 fuzz:
-	$(GO) test -run '^$$' -fuzz '^FuzzReadState$$' -fuzztime $(FUZZTIME) ./hook
-	$(GO) test -run '^$$' -fuzz '^FuzzParsePorts$$' -fuzztime $(FUZZTIME) ./nat
+	$(GO) test -run '^$$' -fuzz '^FuzzReadState$$' -fuzztime $(FUZZTIME) ./oci
+	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./port
 
 # The long versions of the concurrency and crash tests.
 stress:

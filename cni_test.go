@@ -422,7 +422,7 @@ func TestCNIBadInput(t *testing.T) {
 		code                       int
 		want                       string
 	}{
-		{"bad subnet", conf(`,"subnet":"10.0.0.5/24"`), path, "eth0", 7, `"subnet": 10.0.0.5/24: not a network address`},
+		{"bad subnet", conf(`,"subnet":"10.0.0.5/24"`), path, "eth0", 7, `"subnet" 10.0.0.5/24: not a network address`},
 		{"three subnets", conf(`,"subnet":["10.0.0.0/24","fd00::/64","10.1.0.0/24"]`), path, "eth0", 7, "one IPv4 and one IPv6"},
 		{"subnet not a string", conf(`,"subnet":5`), path, "eth0", 7, `"subnet": want a string`},
 		{"unknown firewall", conf(`,"firewall":"pf"`), path, "eth0", 7, `"firewall" "pf": want iptables or nftables`},

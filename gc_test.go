@@ -270,7 +270,7 @@ func testGCRemovesRulesOfLostLeases(t *testing.T, fw string) {
 	if bRules != 1 {
 		t.Errorf("b has %d port rules, want 1: %v", bRules, sb.rules())
 	}
-	if l, ok := sb.lease("b", "172.19.0.0/16"); !ok || !slices.Equal(l.Ports, []string{"8081:80/tcp"}) {
+	if l, ok := sb.lease("b", "172.19.0.0/16"); !ok || fmt.Sprint(l.Ports) != "[8081:80/tcp]" {
 		t.Errorf("b's rebuilt lease: %+v %v, want its port", l, ok)
 	}
 	if v := sb.veths(); len(v) != 1 || v[0] != fmt.Sprint("netnsv0-", b) {

@@ -20,6 +20,8 @@ import (
 
 	"github.com/bridgehook/bridgehook/cni"
 	"github.com/bridgehook/bridgehook/hook"
+	"github.com/bridgehook/bridgehook/input"
+	"github.com/bridgehook/bridgehook/oci"
 )
 
 // Exit codes: 1 when the host failed us, 2 when the input was wrong.
@@ -162,25 +164,28 @@ func init() {
 	commands["version"].run = runVersion
 }
 
-// env is what every command gets: the network's config, where to write,
-// and the logs.
+// env is what every command gets: the network's config, the world it
+// drives, where to write, and the logs.
 type env struct {
-	cfg    hook.Config
-	debug  *slog.Logger // --debug: step timings
-	cmd    string
-	json   bool // ls --json
-	all    bool // ls, gc --all
-	stdin  io.Reader
-	stdout io.Writer
-	stderr io.Writer
-	log    logs
+	cfg     hook.Config
+	subnets []string // --subnet, as given
+	opts    []hook.Option
+	logFile string
+	debug   bool // --debug: step timings
+	cmd     string
+	json    bool // ls --json
+	all     bool // ls, gc --all
+	stdin   io.Reader
+	stdout  io.Writer
+	stderr  io.Writer
+	log     logs
 }
 
 func main() {
 	// The CNI face, when a CNI runtime runs the binary: CNI_COMMAND set
 	// and a network configuration on stdin (see cni.Wants).
 	if command := os.Getenv("CNI_COMMAND"); command != "" {
-		stdin, err := io.ReadAll(io.LimitReader(os.Stdin, hook.MaxState+1))
+		stdin, err := io.ReadAll(io.LimitReader(os.Stdin, oci.MaxState+1))
 		if err == nil && cni.Wants(command, stdin) {
 			os.Exit(cni.Main(stdin, version()+" (CNI plugin)"))
 		}
@@ -190,26 +195,64 @@ func main() {
 }
 
 func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
-	cfg := hook.Defaults()
-	var subnets []string
-	var logFile string
-	var debug, jsonOut, all bool
+	e := &env{cfg: hook.Defaults(), stdin: stdin, stdout: stdout, stderr: stderr}
+	fs := e.flags()
+	name, pos, err := parseArgs(fs, args)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		return helpFor(pos, fs, stderr)
+	case err != nil:
+		fmt.Fprintf(stderr, "bridgehook: %s (see bridgehook --help)\n", flagError(err))
+		return exitInput
+	case name == "help":
+		return helpFor(pos, fs, stdout)
+	}
+	c, ok := commands[name]
+	if name == "" {
+		c = commands["hook"]
+	} else if !ok {
+		fmt.Fprintf(stderr, "bridgehook: unknown command %q (see bridgehook --help)\n", name)
+		return exitInput
+	}
+	e.cmd = name
+	var closeLog func()
+	e.log, closeLog = newLogs(e.logFile, stderr)
+	defer closeLog()
+	if e.debug {
+		e.opts = append(e.opts, hook.WithDebug(slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))))
+	}
+	if err := e.runCommand(c, pos); err != nil {
+		msg := strings.ReplaceAll(input.Render(err, oci.Spell), "\n", " ")
+		fmt.Fprintf(stderr, "bridgehook: %s\n", msg)
+		e.log.file.Error("failed", "command", e.cmd, "error", msg)
+		if errors.Is(err, input.Err) {
+			return exitInput
+		}
+		return exitFail
+	}
+	return 0
+}
+
+// flags binds every flag to e: they define the network, and every
+// command takes them.
+func (e *env) flags() *flag.FlagSet {
+	cfg := &e.cfg
 	fs := flag.NewFlagSet("bridgehook", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs.SetOutput(io.Discard) // errors are printed in one line, help by helpFor
 	fs.StringVar(&cfg.Bridge, "bridge", cfg.Bridge, "name of the bridge to attach containers to")
 	fs.Func("subnet", "the network's `CIDR`; the bridge gets its first address, the gateway. Twice, an IPv4 and an IPv6 one, for dual-stack (default 172.19.0.0/16)", func(v string) error {
-		subnets = append(subnets, v)
+		e.subnets = append(e.subnets, v)
 		return nil
 	})
 	fs.IntVar(&cfg.MTU, "mtu", 0, "MTU of a new bridge and of the veths; 0: the bridge's own, 1500 for a new bridge")
 	fs.StringVar(&cfg.Iface, "iface", cfg.Iface, "name of the interface inside the container")
 	fs.StringVar(&cfg.StateDir, "state-dir", cfg.StateDir, "where the lease store lives; under /run, leases die with a reboot as containers do")
-	fs.StringVar(&logFile, "log-file", "", "append a JSON line per setup, teardown and failure to this `file` (crun discards hook output)")
+	fs.StringVar(&e.logFile, "log-file", "", "append a JSON line per setup, teardown and failure to this `file` (crun discards hook output)")
 	fs.BoolVar(&cfg.ICC, "icc", true, "let containers on the bridge reach each other; false isolates them (they still reach the gateway and beyond)")
 	fs.Func("non-masquerade-cidr", "traffic to this `CIDR` leaves with the container's own address, not the host's (a cluster's pod CIDR, routed by its nodes); may be repeated", func(v string) error {
 		p, err := netip.ParsePrefix(v)
 		if err != nil {
-			return fmt.Errorf("%q is not a network such as 10.244.0.0/16", v)
+			return fmt.Errorf("want a network such as 10.244.0.0/16")
 		}
 		cfg.NonMasquerade = append(cfg.NonMasquerade, p)
 		return nil
@@ -228,89 +271,57 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return nil
 	})
 	fs.BoolVar(&cfg.HostDNS, "resolv-conf", false, "write the host's name servers (loopback ones skipped) to the container's /etc/resolv.conf")
-	fs.BoolVar(&debug, "debug", false, "report how long each step takes, on stderr")
-	fs.BoolVar(&jsonOut, "json", false, "ls: print JSON")
-	fs.BoolVar(&all, "all", false, "ls, gc, repair: every network under --state-dir")
-	fs.Usage = func() {
-		fmt.Fprint(stderr, overview)
-		fs.PrintDefaults()
-	}
+	fs.BoolVar(&e.debug, "debug", false, "report how long each step takes, on stderr")
+	fs.BoolVar(&e.json, "json", false, "ls: print JSON")
+	fs.BoolVar(&e.all, "all", false, "ls, gc, repair: every network under --state-dir")
+	return fs
+}
 
-	// Flags may come before and after the command and its arguments.
-	var pos []string
-	for rest := args; ; {
+// parseArgs parses flags that may come before and after the command and
+// its arguments: the command's name, then its arguments.
+func parseArgs(fs *flag.FlagSet, args []string) (name string, pos []string, err error) {
+	for rest := args; ; rest = fs.Args()[1:] {
 		if err := fs.Parse(rest); err != nil {
-			if errors.Is(err, flag.ErrHelp) {
-				return helpFor(pos, fs, stderr)
-			}
-			return exitInput
+			return "", pos, err
 		}
 		if fs.NArg() == 0 {
 			break
 		}
 		pos = append(pos, fs.Arg(0))
-		rest = fs.Args()[1:]
 	}
-	name := ""
 	if len(pos) > 0 {
 		name, pos = pos[0], pos[1:]
 	}
-	if name == "help" {
-		return helpFor(pos, fs, stdout)
-	}
-	c, ok := commands[name]
-	if name == "" {
-		c = commands["hook"]
-	} else if !ok {
-		fmt.Fprintf(stderr, "bridgehook: unknown command %q (see bridgehook --help)\n", name)
-		return exitInput
-	}
-
-	e := &env{cfg: cfg, cmd: name, json: jsonOut, all: all, stdin: stdin, stdout: stdout, stderr: stderr}
-	var closeLog func()
-	e.log, closeLog = newLogs(logFile, stderr)
-	defer closeLog()
-	if debug {
-		e.debug = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	}
-	err := func() error {
-		if len(subnets) > 0 {
-			var ps []netip.Prefix
-			for _, s := range subnets {
-				p, err := hook.ParseSubnet(s)
-				if err != nil {
-					return err
-				}
-				ps = append(ps, p)
-			}
-			if err := e.cfg.SetSubnets(ps); err != nil {
-				return err
-			}
-		}
-		if err := e.cfg.Check(); err != nil {
-			return err
-		}
-		if c.root && os.Geteuid() != 0 {
-			return hook.InputErr("must run as root: it changes interfaces, firewall rules and leases (run it from the runtime's hooks, or with sudo)")
-		}
-		return c.run(e, pos)
-	}()
-	if err != nil {
-		msg := strings.ReplaceAll(err.Error(), "\n", " ")
-		fmt.Fprintf(stderr, "bridgehook: %s\n", msg)
-		e.log.file.Error("failed", "command", e.cmd, "error", msg)
-		if errors.Is(err, hook.ErrInput) {
-			return exitInput
-		}
-		return exitFail
-	}
-	return 0
+	return name, pos, nil
 }
 
+// flagError is the flag package's message about a flag, with the flag
+// spelt as the docs spell it: --name.
+func flagError(err error) string {
+	return strings.NewReplacer("flag -", "flag --", "argument: -", "argument: --", "defined: -", "defined: --").Replace(err.Error())
+}
+
+// runCommand checks the network the flags define, then runs c.
+func (e *env) runCommand(c *command, pos []string) error {
+	if len(e.subnets) > 0 {
+		if err := e.cfg.ParseSubnets(e.subnets); err != nil {
+			return err
+		}
+	}
+	if err := e.cfg.Check(); err != nil {
+		return err
+	}
+	if c.root && os.Geteuid() != 0 {
+		return input.Errorf("", "must run as root: it changes interfaces, firewall rules and leases (run it from the runtime's hooks, or with sudo)")
+	}
+	return c.run(e, pos)
+}
+
+// helpFor prints the overview, or a command's usage, and the flags.
 func helpFor(pos []string, fs *flag.FlagSet, w io.Writer) int {
 	if len(pos) == 0 {
-		fs.SetOutput(w)
-		fs.Usage()
+		fmt.Fprint(w, overview)
+		printFlags(fs, w)
 		return 0
 	}
 	c, ok := commands[pos[0]]
@@ -318,15 +329,30 @@ func helpFor(pos []string, fs *flag.FlagSet, w io.Writer) int {
 		fmt.Fprintf(w, "bridgehook: no help for %q (see bridgehook --help)\n", pos[0])
 		return exitInput
 	}
-	fmt.Fprintf(w, "Usage:\n  %s\nFlags:\n", c.usage)
-	fs.SetOutput(w)
-	fs.PrintDefaults()
+	fmt.Fprintf(w, "Usage:\n  %sFlags:\n", c.usage)
+	printFlags(fs, w)
 	return 0
+}
+
+// printFlags lists the flags as the docs spell them, --name.
+func printFlags(fs *flag.FlagSet, w io.Writer) {
+	fs.VisitAll(func(f *flag.Flag) {
+		name, usage := flag.UnquoteUsage(f)
+		line := "  --" + f.Name
+		if name != "" {
+			line += " " + name
+		}
+		fmt.Fprintf(w, "%s\n    \t%s", line, strings.ReplaceAll(usage, "\n", "\n    \t"))
+		if f.DefValue != "" && f.DefValue != "false" && f.DefValue != "0" {
+			fmt.Fprintf(w, " (default %q)", f.DefValue)
+		}
+		fmt.Fprintln(w)
+	})
 }
 
 func noArgs(args []string) error {
 	if len(args) > 0 {
-		return hook.InputErr("unexpected argument %q (see bridgehook --help)", args[0])
+		return input.Errorf("", "unexpected argument %q (see bridgehook --help)", args[0])
 	}
 	return nil
 }
@@ -335,27 +361,27 @@ func runHook(e *env, args []string) error {
 	if err := noArgs(args); err != nil {
 		return err
 	}
-	st, err := hook.ReadState(e.stdin)
+	st, err := oci.ReadState(e.stdin)
 	if err != nil {
 		return err
 	}
-	action := hook.ActionSetup
+	action := oci.ActionSetup
 	switch e.cmd {
 	case "teardown":
-		action = hook.ActionTeardown
+		action = oci.ActionTeardown
 	case "":
-		if action, err = hook.ActionFor(st); err != nil {
+		if action, err = oci.ActionFor(st); err != nil {
 			return err
 		}
 	}
 	start := time.Now()
 	var res hook.Result
-	if action == hook.ActionSetup {
+	if action == oci.ActionSetup {
 		e.cmd = "setup"
-		res, err = hook.Setup(e.cfg, st, e.debug)
+		res, err = oci.Setup(e.cfg, st, e.opts...)
 	} else {
 		e.cmd = "teardown"
-		res, err = hook.Teardown(e.cfg, st.ID, e.debug)
+		res, err = oci.Teardown(e.cfg, st.ID, e.opts...)
 	}
 	if err != nil {
 		return fmt.Errorf("%s %s: %w", e.cmd, st.ID, err)
@@ -386,7 +412,7 @@ func runLs(e *env, args []string) error {
 	if err := noArgs(args); err != nil {
 		return err
 	}
-	nets, err := hook.List(e.cfg, e.all)
+	nets, err := hook.List(e.cfg, e.all, e.opts...)
 	if err != nil {
 		return err
 	}
@@ -435,9 +461,9 @@ func runLs(e *env, args []string) error {
 
 func runInspect(e *env, args []string) error {
 	if len(args) != 1 {
-		return hook.InputErr("inspect wants one container id (see bridgehook help inspect)")
+		return input.Errorf("", "inspect wants one container id (see bridgehook help inspect)")
 	}
-	ep, err := hook.Inspect(e.cfg, args[0])
+	ep, err := hook.Inspect(e.cfg, args[0], e.opts...)
 	if err != nil {
 		return err
 	}
@@ -450,7 +476,7 @@ func runGC(e *env, args []string) error {
 	if err := noArgs(args); err != nil {
 		return err
 	}
-	report, err := hook.GC(e.cfg, e.all)
+	report, err := hook.GC(e.cfg, e.all, e.opts...)
 	for _, line := range report {
 		fmt.Fprintln(e.stdout, line)
 		e.log.file.Info("gc", "action", line)
@@ -465,7 +491,7 @@ func runRepair(e *env, args []string) error {
 	if err := noArgs(args); err != nil {
 		return err
 	}
-	report, err := hook.Repair(e.cfg, e.all)
+	report, err := hook.Repair(e.cfg, e.all, e.opts...)
 	for _, line := range report {
 		fmt.Fprintln(e.stdout, line)
 		e.log.file.Info("repaired", "network", line)
@@ -478,9 +504,9 @@ func runRepair(e *env, args []string) error {
 
 func runNetwork(e *env, args []string) error {
 	if len(args) != 1 || args[0] != "rm" {
-		return hook.InputErr("want \"network rm\" (see bridgehook help network)")
+		return input.Errorf("", "want \"network rm\" (see bridgehook help network)")
 	}
-	report, err := hook.RemoveNetwork(e.cfg)
+	report, err := hook.RemoveNetwork(e.cfg, e.opts...)
 	for _, line := range report {
 		fmt.Fprintln(e.stdout, line)
 		e.log.file.Info("network rm", "action", line)

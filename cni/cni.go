@@ -7,6 +7,10 @@
 // A container attached through CNI is known by its namespace's path, not
 // a pid, and keyed by (container id, interface): its lease's id is
 // "CONTAINER_ID/IFNAME", its host veth "bhc" and a hash of that id.
+//
+// cni.go has the verbs; conf.go the configuration in (its keys, and
+// Spell, which names the settings by them in errors); result.go what ADD
+// returns.
 package cni
 
 import (
@@ -14,8 +18,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
-	"net"
 	"net/netip"
 	"os"
 	"time"
@@ -25,8 +29,8 @@ import (
 	types100 "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/version"
 
-	"github.com/bridgehook/bridgehook/bridge"
 	"github.com/bridgehook/bridgehook/hook"
+	"github.com/bridgehook/bridgehook/input"
 	"github.com/bridgehook/bridgehook/ipam"
 )
 
@@ -54,8 +58,9 @@ func Wants(command string, stdin []byte) bool {
 }
 
 // Main runs the plugin on stdin, which the caller has read already, and
-// returns the exit status. Errors go to stdout as CNI error JSON.
-func Main(stdin []byte, about string) int {
+// returns the exit status. Errors go to stdout as CNI error JSON. opts
+// are the orchestration's (tests pass fakes).
+func Main(stdin []byte, about string, opts ...hook.Option) int {
 	// skel reads the configuration from os.Stdin itself.
 	r, w, err := os.Pipe()
 	if err != nil {
@@ -64,12 +69,20 @@ func Main(stdin []byte, about string) int {
 	}
 	go func() { w.Write(stdin); w.Close() }()
 	os.Stdin = r
-	funcs := skel.CNIFuncs{Add: add, Del: del, Check: check, GC: gc, Status: status}
+	p := plugin{opts: opts, out: os.Stdout}
+	funcs := skel.CNIFuncs{Add: p.add, Del: p.del, Check: p.check, GC: p.gc, Status: p.status}
 	if e := skel.PluginMainFuncsWithError(funcs, Versions, about); e != nil {
 		e.Print()
 		return 1
 	}
 	return 0
+}
+
+// plugin is the verbs over the orchestration, with the world it drives
+// (opts) and where results go.
+type plugin struct {
+	opts []hook.Option
+	out  io.Writer
 }
 
 // call is one CNI call: its configuration, the network it names, and its
@@ -90,7 +103,7 @@ func newCall(args *skel.CmdArgs) (*call, error) {
 	}
 	cfg, err := conf.config(args.IfName)
 	if err != nil {
-		return nil, err
+		return nil, asCNI(err)
 	}
 	c := &call{args: args, conf: conf, cfg: cfg, close: func() {}, start: time.Now()}
 	c.log = slog.New(slog.DiscardHandler)
@@ -120,70 +133,37 @@ func (c *call) done(verb string, err error, attrs ...any) error {
 	return nil
 }
 
-func add(args *skel.CmdArgs) error {
+func (p plugin) add(args *skel.CmdArgs) error {
 	c, err := newCall(args)
 	if err != nil {
 		return err
 	}
-	req, err := c.conf.request(c.id(), args.Netns, c.cfg)
+	req, err := c.conf.request(c.id(), args.Netns)
 	if err != nil {
 		return c.done("add", err)
 	}
-	res, err := hook.Join(c.cfg, req, nil)
+	res, err := hook.Join(c.cfg, req, p.opts...)
 	if err != nil {
 		return c.done("add", err)
 	}
-	result := c.result(res.Lease, req.MAC)
-	if err := types.PrintResult(result, c.conf.CNIVersion); err != nil {
+	result, err := c.result(res.Lease, req.MAC).GetAsVersion(c.conf.CNIVersion)
+	if err == nil {
+		err = result.PrintTo(p.out)
+	}
+	if err != nil {
 		return c.done("add", types.NewError(types.ErrIOFailure, err.Error(), ""))
 	}
 	return c.done("add", nil, "ip", res.Lease.IP.String(), "veth", res.Lease.Veth)
 }
 
-// result is what ADD returns: the host veth, the container's interface
-// in its sandbox, its addresses with their gateways, a default route per
-// family, and the name servers for the runtime to write.
-func (c *call) result(l ipam.Lease, mac net.HardwareAddr) *types100.Result {
-	if mac == nil {
-		mac = bridge.MAC(l.IP)
-	}
-	r := &types100.Result{
-		CNIVersion: types100.ImplementedSpecVersion,
-		Interfaces: []*types100.Interface{
-			{Name: l.Veth},
-			{Name: l.Iface, Mac: mac.String(), Sandbox: c.args.Netns},
-		},
-		DNS: c.conf.DNS,
-	}
-	for _, p := range c.cfg.Subnets {
-		ip := l.Addr(p.Addr().Is6())
-		if !ip.IsValid() {
-			continue
-		}
-		gw := p.Addr().Next()
-		r.IPs = append(r.IPs, &types100.IPConfig{
-			Interface: types100.Int(1),
-			Address:   net.IPNet{IP: ip.AsSlice(), Mask: net.CIDRMask(p.Bits(), ip.BitLen())},
-			Gateway:   gw.AsSlice(),
-		})
-		if c.cfg.DefaultRoute {
-			r.Routes = append(r.Routes, &types.Route{
-				Dst: net.IPNet{IP: make(net.IP, ip.BitLen()/8), Mask: net.CIDRMask(0, ip.BitLen())},
-				GW:  gw.AsSlice(),
-			})
-		}
-	}
-	return r
-}
-
 // del is idempotent: an unknown attachment, a namespace that is gone and
 // a second DEL all succeed.
-func del(args *skel.CmdArgs) error {
+func (p plugin) del(args *skel.CmdArgs) error {
 	c, err := newCall(args)
 	if err != nil {
 		return err
 	}
-	res, err := hook.Leave(c.cfg, c.id(), nil)
+	res, err := hook.Leave(c.cfg, c.id(), p.opts...)
 	if err != nil || !res.Found {
 		return c.done("del", err, "found", false)
 	}
@@ -192,7 +172,7 @@ func del(args *skel.CmdArgs) error {
 
 // check verifies the attachment against prevResult: the lease, the
 // addresses, the default routes, the veth and the rules.
-func check(args *skel.CmdArgs) error {
+func (p plugin) check(args *skel.CmdArgs) error {
 	c, err := newCall(args)
 	if err != nil {
 		return err
@@ -220,13 +200,13 @@ func check(args *skel.CmdArgs) error {
 			gws = append(gws, gw.Unmap())
 		}
 	}
-	_, err = hook.Check(c.cfg, c.id(), addrs, gws)
+	_, err = hook.Check(c.cfg, c.id(), addrs, gws, p.opts...)
 	return c.done("check", err)
 }
 
 // gc releases every attachment of the network that the runtime no longer
 // lists as valid.
-func gc(args *skel.CmdArgs) error {
+func (p plugin) gc(args *skel.CmdArgs) error {
 	c, err := newCall(args)
 	if err != nil {
 		return err
@@ -235,36 +215,41 @@ func gc(args *skel.CmdArgs) error {
 	for _, a := range c.conf.ValidAttachments {
 		valid[a.ContainerID+"/"+a.IfName] = true
 	}
-	report, err := hook.Collect(c.cfg, func(id string) bool { return valid[id] })
+	report, err := hook.Collect(c.cfg, func(id string) bool { return valid[id] }, p.opts...)
 	return c.done("gc", err, "actions", report)
 }
 
 // status fails when the network's store or firewall cannot be used.
-func status(args *skel.CmdArgs) error {
+func (p plugin) status(args *skel.CmdArgs) error {
 	c, err := newCall(args)
 	if err != nil {
 		return err
 	}
-	if err := hook.Status(c.cfg); err != nil {
+	if err := hook.Status(c.cfg, p.opts...); err != nil {
 		return c.done("status", types.NewError(types.ErrPluginNotAvailable, err.Error(), ""))
 	}
 	return c.done("status", nil)
 }
 
-// asCNI turns a hook error into CNI's: bad input is an invalid
-// configuration (7), a path that is no network namespace a bad
-// environment (4), a full subnet something to try again later (11).
+// asCNI turns a hook error into CNI's, its settings named by their keys:
+// bad input is an invalid configuration (7), or a bad environment (4)
+// where CNI's environment gave the setting (the namespace, the interface,
+// the container id); a full subnet is something to try again later (11).
 func asCNI(err error) error {
 	var e *types.Error
-	switch {
-	case errors.As(err, &e):
+	if errors.As(err, &e) {
 		return e
-	case errors.Is(err, hook.ErrNetns):
-		return types.NewError(types.ErrInvalidEnvironmentVariables, "CNI_NETNS: "+err.Error(), "")
-	case errors.Is(err, ipam.ErrExhausted):
-		return types.NewError(types.ErrTryAgainLater, err.Error(), "")
-	case errors.Is(err, hook.ErrInput):
-		return types.NewError(types.ErrInvalidNetworkConfig, flagsToKeys(err.Error()), "")
 	}
-	return types.NewError(types.ErrInternal, err.Error(), "")
+	msg := input.Render(err, Spell)
+	var in *input.Error
+	switch {
+	case errors.Is(err, ipam.ErrExhausted):
+		return types.NewError(types.ErrTryAgainLater, msg, "")
+	case errors.As(err, &in) && errors.Is(err, input.Err):
+		if in.Field == input.Netns || in.Field == input.Iface || in.Field == input.ID {
+			return types.NewError(types.ErrInvalidEnvironmentVariables, msg, "")
+		}
+		return types.NewError(types.ErrInvalidNetworkConfig, msg, "")
+	}
+	return types.NewError(types.ErrInternal, msg, "")
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 
 	"github.com/bridgehook/bridgehook/hook"
+	"github.com/bridgehook/bridgehook/input"
 	"github.com/bridgehook/bridgehook/ipam"
 )
 
@@ -62,7 +63,7 @@ func TestConfigMirrorsTheFlags(t *testing.T) {
 
 func TestBadConfigsNameTheirKeys(t *testing.T) {
 	for stdin, want := range map[string]string{
-		`{"subnet":"10.0.0.1/24"}`:              `"subnet": 10.0.0.1/24: not a network address`,
+		`{"subnet":"10.0.0.1/24"}`:              `"subnet" 10.0.0.1/24: not a network address`,
 		`{"subnet":{"a":1}}`:                    `"subnet": want a string`,
 		`{"bridge":"a/b"}`:                      `"bridge" "a/b"`,
 		`{"mtu":10}`:                            `"mtu" 10`,
@@ -77,6 +78,7 @@ func TestBadConfigsNameTheirKeys(t *testing.T) {
 		conf, err := parse([]byte(stdin))
 		if err == nil {
 			_, err = conf.config("eth0")
+			err = asCNI(err)
 		}
 		var e *types.Error
 		if !errors.As(err, &e) || e.Code != types.ErrInvalidNetworkConfig || !strings.Contains(e.Msg, want) {
@@ -92,18 +94,18 @@ func TestRequestFromRuntimeConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	req, err := conf.request("c/eth0", "/run/netns/p", hook.Defaults())
+	req, err := conf.request("c/eth0", "/run/netns/p")
 	if err != nil {
 		t.Fatal(err)
 	}
 	if fmt.Sprint(req.Ports) == "" || req.Ports[0].String() != "8080:80/tcp" || req.Ports[1].String() != "[2001:db8::1]:53:53/udp" ||
 		req.IP.String() != "10.10.0.9" || req.IP6.String() != "fd10::9" || req.MAC.String() != "02:00:00:00:00:09" ||
-		req.Netns != "/run/netns/p" || req.ID != "c/eth0" {
+		req.Netns.Path != "/run/netns/p" || req.ID != "c/eth0" {
 		t.Errorf("request %+v", req)
 	}
 	internal := hook.Defaults()
 	internal.Internal = true
-	if _, err := conf.request("c/eth0", "/p", internal); err == nil || !strings.Contains(err.Error(), "internal") {
+	if err := req.Check(internal); err == nil || !strings.Contains(asCNI(err).Error(), `"internal"`) {
 		t.Errorf("ports on an internal network: %v", err)
 	}
 	for stdin, want := range map[string]string{
@@ -113,7 +115,7 @@ func TestRequestFromRuntimeConfig(t *testing.T) {
 		`{"runtimeConfig":{"mac":"zz"}}`:                                                     "mac",
 	} {
 		conf, _ := parse([]byte(stdin))
-		if _, err := conf.request("c/eth0", "/p", hook.Defaults()); err == nil || !strings.Contains(err.Error(), want) {
+		if _, err := conf.request("c/eth0", "/p"); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%s: %v, want %q", stdin, err, want)
 		}
 	}
@@ -151,9 +153,10 @@ func TestErrorCodes(t *testing.T) {
 		err  error
 		code uint
 	}{
-		{fmt.Errorf("open: %w", hook.ErrNetns), types.ErrInvalidEnvironmentVariables},
+		{fmt.Errorf("open: %w", input.Errorf(input.Netns, "/x: not a network namespace")), types.ErrInvalidEnvironmentVariables},
+		{input.Errorf(input.Iface, `"a/b": not allowed`), types.ErrInvalidEnvironmentVariables},
 		{fmt.Errorf("%w in 10.0.0.0/30", ipam.ErrExhausted), types.ErrTryAgainLater},
-		{hook.InputErr("--subnet x"), types.ErrInvalidNetworkConfig},
+		{input.Errorf(input.Subnet, "x"), types.ErrInvalidNetworkConfig},
 		{errors.New("netlink: boom"), types.ErrInternal},
 	} {
 		var e *types.Error
@@ -162,7 +165,7 @@ func TestErrorCodes(t *testing.T) {
 		}
 	}
 	var e *types.Error
-	if errors.As(asCNI(hook.InputErr("--subnet x")), &e); !strings.Contains(e.Msg, `"subnet" x`) {
-		t.Errorf("flags not renamed to keys: %s", e.Msg)
+	if errors.As(asCNI(fmt.Errorf("setup: %w", input.Errorf(input.Subnet, "x: use {mtu}"))), &e); e.Msg != `setup: "subnet" x: use "mtu"` {
+		t.Errorf("settings not named by their keys: %s", e.Msg)
 	}
 }

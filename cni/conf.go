@@ -10,7 +10,8 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 
 	"github.com/bridgehook/bridgehook/hook"
-	"github.com/bridgehook/bridgehook/nat"
+	"github.com/bridgehook/bridgehook/input"
+	"github.com/bridgehook/bridgehook/port"
 )
 
 // netConf is the plugin's configuration: the network's keys mirror the
@@ -89,16 +90,8 @@ func (c *netConf) config(ifname string) (hook.Config, error) {
 		cfg.Bridge = c.Bridge
 	}
 	if len(c.Subnet) > 0 {
-		var ps []netip.Prefix
-		for _, s := range c.Subnet {
-			p, err := hook.ParseSubnet(s)
-			if err != nil {
-				return cfg, invalid(`"subnet": %s`, strings.TrimPrefix(err.Error(), "--subnet "))
-			}
-			ps = append(ps, p)
-		}
-		if err := cfg.SetSubnets(ps); err != nil {
-			return cfg, invalid(`"subnet": %s`, strings.TrimPrefix(err.Error(), "--subnet "))
+		if err := cfg.ParseSubnets(c.Subnet); err != nil {
+			return cfg, err
 		}
 	}
 	cfg.MTU, cfg.Internal, cfg.Firewall = c.MTU, c.Internal, c.Firewall
@@ -118,23 +111,38 @@ func (c *netConf) config(ifname string) (hook.Config, error) {
 	if c.StateDir != "" {
 		cfg.StateDir = c.StateDir
 	}
-	if err := cfg.Check(); err != nil {
-		return cfg, invalid("%s", flagsToKeys(err.Error()))
-	}
-	return cfg, nil
+	return cfg, cfg.Check()
 }
 
-// flagsToKeys names the configuration's keys where the hook's checks
-// name its flags.
-func flagsToKeys(msg string) string {
-	return strings.NewReplacer("--bridge", `"bridge"`, "--subnet", `"subnet"`, "--mtu", `"mtu"`, "--non-masquerade-cidr", `"nonMasqueradeCIDRs"`,
-		"--firewall", `"firewall"`, "--state-dir", `"stateDir"`, "--iface", "CNI_IFNAME").Replace(msg)
+// keys are the configuration's names of the settings whose key is not
+// their neutral name.
+var keys = map[input.Field]string{
+	input.StateDir:      `"stateDir"`,
+	input.NonMasquerade: `"nonMasqueradeCIDRs"`,
+	input.DefaultRoute:  `"defaultRoute"`,
+	input.Iface:         "CNI_IFNAME",
+	input.Netns:         "CNI_NETNS",
+	input.ID:            "CNI_CONTAINERID",
+	input.Ports:         "runtimeConfig.portMappings",
+	input.IP:            "runtimeConfig.ips",
+	input.IP6:           "runtimeConfig.ips",
+	input.MAC:           "runtimeConfig.mac",
+	input.HostDNS:       "", // the runtime writes resolv.conf from "dns"
+}
+
+// Spell names field f as this face's users give it: a key of the
+// network configuration, a capability, or CNI's environment.
+func Spell(f input.Field) string {
+	if k, ok := keys[f]; ok {
+		return k
+	}
+	return `"` + string(f) + `"`
 }
 
 // request is what the runtime asks for the container: its ports, static
 // addresses and MAC.
-func (c *netConf) request(id, netns string, cfg hook.Config) (hook.Request, error) {
-	req := hook.Request{ID: id, Netns: netns, Static: "runtimeConfig.ips"}
+func (c *netConf) request(id, netns string) (hook.Request, error) {
+	req := hook.Request{ID: id, Netns: hook.Netns{Path: netns}}
 	rc := c.RuntimeConfig
 	if len(rc.PortMappings) > 0 {
 		var specs []string
@@ -155,12 +163,9 @@ func (c *netConf) request(id, netns string, cfg hook.Config) (hook.Request, erro
 			}
 			specs = append(specs, fmt.Sprintf("%s%d:%d/%s", host, m.HostPort, m.ContainerPort, proto))
 		}
-		ports, err := nat.ParsePorts(strings.Join(specs, ","))
+		ports, err := port.Parse(strings.Join(specs, ","))
 		if err != nil {
 			return req, invalid("portMappings: %v", err)
-		}
-		if cfg.Internal {
-			return req, invalid("portMappings: network %s is internal, so nothing can be published on it", cfg.Bridge)
 		}
 		req.Ports = ports
 	}
@@ -180,7 +185,7 @@ func (c *netConf) request(id, netns string, cfg hook.Config) (hook.Request, erro
 	}
 	if rc.MAC != "" {
 		mac, err := net.ParseMAC(rc.MAC)
-		if err != nil || len(mac) != 6 || mac[0]&1 != 0 {
+		if err != nil {
 			return req, invalid("mac: %q is not a unicast Ethernet address", rc.MAC)
 		}
 		req.MAC = mac

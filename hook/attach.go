@@ -6,7 +6,6 @@ package hook
 
 import (
 	"fmt"
-	"log/slog"
 	"net/netip"
 	"slices"
 
@@ -15,21 +14,34 @@ import (
 )
 
 // Join sets up the container of req on network c.
-func Join(c Config, req Request, debug *slog.Logger) (Result, error) {
-	return connected(c, debug, func(n *Network) (Result, error) { return n.Setup(req) })
+func Join(c Config, req Request, opts ...Option) (Result, error) {
+	return connected(c, opts, func(n *Network) (Result, error) { return n.Setup(req) })
 }
 
 // Leave takes the container id off network c; an unknown id is no error.
-func Leave(c Config, id string, debug *slog.Logger) (Result, error) {
-	return connected(c, debug, func(n *Network) (Result, error) { return n.Teardown(id) })
+func Leave(c Config, id string, opts ...Option) (Result, error) {
+	if err := checkLeaseID(id); err != nil {
+		return Result{}, err
+	}
+	return connected(c, opts, func(n *Network) (Result, error) { return n.Teardown(id) })
+}
+
+// connected runs fn on network c, opened for it and closed after.
+func connected(c Config, opts []Option, fn func(*Network) (Result, error)) (Result, error) {
+	n, err := Open(c, opts...)
+	if err != nil {
+		return Result{}, err
+	}
+	defer n.Close()
+	return fn(n)
 }
 
 // Check reports what is wrong with container id's attachment to network
 // c, nil if nothing: its lease holds addrs, its veth is there, its
 // interface has its addresses and a default route for each family of
 // gateways, and the network's rules are in place.
-func Check(c Config, id string, addrs []netip.Prefix, gateways []netip.Addr) (ipam.Lease, error) {
-	n, err := Open(c)
+func Check(c Config, id string, addrs []netip.Prefix, gateways []netip.Addr, opts ...Option) (ipam.Lease, error) {
+	n, err := Open(c, opts...)
 	if err != nil {
 		return ipam.Lease{}, err
 	}
@@ -55,7 +67,7 @@ func (n *Network) check(id string, addrs []netip.Prefix, gateways []netip.Addr) 
 	if state, err := n.host.State(l.Veth, alias(l.ID)); err != nil || state != bridge.Live {
 		return l, fmt.Errorf("veth %s of %s is gone: %v", l.Veth, id, err)
 	}
-	ns, _, err := n.openNetns(Request{PID: l.PID, Netns: l.Netns})
+	ns, _, err := n.openNetns(NetnsOf(l))
 	if err != nil {
 		return l, err
 	}
@@ -78,7 +90,7 @@ func (n *Network) check(id string, addrs []netip.Prefix, gateways []netip.Addr) 
 // Collect releases every lease of network c that came by namespace path
 // (CNI) and that valid does not keep, with its veth and rules, then does
 // what gc does.
-func Collect(c Config, valid func(id string) bool) ([]string, error) {
+func Collect(c Config, valid func(id string) bool, opts ...Option) ([]string, error) {
 	return eachNetwork(c, false, true, "gc", func(n *Network, tx ipam.Tx) ([]string, error) {
 		leases, _, err := tx.List()
 		if err != nil {
@@ -86,7 +98,7 @@ func Collect(c Config, valid func(id string) bool) ([]string, error) {
 		}
 		var report []string
 		for _, l := range leases {
-			if l.Netns == "" || valid(l.ID) {
+			if !NetnsOf(l).ByPath() || valid(l.ID) {
 				continue
 			}
 			if err := n.forget(tx, l); err != nil {
@@ -96,13 +108,13 @@ func Collect(c Config, valid func(id string) bool) ([]string, error) {
 		}
 		more, err := n.gc(tx)
 		return append(report, more...), err
-	})
+	}, opts)
 }
 
 // Status fails when network c could not take a container: its store or
 // its firewall cannot be used.
-func Status(c Config) error {
-	n, err := Open(c)
+func Status(c Config, opts ...Option) error {
+	n, err := Open(c, opts...)
 	if err != nil {
 		return err
 	}

@@ -1,11 +1,3 @@
-// Package hook wires containers to networks: it is the only package that
-// orchestrates the lease store (ipam), the bridge (bridge) and the
-// firewall (nat), and the only one that knows the runtime-spec.
-//
-// Config is a network as plain data. Open connects it: a Network holds
-// the store, the netlink connection and the firewall one command shares.
-// Its Setup and Teardown are the steps and their undos; the OCI face
-// (Setup, Teardown of a state) and the CLI's commands sit on top.
 package hook
 
 import (
@@ -18,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/bridgehook/bridgehook/input"
 	"github.com/bridgehook/bridgehook/nat"
 )
 
@@ -83,30 +76,44 @@ func Defaults() Config {
 	}
 }
 
-// ParseSubnet parses a --subnet value: an IPv4 or an IPv6 network.
+// ParseSubnet parses a subnet as given: an IPv4 or an IPv6 network.
 func ParseSubnet(s string) (netip.Prefix, error) {
 	p, err := netip.ParsePrefix(s)
 	if err != nil || p.Addr().Zone() != "" || p.Addr().Is4In6() {
-		return netip.Prefix{}, inputErr("--subnet %q: want a network such as 172.19.0.0/16 or fd19::/64", s)
+		return netip.Prefix{}, input.Errorf(input.Subnet, "%q: want a network such as 172.19.0.0/16 or fd19::/64", s)
 	}
 	ip := p.Addr()
 	switch {
 	case ip.IsMulticast():
-		return netip.Prefix{}, inputErr("--subnet %s: a multicast range; want unicast addresses, e.g. 172.19.0.0/16 or fd19::/64", s)
+		return netip.Prefix{}, input.Errorf(input.Subnet, "%s: a multicast range; want unicast addresses, e.g. 172.19.0.0/16 or fd19::/64", s)
 	case ip.IsLoopback():
-		return netip.Prefix{}, inputErr("--subnet %s: a loopback range; want e.g. 172.19.0.0/16 or fd19::/64", s)
+		return netip.Prefix{}, input.Errorf(input.Subnet, "%s: a loopback range; want e.g. 172.19.0.0/16 or fd19::/64", s)
 	case ip.IsLinkLocalUnicast():
-		return netip.Prefix{}, inputErr("--subnet %s: a link-local range, which every interface has of its own; want e.g. 172.19.0.0/16 or fd19::/64", s)
+		return netip.Prefix{}, input.Errorf(input.Subnet, "%s: a link-local range, which every interface has of its own; want e.g. 172.19.0.0/16 or fd19::/64", s)
 	case p.Bits() == 0 || ip.IsUnspecified() && p.Bits() < ip.BitLen():
-		return netip.Prefix{}, inputErr("--subnet %s: the whole address space; want a network such as 172.19.0.0/16 or fd19::/64", s)
+		return netip.Prefix{}, input.Errorf(input.Subnet, "%s: the whole address space; want a network such as 172.19.0.0/16 or fd19::/64", s)
 	case ip.Is4() && p.Bits() > 30:
-		return netip.Prefix{}, inputErr("--subnet %s: too small; want /30 or larger to leave room for a gateway and a container", s)
+		return netip.Prefix{}, input.Errorf(input.Subnet, "%s: too small; want /30 or larger to leave room for a gateway and a container", s)
 	case ip.Is6() && p.Bits() > 120:
-		return netip.Prefix{}, inputErr("--subnet %s: too small; want an IPv6 prefix of /120 or larger (/64 is usual)", s)
+		return netip.Prefix{}, input.Errorf(input.Subnet, "%s: too small; want an IPv6 prefix of /120 or larger (/64 is usual)", s)
 	case p != p.Masked():
-		return netip.Prefix{}, inputErr("--subnet %s: not a network address (host bits set); did you mean %s?", s, p.Masked())
+		return netip.Prefix{}, input.Errorf(input.Subnet, "%s: not a network address (host bits set); did you mean %s?", s, p.Masked())
 	}
 	return p, nil
+}
+
+// ParseSubnets makes the networks ss, as a face was given them, c's
+// subnets.
+func (c *Config) ParseSubnets(ss []string) error {
+	var ps []netip.Prefix
+	for _, s := range ss {
+		p, err := ParseSubnet(s)
+		if err != nil {
+			return err
+		}
+		ps = append(ps, p)
+	}
+	return c.SetSubnets(ps)
 }
 
 // SetSubnets makes ps, the --subnet values given, c's subnets: one, or
@@ -114,9 +121,9 @@ func ParseSubnet(s string) (netip.Prefix, error) {
 func (c *Config) SetSubnets(ps []netip.Prefix) error {
 	switch {
 	case len(ps) == 0:
-		return inputErr("--subnet: missing")
+		return input.Errorf(input.Subnet, ": missing")
 	case len(ps) > 2 || len(ps) == 2 && ps[0].Addr().Is4() == ps[1].Addr().Is4():
-		return inputErr("--subnet %v: want one network, or one IPv4 and one IPv6 network (dual-stack)", ps)
+		return input.Errorf(input.Subnet, "%v: want one network, or one IPv4 and one IPv6 network (dual-stack)", ps)
 	}
 	c.Subnets = slices.Clone(ps)
 	slices.SortFunc(c.Subnets, func(a, b netip.Prefix) int { return a.Addr().BitLen() - b.Addr().BitLen() })
@@ -131,10 +138,10 @@ func (c Config) has(v6 bool) bool {
 
 // Check validates c.
 func (c Config) Check() error {
-	if err := checkIfName("--bridge", c.Bridge); err != nil {
+	if err := checkIfName(input.Bridge, c.Bridge); err != nil {
 		return err
 	}
-	if err := checkIfName("--iface", c.Iface); err != nil {
+	if err := checkIfName(input.Iface, c.Iface); err != nil {
 		return err
 	}
 	var set Config
@@ -142,7 +149,7 @@ func (c Config) Check() error {
 		return err
 	}
 	if !slices.Equal(set.Subnets, c.Subnets) {
-		return inputErr("--subnet %v: want the IPv4 network first", c.Subnets)
+		return input.Errorf(input.Subnet, "%v: want the IPv4 network first", c.Subnets)
 	}
 	for _, p := range c.Subnets {
 		if _, err := ParseSubnet(p.String()); err != nil {
@@ -150,21 +157,21 @@ func (c Config) Check() error {
 		}
 	}
 	if c.MTU != 0 && (c.MTU < 576 || c.MTU > 65535) {
-		return inputErr("--mtu %d: want 576 to 65535, or 0 for the bridge's", c.MTU)
+		return input.Errorf(input.MTU, "%d: want 576 to 65535, or 0 for the bridge's", c.MTU)
 	}
 	if c.MTU != 0 && c.MTU < minMTU6 && c.has(true) {
-		return inputErr("--mtu %d: IPv6 needs 1280 at least; want 1280 to 65535 on a network with an IPv6 subnet", c.MTU)
+		return input.Errorf(input.MTU, "%d: IPv6 needs 1280 at least; want 1280 to 65535 on a network with an IPv6 subnet", c.MTU)
 	}
 	for _, p := range c.NonMasquerade {
 		if !p.IsValid() || p != p.Masked() {
-			return inputErr("--non-masquerade-cidr %s: want a network address, e.g. 10.244.0.0/16", p)
+			return input.Errorf(input.NonMasquerade, "%s: want a network address, e.g. 10.244.0.0/16", p)
 		}
 	}
 	if c.Firewall != "" && c.Firewall != "iptables" && c.Firewall != "nftables" {
-		return inputErr("--firewall %q: want iptables or nftables", c.Firewall)
+		return input.Errorf(input.Firewall, "%q: want iptables or nftables", c.Firewall)
 	}
 	if c.StateDir == "" || !strings.HasPrefix(c.StateDir, "/") {
-		return inputErr("--state-dir %q: want an absolute path", c.StateDir)
+		return input.Errorf(input.StateDir, "%q: want an absolute path", c.StateDir)
 	}
 	return nil
 }
@@ -172,17 +179,17 @@ func (c Config) Check() error {
 // checkIfName accepts names the kernel accepts and that are safe in file
 // names and iptables chain names: 1 to 15 bytes of letters, digits, '_',
 // '-', '.'.
-func checkIfName(flag, s string) error {
+func checkIfName(f input.Field, s string) error {
 	if s == "" || len(s) > 15 {
-		return inputErr("%s %q: want an interface name of 1 to 15 bytes", flag, s)
+		return input.Errorf(f, "%q: want an interface name of 1 to 15 bytes", s)
 	}
 	if s == "." || s == ".." {
-		return inputErr("%s %q: not a valid interface name", flag, s)
+		return input.Errorf(f, "%q: not a valid interface name", s)
 	}
 	for i := 0; i < len(s); i++ {
 		c := s[i]
 		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '_' || c == '-' || c == '.') {
-			return inputErr("%s %q: %q not allowed; use letters, digits, '_', '-', '.'", flag, s, c)
+			return input.Errorf(f, "%q: %q not allowed; use letters, digits, '_', '-', '.'", s, c)
 		}
 	}
 	return nil
@@ -221,10 +228,10 @@ func (c Config) vethName(pid int) string {
 // a container known by its pid, cniVethName's for one known by its
 // namespace's path.
 func (c Config) vethFor(req Request) string {
-	if req.Netns != "" {
+	if req.Netns.ByPath() {
 		return cniVethName(req.ID)
 	}
-	return c.vethName(req.PID)
+	return c.vethName(req.Netns.PID)
 }
 
 // cniVethName names the host end of a CNI attachment (id: container id

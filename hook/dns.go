@@ -9,6 +9,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/bridgehook/bridgehook/input"
 )
 
 // Where the host's own resolvers are listed. systemd-resolved's upstream
@@ -65,7 +67,7 @@ func hostResolvers() (servers []netip.Addr, search []string, err error) {
 			return servers, search, nil
 		}
 	}
-	return nil, nil, inputErr("--resolv-conf: the host has no name server but loopback ones; give --dns servers instead")
+	return nil, nil, input.Errorf(input.HostDNS, ": the host has no name server but loopback ones; give {dns} servers instead")
 }
 
 // writeResolvConf writes /etc/resolv.conf into the container's root

@@ -1,18 +1,23 @@
 package hook
 
 import (
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"log/slog"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"syscall"
 
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/bridgehook/bridgehook/bridge"
+	"github.com/bridgehook/bridgehook/input"
 	"github.com/bridgehook/bridgehook/ipam"
 	"github.com/bridgehook/bridgehook/nat"
 )
@@ -62,37 +67,90 @@ type Network struct {
 	fw    nat.Firewall
 	// fws opens each firewall backend once per command: networks seen
 	// through on() may use either.
-	fws *firewalls
-	sys System
-	// stores lists every network's store under the state directory, for
-	// the checks that look across networks.
-	stores func() ([]ipam.Store, error)
+	fws    *firewalls
+	sys    System
+	opener ipam.Opener
+}
+
+// Option replaces a part of the world a Network drives: the kernel's
+// links, the firewall backends, the lease stores, /proc. Each is the real
+// one by default; tests and other faces' tests pass fakes.
+type Option func(*world)
+
+// world is what a command drives.
+type world struct {
+	host     func() (Host, error)
+	firewall func(name, stateDir string) nat.Firewall
+	opener   ipam.Opener
+	sys      System
+	debug    *slog.Logger
+}
+
+// WithHost drives h in place of the kernel's links.
+func WithHost(h Host) Option {
+	return func(w *world) { w.host = func() (Host, error) { return h, nil } }
+}
+
+// WithFirewall puts every backend's rules into fw.
+func WithFirewall(fw nat.Firewall) Option {
+	return func(w *world) { w.firewall = func(string, string) nat.Firewall { return fw } }
+}
+
+// WithStores keeps leases in the stores o opens.
+func WithStores(o ipam.Opener) Option { return func(w *world) { w.opener = o } }
+
+// WithSystem asks s, in place of /proc, about processes and namespaces.
+func WithSystem(s System) Option { return func(w *world) { w.sys = s } }
+
+// WithDebug tells debug how long each step took.
+func WithDebug(debug *slog.Logger) Option { return func(w *world) { w.debug = debug } }
+
+func worldOf(opts []Option) world {
+	w := world{
+		host:     func() (Host, error) { return bridge.OpenHost() },
+		firewall: realFirewall,
+		opener:   ipam.OnDisk{},
+		sys:      procs{},
+	}
+	for _, o := range opts {
+		o(&w)
+	}
+	return w
+}
+
+func realFirewall(name, stateDir string) nat.Firewall {
+	if name == "nftables" {
+		return nat.NewNFTables()
+	}
+	return nat.NewIPTables(filepath.Join(stateDir, "iptables.lock"))
 }
 
 // Open checks c and connects to its network: the lease store under
 // c.StateDir (created if need be), netlink in the caller's network
 // namespace, and the firewall.
-func Open(c Config) (*Network, error) {
+func Open(c Config, opts ...Option) (*Network, error) {
 	if err := c.Check(); err != nil {
 		return nil, err
 	}
-	store, err := ipam.Open(c.StateDir, c.Bridge, c.Subnets...)
+	w := worldOf(opts)
+	store, err := w.opener.Open(c.StateDir, c.Bridge, c.Subnets...)
 	if err != nil {
 		return nil, hint(err)
 	}
-	host, err := bridge.OpenHost()
+	host, err := w.host()
 	if err != nil {
 		return nil, err
 	}
-	fws := &firewalls{stateDir: c.StateDir}
+	fws := &firewalls{stateDir: c.StateDir, open: w.firewall}
 	return &Network{
 		Config: c,
+		Debug:  w.debug,
 		store:  store,
 		host:   host,
 		fw:     fws.get(c.Firewall),
 		fws:    fws,
-		sys:    procs{},
-		stores: func() ([]ipam.Store, error) { return ipam.Stores(c.StateDir) },
+		sys:    w.sys,
+		opener: w.opener,
 	}, nil
 }
 
@@ -104,36 +162,34 @@ func (n *Network) Close() {
 	n.fws.close()
 }
 
+// stores lists every network's store under the state directory, for the
+// checks that look across networks.
+func (n *Network) stores() ([]ipam.Store, error) { return n.opener.All(n.StateDir) }
+
 // firewalls are the firewall backends one command has opened.
 type firewalls struct {
 	stateDir string
-	open     map[string]nat.Firewall
+	open     func(name, stateDir string) nat.Firewall
+	opened   map[string]nat.Firewall
 }
 
 func (f *firewalls) get(name string) nat.Firewall {
-	if f.open == nil {
-		f.open = map[string]nat.Firewall{}
+	if f.opened == nil {
+		f.opened = map[string]nat.Firewall{}
 	}
 	if name == "" {
 		name = "iptables"
 	}
-	fw, ok := f.open[name]
+	fw, ok := f.opened[name]
 	if !ok {
-		if name == "nftables" {
-			fw = nat.NewNFTables()
-		} else {
-			fw = nat.NewIPTables(filepath.Join(f.stateDir, "iptables.lock"))
-		}
-		f.open[name] = fw
+		fw = f.open(name, f.stateDir)
+		f.opened[name] = fw
 	}
 	return fw
 }
 
 func (f *firewalls) close() {
-	if f == nil {
-		return
-	}
-	for _, fw := range f.open {
+	for _, fw := range f.opened {
 		fw.Close()
 	}
 }
@@ -177,8 +233,9 @@ func (n *Network) pickFirewall(rec record, known bool) error {
 	case n.Firewall == "":
 		n.useFirewall(rec.firewall())
 	case n.Firewall != rec.firewall():
-		return inputErr("network %s has its rules in %s: leave out --firewall %s, or move the network with \"bridgehook --firewall %s repair\"",
-			n.Bridge, rec.firewall(), n.Firewall, n.Firewall)
+		return &input.Error{Field: input.Firewall,
+			Msg: fmt.Sprintf("%s: network %s has its rules in %s: leave {firewall} out, or move the network", n.Firewall, n.Bridge, rec.firewall()),
+			Run: "bridgehook --firewall " + n.Firewall + " repair"}
 	}
 	return nil
 }
@@ -186,10 +243,7 @@ func (n *Network) pickFirewall(rec record, known bool) error {
 // useFirewall makes n's rules go to the named backend.
 func (n *Network) useFirewall(name string) {
 	n.Firewall = name
-	// Without fws (unit tests), the fake stands for every backend.
-	if n.fws != nil {
-		n.fw = n.fws.get(name)
-	}
+	n.fw = n.fws.get(name)
 }
 
 func (n *Network) timer() *timer { return newTimer(n.Debug) }
@@ -201,25 +255,28 @@ func (n *Network) timer() *timer { return newTimer(n.Debug) }
 func (n *Network) alive(l ipam.Lease) bool {
 	var ino uint64
 	var err error
-	if l.Netns != "" {
-		ino, err = n.sys.PathInode(l.Netns)
+	if ns := NetnsOf(l); ns.ByPath() {
+		ino, err = n.sys.PathInode(ns.Path)
 	} else {
 		ino, err = n.sys.NetnsInode(l.PID)
 	}
 	return err == nil && ino == l.NetnsInode
 }
 
-// ErrNetns marks a network namespace path that names none.
-var ErrNetns = errors.New("not a network namespace")
-
-// openNetns opens the namespace of the container req names: by path, or
-// by pid.
-func (n *Network) openNetns(req Request) (netns.NsHandle, uint64, error) {
-	if req.Netns != "" {
-		return n.sys.NetnsAt(req.Netns)
+// openNetns opens namespace ns: by path, or by pid.
+func (n *Network) openNetns(ns Netns) (netns.NsHandle, uint64, error) {
+	if ns.ByPath() {
+		return n.sys.NetnsAt(ns.Path)
 	}
-	return n.sys.Netns(req.PID)
+	return n.sys.Netns(ns.PID)
 }
+
+// ErrInput marks errors in what the hook was given, as opposed to failures
+// of the host: errors.Is(err, ErrInput).
+var ErrInput = input.Err
+
+// inputErr is bad input that no one setting is at fault for.
+func inputErr(format string, a ...any) error { return input.Errorf("", format, a...) }
 
 // hint adds to an error of a leaf package what a person running
 // bridgehook can do about it: the leaves state facts, and only this face
@@ -230,17 +287,17 @@ func hint(err error) error {
 	case err == nil:
 		return nil
 	case errors.Is(err, ipam.ErrUnsafe):
-		return inputErr("--state-dir: %v (give a real directory, mode 0700)", err)
+		return input.Errorf(input.StateDir, ": %v (give a real directory, mode 0700)", err)
 	case errors.Is(err, ipam.ErrExhausted):
-		return fmt.Errorf("%w (remove stopped containers, run \"bridgehook gc\", or use a larger --subnet)", err)
+		return input.Explain(err, "%v (remove stopped containers, run \"bridgehook gc\", or use a larger {subnet})", err)
 	case errors.Is(err, ipam.ErrCorrupt):
 		return fmt.Errorf("%w (run \"bridgehook gc\" to rebuild it)", err)
 	case errors.Is(err, bridge.ErrNotBridge), errors.Is(err, bridge.ErrOtherAddress):
-		return inputErr("%v (choose another --bridge, or the bridge's own --subnet)", err)
+		return inputErr("%v (choose another {bridge}, or the bridge's own {subnet})", err)
 	case errors.Is(err, bridge.ErrOverlap):
-		return inputErr("%v; choose another --subnet", err)
+		return inputErr("%v; choose another {subnet}", err)
 	case errors.As(err, &pathErr) && (errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EROFS) || errors.Is(err, syscall.EACCES)):
-		return fmt.Errorf("%w (is --state-dir writable, with space left?)", err)
+		return input.Explain(err, "%v (is {state-dir} writable, with space left?)", err)
 	}
 	return err
 }
@@ -256,10 +313,10 @@ func (procs) Netns(pid int) (netns.NsHandle, uint64, error) {
 	ns, err := netns.GetFromPid(pid)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ESRCH) {
-			return ns, 0, inputErr("pid %d: no such process; want the pid of the container's init, which runs while createRuntime and prestart hooks do", pid)
+			return ns, 0, input.Errorf(input.Netns, "pid %d: no such process; want the pid of the container's init, which runs while createRuntime and prestart hooks do", pid)
 		}
 		if errors.Is(err, os.ErrPermission) {
-			return ns, 0, inputErr("pid %d: its network namespace cannot be opened (%v); want the pid of a container's init", pid, err)
+			return ns, 0, input.Errorf(input.Netns, "pid %d: its network namespace cannot be opened (%v); want the pid of a container's init", pid, err)
 		}
 		return ns, 0, fmt.Errorf("open network namespace of pid %d: %w", pid, err)
 	}
@@ -274,7 +331,7 @@ func (procs) Netns(pid int) (netns.NsHandle, uint64, error) {
 	} {
 		if o, err := pathInode(other.path); err == nil && o == ino {
 			ns.Close()
-			return ns, 0, inputErr("pid %d is in %s network namespace; refusing to touch it (give the container a network namespace of its own in config.json)", pid, other.who)
+			return ns, 0, input.Errorf(input.Netns, "pid %d is in %s network namespace; refusing to touch it (give the container a network namespace of its own in config.json)", pid, other.who)
 		}
 	}
 	return ns, ino, nil
@@ -285,14 +342,14 @@ func (procs) PathInode(path string) (uint64, error) { return pathInode(path) }
 func (procs) NetnsAt(path string) (netns.NsHandle, uint64, error) {
 	ns, err := netns.GetFromPath(path)
 	if err != nil {
-		return ns, 0, fmt.Errorf("%w: %s: %v", ErrNetns, path, err)
+		return ns, 0, input.Errorf(input.Netns, "%s: not a network namespace: %v", path, err)
 	}
 	ino, err := fdInode(int(ns))
 	if err == nil && !isNetns(int(ns)) {
-		err = fmt.Errorf("%w: %s", ErrNetns, path)
+		err = input.Errorf(input.Netns, "%s: not a network namespace", path)
 	}
 	if own, oerr := pathInode("/proc/self/ns/net"); err == nil && oerr == nil && own == ino {
-		err = inputErr("%s is the plugin's own network namespace; refusing to touch it", path)
+		err = input.Errorf(input.Netns, "%s is the plugin's own network namespace; refusing to touch it", path)
 	}
 	if err != nil {
 		ns.Close()
@@ -322,4 +379,107 @@ func pathInode(path string) (uint64, error) {
 		return 0, err
 	}
 	return st.Ino, nil
+}
+
+// installFirewall installs the network's rules, with the ports of every
+// lease in tx.
+func (n *Network) installFirewall(tx ipam.Tx) error {
+	leases, _, err := tx.List()
+	if err != nil {
+		return err
+	}
+	var pubs []nat.Published
+	for _, l := range leases {
+		if len(l.Ports) > 0 {
+			pubs = append(pubs, published(l))
+		}
+	}
+	return n.fw.Install(n.natNetwork(), pubs)
+}
+
+// removeIfUnused removes the network's bridge and rules when no lease is
+// left: the undo of a setup that created them, which must not pull the
+// bridge from under a container that joined it meanwhile.
+func (n *Network) removeIfUnused(tx ipam.Tx) error {
+	ls, bad, err := tx.List()
+	if err != nil || len(ls)+len(bad) > 0 {
+		return err
+	}
+	return n.removeNetwork(tx)
+}
+
+// removeNetwork clears the record first: a command killed half-way then
+// leaves a network that the next setup verifies rather than trusts.
+func (n *Network) removeNetwork(tx ipam.Tx) error {
+	if err := tx.ClearRecord(); err != nil {
+		return err
+	}
+	if err := n.fw.Uninstall(n.natNetwork()); err != nil {
+		return err
+	}
+	return n.host.Remove(n.Bridge)
+}
+
+// prefixes are lease l's addresses with their subnets' prefix lengths.
+func (n *Network) prefixes(l ipam.Lease) []netip.Prefix {
+	var ps []netip.Prefix
+	for _, ip := range l.Addrs() {
+		for _, p := range n.Subnets {
+			if p.Contains(ip) {
+				ps = append(ps, netip.PrefixFrom(ip, p.Bits()))
+			}
+		}
+	}
+	return ps
+}
+
+// same reports whether store s is n's network's.
+func (n *Network) same(s ipam.Store) bool {
+	return s.Bridge() == n.Bridge && slices.Equal(s.Subnets(), n.Subnets)
+}
+
+// checkBridgeFree refuses a bridge that another network under the state
+// directory uses (it has leases, or its bridge and rules were set up):
+// two stores handing out addresses on one bridge (say an IPv4 network and
+// the same one made dual-stack) could lease one address twice. It runs
+// where a setup cannot trust its record, never on the warm path.
+func (n *Network) checkBridgeFree() error {
+	stores, err := n.stores()
+	if err != nil {
+		return err
+	}
+	for _, s := range stores {
+		if s.Bridge() != n.Bridge || n.same(s) {
+			continue
+		}
+		// A store that a refused setup left empty is no network.
+		if ls, err := s.Peek(); err == nil && len(ls) == 0 && !s.Recorded() {
+			continue
+		}
+		return &input.Error{
+			Msg: fmt.Sprintf("bridge %s is network %v's; use another {bridge}, or remove that network first", n.Bridge, s.Subnets()),
+			Run: "bridgehook --bridge " + n.Bridge + " " + subnetFlags(s.Subnets()) + " network rm"}
+	}
+	return nil
+}
+
+// subnetFlags are the --subnet flags naming subnets.
+func subnetFlags(subnets []netip.Prefix) string {
+	var fs []string
+	for _, p := range subnets {
+		fs = append(fs, "--subnet "+p.String())
+	}
+	return strings.Join(fs, " ")
+}
+
+// alias labels a host veth with its container, so that teardown and gc
+// delete only veths that are ours, even when a pid (and so a veth name) has
+// been reused. An alias holds at most 255 bytes; long ids are hashed.
+func alias(id string) string {
+	if len(id) <= 200 {
+		return "bridgehook:" + id
+	}
+	h := fnv.New128a() // not crypto/sha256: see ipam's idPath
+	h.Write([]byte(id))
+	return "bridgehook:fnv128a:" + hex.EncodeToString(h.Sum(nil))
 }

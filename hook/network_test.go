@@ -12,9 +12,10 @@ import (
 	"testing"
 
 	"github.com/bridgehook/bridgehook/bridge"
+	"github.com/bridgehook/bridgehook/input"
+	"github.com/bridgehook/bridgehook/internal/fake"
 	"github.com/bridgehook/bridgehook/ipam"
-	"github.com/bridgehook/bridgehook/nat"
-	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"github.com/bridgehook/bridgehook/port"
 )
 
 func TestColdThenWarmSetup(t *testing.T) {
@@ -23,45 +24,45 @@ func TestColdThenWarmSetup(t *testing.T) {
 	if l.IP.String() != "10.1.0.2" || l.Veth != "netnsv0-10" || l.NetnsInode != 1010 || l.Iface != "eth0" {
 		t.Errorf("lease %+v", l)
 	}
-	v := w.host.veths["netnsv0-10"]
-	if v == nil || v.alias != "bridgehook:a" || v.master != "netns0" || fmt.Sprint(v.addrs) != "[10.1.0.2/24]" || v.pid != 10 {
+	v := w.host.Veths["netnsv0-10"]
+	if v == nil || v.Alias != "bridgehook:a" || v.Master != "netns0" || fmt.Sprint(v.Addrs) != "[10.1.0.2/24]" || v.PID != 10 {
 		t.Fatalf("veth %+v", v)
 	}
-	if _, ok := w.fw.installed["netns0"]; !ok || w.host.ensured != 1 {
-		t.Fatalf("cold setup: rules %v, %d Ensure calls", w.fw.installed, w.host.ensured)
+	if _, ok := w.fw.Installed["netns0"]; !ok || w.host.Ensured != 1 {
+		t.Fatalf("cold setup: rules %v, %d Ensure calls", w.fw.Installed, w.host.Ensured)
 	}
 	// The second container's setup trusts the record: no Ensure, no
 	// install, one cheap check of the rules.
-	calls, checks := len(w.fw.calls), len(w.fw.verifies)
+	calls, checks := len(w.fw.Calls), len(w.fw.Verifies)
 	w.mustSetup("b", w.container(11), "")
-	if w.host.ensured != 1 || len(w.fw.calls) != calls || !slices.Equal(w.fw.verifies[checks:], []string{"netns0"}) {
-		t.Errorf("warm setup: %d Ensure calls, firewall calls %v, checks %v", w.host.ensured, w.fw.calls[calls:], w.fw.verifies[checks:])
+	if w.host.Ensured != 1 || len(w.fw.Calls) != calls || !slices.Equal(w.fw.Verifies[checks:], []string{"netns0"}) {
+		t.Errorf("warm setup: %d Ensure calls, firewall calls %v, checks %v", w.host.Ensured, w.fw.Calls[calls:], w.fw.Verifies[checks:])
 	}
 	// A bridge deleted behind our back (its ifindex changes) is made and
 	// its rules installed again.
-	delete(w.host.bridges, "netns0")
+	delete(w.host.Bridges, "netns0")
 	w.mustSetup("c", w.container(12), "")
-	if w.host.ensured != 2 || !slices.Contains(w.fw.calls, "install netns0") {
-		t.Errorf("after the bridge went: %d Ensure calls, firewall calls %v", w.host.ensured, w.fw.calls)
+	if w.host.Ensured != 2 || !slices.Contains(w.fw.Calls, "install netns0") {
+		t.Errorf("after the bridge went: %d Ensure calls, firewall calls %v", w.host.Ensured, w.fw.Calls)
 	}
 	// Other options than recorded: the rules are installed again.
 	w.n.ICC = false
-	calls = len(w.fw.calls)
+	calls = len(w.fw.Calls)
 	w.mustSetup("d", w.container(13), "")
-	if !slices.Contains(w.fw.calls[calls:], "install netns0") || !w.fw.installed["netns0"].Isolated {
-		t.Errorf("--icc=false on a network set up with icc: %v", w.fw.calls[calls:])
+	if !slices.Contains(w.fw.Calls[calls:], "install netns0") || !w.fw.Installed["netns0"].Isolated {
+		t.Errorf("--icc=false on a network set up with icc: %v", w.fw.Calls[calls:])
 	}
 	// So does a new --non-masquerade-cidr, and the record keeps it.
 	w.n.NonMasquerade = []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}
-	calls = len(w.fw.calls)
+	calls = len(w.fw.Calls)
 	w.mustSetup("e", w.container(14), "")
-	if !slices.Contains(w.fw.calls[calls:], "install netns0") || len(w.fw.installed["netns0"].NonMasquerade) != 1 {
-		t.Errorf("--non-masquerade-cidr on a network set up without: %v", w.fw.calls[calls:])
+	if !slices.Contains(w.fw.Calls[calls:], "install netns0") || len(w.fw.Installed["netns0"].NonMasquerade) != 1 {
+		t.Errorf("--non-masquerade-cidr on a network set up without: %v", w.fw.Calls[calls:])
 	}
-	calls = len(w.fw.calls)
+	calls = len(w.fw.Calls)
 	w.mustSetup("f", w.container(15), "")
-	if len(w.fw.calls) != calls {
-		t.Errorf("the next setup did not trust the record: %v", w.fw.calls[calls:])
+	if len(w.fw.Calls) != calls {
+		t.Errorf("the next setup did not trust the record: %v", w.fw.Calls[calls:])
 	}
 }
 
@@ -71,31 +72,31 @@ func TestSetupReinstallsRulesAReloadRemoved(t *testing.T) {
 	w := newWorld(t, "10.1.0.0/24")
 	a := w.mustSetup("a", w.container(10), "8080:80")
 	w.mustSetup("b", w.container(11), "")
-	w.fw.reload("netns0")
-	calls := len(w.fw.calls)
+	w.fw.Reload("netns0")
+	calls := len(w.fw.Calls)
 	res, err := w.setup("c", w.container(12), "")
 	if err != nil || !res.RulesRestored {
 		t.Fatalf("setup after a reload: %v, rules restored %v", err, res.RulesRestored)
 	}
 	c := res.Lease
-	if !slices.Equal(w.fw.calls[calls:], []string{"install netns0"}) {
-		t.Errorf("after a reload: firewall calls %v", w.fw.calls[calls:])
+	if !slices.Equal(w.fw.Calls[calls:], []string{"install netns0"}) {
+		t.Errorf("after a reload: firewall calls %v", w.fw.Calls[calls:])
 	}
 	if res, _ := w.setup("c2", w.container(14), ""); res.RulesRestored {
 		t.Error("the setup after that restored the rules again")
 	}
-	if p, ok := w.fw.ports["netns0"][a.IP]; !ok || p.ID != "a" || len(p.Ports) != 1 || p.Ports[0].HostPort != 8080 {
-		t.Errorf("a's port after the reinstall: %+v", w.fw.ports["netns0"])
+	if p, ok := w.fw.Ports["netns0"][a.IP]; !ok || p.ID != "a" || len(p.Ports) != 1 || p.Ports[0].HostPort != 8080 {
+		t.Errorf("a's port after the reinstall: %+v", w.fw.Ports["netns0"])
 	}
-	if v := w.host.veths[c.Veth]; v == nil {
+	if v := w.host.Veths[c.Veth]; v == nil {
 		t.Error("c has no veth")
 	}
 	// A check that cannot run counts as rules gone; when the reinstall
 	// fails too, the setup fails and leaves nothing, veth included.
-	w.fw.verifyFails = true
-	w.fw.fail["install"] = true
+	w.fw.VerifyFails = true
+	w.fw.Fail["install"] = true
 	_, err = w.setup("d", w.container(13), "")
-	if !errors.Is(err, errInjected) || !strings.Contains(err.Error(), "install") {
+	if !errors.Is(err, fake.ErrInjected) || !strings.Contains(err.Error(), "install") {
 		t.Errorf("setup with a failing check and install: %v", err)
 	}
 	for _, l := range w.leases() {
@@ -103,7 +104,7 @@ func TestSetupReinstallsRulesAReloadRemoved(t *testing.T) {
 			t.Error("the failed setup left a lease")
 		}
 	}
-	if w.host.veths["netnsv0-13"] != nil {
+	if w.host.Veths["netnsv0-13"] != nil {
 		t.Error("the failed setup left its veth")
 	}
 }
@@ -136,8 +137,8 @@ func TestSecondSetupOfAWiredContainerIsANoOp(t *testing.T) {
 	pid := w.container(10)
 	first := w.mustSetup("a", pid, "")
 	res, err := w.setup("a", pid, "")
-	if err != nil || !res.Reused || res.Lease.IP != first.IP || len(w.host.veths) != 1 {
-		t.Errorf("second setup: %+v %v, veths %v", res, err, w.host.veths)
+	if err != nil || !res.Reused || res.Lease.IP != first.IP || len(w.host.Veths) != 1 {
+		t.Errorf("second setup: %+v %v, veths %v", res, err, w.host.Veths)
 	}
 }
 
@@ -148,8 +149,8 @@ func TestAnIDHeldForALiveNamespaceIsRefused(t *testing.T) {
 	if !errors.Is(err, ErrInput) || !strings.Contains(err.Error(), `container id "a" already holds 10.1.0.2`) {
 		t.Errorf("setup of a live id again: %v", err)
 	}
-	if len(w.leases()) != 1 || len(w.host.veths) != 1 {
-		t.Errorf("the refused setup changed things: %v %v", w.leases(), w.host.veths)
+	if len(w.leases()) != 1 || len(w.host.Veths) != 1 {
+		t.Errorf("the refused setup changed things: %v %v", w.leases(), w.host.Veths)
 	}
 }
 
@@ -164,7 +165,7 @@ func TestAnIDWhoseContainerDiedStartsAfresh(t *testing.T) {
 	if d := w.draining(); len(d) != 1 || d[0].IP.String() != "10.1.0.2" {
 		t.Errorf("the old address should drain until its veth goes: %+v", d)
 	}
-	if p := w.fw.ports["netns0"]; len(p) != 1 || p[l.IP].ID != "a" {
+	if p := w.fw.Ports["netns0"]; len(p) != 1 || p[l.IP].ID != "a" {
 		t.Errorf("published ports %v, want only the new container's", p)
 	}
 }
@@ -175,7 +176,7 @@ func TestAFullSubnetReclaimsWhatTheDeadHold(t *testing.T) {
 		w.mustSetup(fmt.Sprint("c", pid), w.container(pid), "")
 	}
 	_, err := w.setup("full", w.container(20), "")
-	if !errors.Is(err, ipam.ErrExhausted) || !strings.Contains(err.Error(), "larger --subnet") {
+	if !errors.Is(err, ipam.ErrExhausted) || !strings.Contains(input.Render(err, marked), "larger <subnet>") {
 		t.Fatalf("setup on a full subnet: %v", err)
 	}
 	w.kill(12, true)                    // died without a poststop; the kernel is at its veth
@@ -191,7 +192,7 @@ func TestAFullSubnetReclaimsWhatTheDeadHold(t *testing.T) {
 	if d := w.draining(); len(d) != 0 {
 		t.Errorf("still draining after the reclaim: %+v", d)
 	}
-	if _, ok := w.host.veths["netnsv0-12"]; ok {
+	if _, ok := w.host.Veths["netnsv0-12"]; ok {
 		t.Error("the dead container's veth is left")
 	}
 }
@@ -200,27 +201,27 @@ func TestAFullSubnetReclaimsWhatTheDeadHold(t *testing.T) {
 // name taken: the next setup of that container deletes the leftover.
 func TestAHalfMadeVethOfThisPidIsReplaced(t *testing.T) {
 	w := newWorld(t, "10.1.0.0/24")
-	w.host.veths["netnsv0-10"] = &fakeVeth{state: bridge.Live, pid: 10, iface: "eth0"}
+	w.host.Veths["netnsv0-10"] = &fake.Veth{State: bridge.Live, PID: 10, Iface: "eth0"}
 	l := w.mustSetup("a", w.container(10), "")
-	if v := w.host.veths[l.Veth]; v == nil || v.alias != "bridgehook:a" {
+	if v := w.host.Veths[l.Veth]; v == nil || v.Alias != "bridgehook:a" {
 		t.Errorf("veth %+v, want a's", v)
 	}
 	// A labelled veth of the name is someone's: it is left alone.
-	w.host.veths["netnsv0-11"] = &fakeVeth{alias: "bridgehook:other", state: bridge.Live, pid: 99}
-	if _, err := w.setup("b", w.container(11), ""); err == nil || w.host.veths["netnsv0-11"].alias != "bridgehook:other" {
-		t.Errorf("setup over another container's veth: %v, veth %+v", err, w.host.veths["netnsv0-11"])
+	w.host.Veths["netnsv0-11"] = &fake.Veth{Alias: "bridgehook:other", State: bridge.Live, PID: 99}
+	if _, err := w.setup("b", w.container(11), ""); err == nil || w.host.Veths["netnsv0-11"].Alias != "bridgehook:other" {
+		t.Errorf("setup over another container's veth: %v, veth %+v", err, w.host.Veths["netnsv0-11"])
 	}
 }
 
 func TestAStaticAddress(t *testing.T) {
 	w := newWorld(t, "10.1.0.0/24")
-	l, err := w.n.Setup(Request{ID: "a", PID: w.container(10), IP: netip.MustParseAddr("10.1.0.77")})
+	l, err := w.n.Setup(Request{ID: "a", Netns: Netns{PID: w.container(10)}, IP: netip.MustParseAddr("10.1.0.77")})
 	if err != nil || l.Lease.IP.String() != "10.1.0.77" {
 		t.Fatalf("static: %+v %v", l, err)
 	}
 	for ip, want := range map[string]string{"10.1.0.77": "leased", "10.1.0.1": "gateway", "10.2.0.1": "outside"} {
-		_, err := w.n.Setup(Request{ID: "b" + ip, PID: w.container(11), IP: netip.MustParseAddr(ip)})
-		if !errors.Is(err, ErrInput) || !strings.Contains(err.Error(), "annotation bridgehook.ip") || !strings.Contains(err.Error(), want) {
+		_, err := w.n.Setup(Request{ID: "b" + ip, Netns: Netns{PID: w.container(11)}, IP: netip.MustParseAddr(ip)})
+		if !errors.Is(err, ErrInput) || !strings.HasPrefix(input.Render(err, marked), "<ip>") || !strings.Contains(err.Error(), want) {
 			t.Errorf("static %s: %v", ip, err)
 		}
 	}
@@ -230,7 +231,7 @@ func TestAStaticAddress(t *testing.T) {
 	w.kill(12, true)
 	w.n.Teardown("c")
 	w.store.Do(func(tx ipam.Tx) error { return tx.Drain(res.Lease) })
-	if _, err := w.n.Setup(Request{ID: "d", PID: w.container(13), IP: res.Lease.IP}); err != nil {
+	if _, err := w.n.Setup(Request{ID: "d", Netns: Netns{PID: w.container(13)}, IP: res.Lease.IP}); err != nil {
 		t.Errorf("asking for a drained address whose veth is gone: %v", err)
 	}
 }
@@ -242,26 +243,25 @@ func TestPortClashes(t *testing.T) {
 	if !errors.Is(err, ErrInput) || !strings.Contains(err.Error(), "host port 8080:8080/tcp is already published by container web (10.1.0.2 on netnsv0-10)") {
 		t.Errorf("clash with a live container: %v", err)
 	}
-	if len(w.leases()) != 1 || len(w.host.veths) != 1 || len(w.fw.ports["netns0"]) != 1 {
-		t.Errorf("the refused setup left something: %v %v %v", w.leases(), w.host.veths, w.fw.ports)
+	if len(w.leases()) != 1 || len(w.host.Veths) != 1 || len(w.fw.Ports["netns0"]) != 1 {
+		t.Errorf("the refused setup left something: %v %v %v", w.leases(), w.host.Veths, w.fw.Ports)
 	}
 	// A dead holder's claim goes.
 	w.kill(10, false)
 	if _, err := w.setup("other", 11, "8080:8080"); err != nil {
 		t.Errorf("port held by a dead container: %v", err)
 	}
-	if p := w.fw.ports["netns0"]; len(p) != 1 || p[netip.MustParseAddr("10.1.0.3")].ID != "other" {
+	if p := w.fw.Ports["netns0"]; len(p) != 1 || p[netip.MustParseAddr("10.1.0.3")].ID != "other" {
 		t.Errorf("ports %v, want other's alone", p)
 	}
 }
 
 func TestPortClashAcrossNetworks(t *testing.T) {
 	w := newWorld(t, "10.1.0.0/24")
-	br1, _ := ipam.NewMemory("br1", netip.MustParsePrefix("10.2.0.0/24"))
-	w.others = []ipam.Store{br1}
+	br1 := w.other("br1", "10.2.0.0/24")
 	other := *w.n
 	other.Config.Bridge, other.Config.Subnets, other.store = "br1", br1.Subnets(), br1
-	if _, err := other.Setup(Request{ID: "there", PID: w.container(10), Ports: mustPorts(t, "9000:90")}); err != nil {
+	if _, err := other.Setup(Request{ID: "there", Netns: Netns{PID: w.container(10)}, Ports: port.MustParse("9000:90")}); err != nil {
 		t.Fatal(err)
 	}
 	br1.Close()
@@ -272,8 +272,8 @@ func TestPortClashAcrossNetworks(t *testing.T) {
 	// The holder on the other network dies: its claim and its rules go.
 	w.kill(10, false)
 	w.mustSetup("here", 11, "9000:9000")
-	if len(w.fw.ports["br1"]) != 0 {
-		t.Errorf("br1 still publishes %v", w.fw.ports["br1"])
+	if len(w.fw.Ports["br1"]) != 0 {
+		t.Errorf("br1 still publishes %v", w.fw.Ports["br1"])
 	}
 	if ls, _ := br1.Peek(); len(ls) != 0 {
 		t.Errorf("br1 leases %v, want the dead holder's gone", ls)
@@ -287,7 +287,7 @@ func TestEveryFailingStepIsUndone(t *testing.T) {
 		t.Run(op, func(t *testing.T) {
 			w := newWorld(t, "10.1.0.0/24")
 			w.fail[op] = true
-			req := Request{ID: "a", PID: w.container(10), Ports: mustPorts(t, "8080:80")}
+			req := Request{ID: "a", Netns: Netns{PID: w.container(10)}, Ports: port.MustParse("8080:80")}
 			if op == "resolv.conf" {
 				w.n.DNS = []netip.Addr{netip.MustParseAddr("10.0.0.53")}
 				req.Rootfs = filepath.Join(t.TempDir(), "no-such-root")
@@ -296,13 +296,13 @@ func TestEveryFailingStepIsUndone(t *testing.T) {
 			if err == nil {
 				t.Fatal("setup succeeded")
 			}
-			if op != "resolv.conf" && !errors.Is(err, errInjected) {
+			if op != "resolv.conf" && !errors.Is(err, fake.ErrInjected) {
 				t.Errorf("error %v, want the injected one", err)
 			}
 			w.store.Close()
 			w.assertEmpty()
-			if len(w.fw.ports["netns0"]) != 0 {
-				t.Errorf("ports left: %v", w.fw.ports)
+			if len(w.fw.Ports["netns0"]) != 0 {
+				t.Errorf("ports left: %v", w.fw.Ports)
 			}
 		})
 	}
@@ -313,11 +313,11 @@ func TestAFailingWarmSetupLeavesTheNetwork(t *testing.T) {
 	w := newWorld(t, "10.1.0.0/24")
 	w.mustSetup("a", w.container(10), "")
 	w.fail["attach"] = true
-	if _, err := w.setup("b", w.container(11), ""); !errors.Is(err, errInjected) {
+	if _, err := w.setup("b", w.container(11), ""); !errors.Is(err, fake.ErrInjected) {
 		t.Fatalf("setup: %v", err)
 	}
-	if ls := w.leases(); len(ls) != 1 || ls[0].ID != "a" || len(w.host.bridges) != 1 || len(w.fw.installed) != 1 {
-		t.Errorf("after a failed warm setup: leases %v, bridges %v, rules %v", ls, w.host.bridges, w.fw.installed)
+	if ls := w.leases(); len(ls) != 1 || ls[0].ID != "a" || len(w.host.Bridges) != 1 || len(w.fw.Installed) != 1 {
+		t.Errorf("after a failed warm setup: leases %v, bridges %v, rules %v", ls, w.host.Bridges, w.fw.Installed)
 	}
 }
 
@@ -326,7 +326,7 @@ func TestAFailingUndoIsReported(t *testing.T) {
 	w := newWorld(t, "10.1.0.0/24")
 	w.fail["attach"], w.fail["unpublish"] = true, true
 	_, err := w.setup("a", w.container(10), "8080:80")
-	if !errors.Is(err, errInjected) || !strings.Contains(err.Error(), "attach: injected failure (and undoing it: unpublish: injected failure") {
+	if !errors.Is(err, fake.ErrInjected) || !strings.Contains(err.Error(), "attach: injected failure (and undoing it: unpublish: injected failure") {
 		t.Errorf("error %v, want the attach failure and the unpublish one", err)
 	}
 }
@@ -342,15 +342,15 @@ func TestTeardown(t *testing.T) {
 	if res, err := w.n.Teardown("live"); err != nil || !res.Found {
 		t.Fatalf("teardown: %+v %v", res, err)
 	}
-	if _, ok := w.host.veths["netnsv0-10"]; ok || len(w.fw.ports["netns0"]) != 0 {
-		t.Errorf("after teardown: veths %v, ports %v", w.host.veths, w.fw.ports)
+	if _, ok := w.host.Veths["netnsv0-10"]; ok || len(w.fw.Ports["netns0"]) != 0 {
+		t.Errorf("after teardown: veths %v, ports %v", w.host.Veths, w.fw.Ports)
 	}
 	// An exited one's is left to the kernel, its address drained.
 	w.kill(11, true)
 	if _, err := w.n.Teardown("exited"); err != nil {
 		t.Fatal(err)
 	}
-	if _, ok := w.host.veths["netnsv0-11"]; !ok {
+	if _, ok := w.host.Veths["netnsv0-11"]; !ok {
 		t.Error("teardown deleted a dying veth itself")
 	}
 	if d := w.draining(); len(d) != 1 || d[0].ID != "exited" {
@@ -392,8 +392,8 @@ func TestGCChoices(t *testing.T) {
 	})
 	// A veth a killed setup left unlabelled, and one a busy setup has not
 	// labelled yet.
-	w.host.veths["netnsv0-16"] = &fakeVeth{state: bridge.Live}
-	w.host.veths["netnsv0-15"] = &fakeVeth{state: bridge.Live, pid: 15}
+	w.host.Veths["netnsv0-16"] = &fake.Veth{State: bridge.Live}
+	w.host.Veths["netnsv0-15"] = &fake.Veth{State: bridge.Live, PID: 15}
 
 	report := strings.Join(w.gc(), "\n")
 	for _, want := range []string{
@@ -412,7 +412,7 @@ func TestGCChoices(t *testing.T) {
 	var ids []string
 	for _, l := range w.leases() {
 		ids = append(ids, l.ID)
-		if l.ID == "lost" && !slices.Equal(l.Ports, []string{"9000:90/tcp"}) {
+		if l.ID == "lost" && fmt.Sprint(l.Ports) != "[9000:90/tcp]" {
 			t.Errorf("rebuilt lease of lost has ports %v, want them back from the rules", l.Ports)
 		}
 	}
@@ -420,14 +420,14 @@ func TestGCChoices(t *testing.T) {
 		t.Errorf("leases after gc: %v, want live, lost and the busy setup's", ids)
 	}
 	var veths []string
-	for name := range w.host.veths {
+	for name := range w.host.Veths {
 		veths = append(veths, name)
 	}
 	slices.Sort(veths)
 	if !slices.Equal(veths, []string{"netnsv0-10", "netnsv0-12", "netnsv0-15"}) {
 		t.Errorf("veths after gc: %v", veths)
 	}
-	if p := w.fw.ports["netns0"]; len(p) != 1 || p[netip.MustParseAddr("10.1.0.4")].ID != "lost" {
+	if p := w.fw.Ports["netns0"]; len(p) != 1 || p[netip.MustParseAddr("10.1.0.4")].ID != "lost" {
 		t.Errorf("ports after gc: %v, want lost's alone", p)
 	}
 	w.store.Close()
@@ -444,9 +444,9 @@ func TestRemoveAndRepair(t *testing.T) {
 	if _, err := w.n.Remove(); !errors.Is(err, ErrInput) || !strings.Contains(err.Error(), "in use by a (10.1.0.2, pid 10)") {
 		t.Errorf("remove of a network in use: %v", err)
 	}
-	delete(w.fw.installed, "netns0") // a firewall reload
-	if err := w.store.Do(w.n.repair); err != nil || len(w.fw.installed) != 1 {
-		t.Errorf("repair: %v, rules %v", err, w.fw.installed)
+	delete(w.fw.Installed, "netns0") // a firewall reload
+	if err := w.store.Do(w.n.repair); err != nil || len(w.fw.Installed) != 1 {
+		t.Errorf("repair: %v, rules %v", err, w.fw.Installed)
 	}
 	w.kill(10, false)
 	report, err := w.n.Remove()
@@ -461,7 +461,7 @@ func TestListAndInspect(t *testing.T) {
 	w.mustSetup("b", w.container(11), "8080:80")
 	w.mustSetup("a", w.container(10), "")
 	w.kill(11, false)
-	views, err := list([]ipam.Store{w.store}, w.sys)
+	views, err := List(w.n.Config, false, w.options()...)
 	if err != nil || len(views) != 1 {
 		t.Fatalf("list: %+v %v", views, err)
 	}
@@ -521,7 +521,7 @@ func TestCommandsOverTheDiskStore(t *testing.T) {
 		"network rm": func() error { _, err := RemoveNetwork(c); return err },
 		"gc":         func() error { _, err := GC(c, false); return err },
 	} {
-		if err := f(); !errors.Is(err, ErrInput) || !strings.Contains(err.Error(), "--state-dir") {
+		if err := f(); !errors.Is(err, ErrInput) || !strings.Contains(input.Render(err, marked), "<state-dir>") {
 			t.Errorf("%s with an unsafe state dir: %v", name, err)
 		}
 	}
@@ -529,14 +529,14 @@ func TestCommandsOverTheDiskStore(t *testing.T) {
 
 func TestHintsNameTheFlag(t *testing.T) {
 	for err, want := range map[error]string{
-		fmt.Errorf("x: %w", ipam.ErrExhausted):                      "--subnet",
+		fmt.Errorf("x: %w", ipam.ErrExhausted):                      "<subnet>",
 		fmt.Errorf("x: %w", ipam.ErrCorrupt):                        "bridgehook gc",
-		fmt.Errorf("x: %w", bridge.ErrNotBridge):                    "--bridge",
-		fmt.Errorf("x: %w", bridge.ErrOverlap):                      "--subnet",
-		fmt.Errorf("x: %w", bridge.ErrOtherAddress):                 "--bridge",
-		&os.PathError{Op: "write", Path: "/run/x", Err: errNoSpace}: "--state-dir",
+		fmt.Errorf("x: %w", bridge.ErrNotBridge):                    "<bridge>",
+		fmt.Errorf("x: %w", bridge.ErrOverlap):                      "<subnet>",
+		fmt.Errorf("x: %w", bridge.ErrOtherAddress):                 "<bridge>",
+		&os.PathError{Op: "write", Path: "/run/x", Err: errNoSpace}: "<state-dir>",
 	} {
-		if got := hint(err); !strings.Contains(got.Error(), want) {
+		if got := input.Render(hint(err), marked); !strings.Contains(got, want) {
 			t.Errorf("hint(%v) = %v, want it to name %s", err, got, want)
 		}
 	}
@@ -545,14 +545,9 @@ func TestHintsNameTheFlag(t *testing.T) {
 	}
 }
 
-func mustPorts(t *testing.T, s string) []nat.Port {
-	t.Helper()
-	p, err := nat.ParsePorts(s)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return p
-}
+// marked spells a field <field>, so that tests see which one an error
+// names.
+func marked(f input.Field) string { return "<" + string(f) + ">" }
 
 func must[T any](v T, err error) T {
 	if err != nil {
@@ -563,54 +558,20 @@ func must[T any](v T, err error) T {
 
 var errNoSpace = syscall.ENOSPC
 
-// The OCI face, as far as it goes without root: it checks its input,
-// opens the network, and refuses the hook's own namespace before touching
-// anything.
-func TestOCIFace(t *testing.T) {
-	c := Defaults()
-	c.StateDir = t.TempDir()
-	for name, st := range map[string]specs.State{
-		"bad id":   {ID: "../x", Pid: 5, Status: specs.StateCreating},
-		"no pid":   {ID: "x", Status: specs.StateCreating},
-		"own pid":  {ID: "x", Pid: os.Getpid(), Status: specs.StateCreating},
-		"dead pid": {ID: "x", Pid: 4194305, Status: specs.StateCreating},
-	} {
-		_, err := Setup(c, st, nil)
-		if !errors.Is(err, ErrInput) {
-			t.Errorf("%s: %v, want bad input", name, err)
-		}
-	}
-	_, err := Setup(c, specs.State{ID: "x", Pid: os.Getpid()}, nil)
-	if err == nil || !strings.Contains(err.Error(), "the hook's own network namespace") {
-		t.Errorf("setup of the hook's own namespace: %v", err)
-	}
-	if res, err := Teardown(c, "never", nil); err != nil || res.Found {
-		t.Errorf("teardown of an unknown id: %+v %v", res, err)
-	}
-	bad := c
-	bad.Bridge = ""
-	if _, err := Teardown(bad, "x", nil); !errors.Is(err, ErrInput) {
-		t.Errorf("teardown with no bridge: %v", err)
-	}
-	if err := InputErr("x %d", 1); !errors.Is(err, ErrInput) || err.Error() != "x 1" {
-		t.Errorf("InputErr: %v", err)
-	}
-}
-
 // A record written before dual-stack (one "subnet", a "gateway") is still
 // trusted: an IPv4 network set up by an older bridgehook stays warm.
 func TestRecordOfAnOlderVersionIsTrusted(t *testing.T) {
 	w := newWorld(t, "172.19.0.0/16")
 	w.mustSetup("a", w.container(10), "")
-	br := w.host.bridges["netns0"]
+	br := w.host.Bridges["netns0"]
 	old := map[string]any{"bridge": "netns0", "subnet": "172.19.0.0/16", "gateway": "172.19.0.1",
 		"mtu": br.MTU, "bridge_index": br.Index, "icc": true, "internal": false}
 	if err := w.store.Do(func(tx ipam.Tx) error { return tx.SetRecord(old) }); err != nil {
 		t.Fatal(err)
 	}
 	w.mustSetup("b", w.container(11), "")
-	if w.host.ensured != 1 {
-		t.Errorf("the older record was not trusted: %d Ensure calls", w.host.ensured)
+	if w.host.Ensured != 1 {
+		t.Errorf("the older record was not trusted: %d Ensure calls", w.host.Ensured)
 	}
 }
 
@@ -622,10 +583,20 @@ func TestDualStackSetup(t *testing.T) {
 	if l.IP.String() != "10.1.0.2" || l.IP6.String() != "fd19::2" {
 		t.Fatalf("lease %+v", l)
 	}
-	if v := w.host.veths["netnsv0-10"]; fmt.Sprint(v.addrs) != "[10.1.0.2/24 fd19::2/64]" {
-		t.Errorf("container addresses %v", v.addrs)
+	if v := w.host.Veths["netnsv0-10"]; fmt.Sprint(v.Addrs) != "[10.1.0.2/24 fd19::2/64]" {
+		t.Errorf("container addresses %v", v.Addrs)
 	}
-	if n := w.fw.installed["netns0"]; !slices.Equal(n.Subnets, w.n.Subnets) {
+	if n := w.fw.Installed["netns0"]; !slices.Equal(n.Subnets, w.n.Subnets) {
 		t.Errorf("rules installed for %v", n.Subnets)
+	}
+}
+
+func TestAliasFitsIfAlias(t *testing.T) {
+	if a := alias("c1"); a != "bridgehook:c1" {
+		t.Errorf("alias(c1) = %q", a)
+	}
+	long := strings.Repeat("x", MaxID)
+	if a := alias(long); len(a) > 255 || a == alias(long[1:]) {
+		t.Errorf("alias of a long id: %q", a)
 	}
 }

@@ -61,9 +61,9 @@ func endpoint(l ipam.Lease, bridgeName string, alive bool) Endpoint {
 	if alive {
 		status = "running"
 	}
-	ports := l.Ports
-	if ports == nil {
-		ports = []string{}
+	ports := []string{}
+	for _, p := range l.Ports {
+		ports = append(ports, p.String())
 	}
 	ip6 := ""
 	if l.IP6.IsValid() {
@@ -77,14 +77,14 @@ func endpoint(l ipam.Lease, bridgeName string, alive bool) Endpoint {
 
 // stores returns the store of c's network, or with all every store under
 // the state directory. Looking creates nothing.
-func (c Config) stores(all bool) ([]ipam.Store, error) {
+func (w world) stores(c Config, all bool) ([]ipam.Store, error) {
 	if all {
-		return ipam.Stores(c.StateDir)
+		return w.opener.All(c.StateDir)
 	}
-	if !ipam.Exists(c.StateDir, c.Bridge, c.Subnets...) {
+	if !w.opener.Exists(c.StateDir, c.Bridge, c.Subnets...) {
 		return nil, nil // nothing set up yet: nothing to show
 	}
-	s, err := ipam.Open(c.StateDir, c.Bridge, c.Subnets...)
+	s, err := w.opener.Open(c.StateDir, c.Bridge, c.Subnets...)
 	if err != nil {
 		return nil, hint(err)
 	}
@@ -92,16 +92,13 @@ func (c Config) stores(all bool) ([]ipam.Store, error) {
 }
 
 // List returns c's network, or with all every network, with its endpoints.
-func List(c Config, all bool) ([]NetworkView, error) {
-	stores, err := c.stores(all)
+func List(c Config, all bool, opts ...Option) ([]NetworkView, error) {
+	w := worldOf(opts)
+	stores, err := w.stores(c, all)
 	if err != nil {
 		return nil, err
 	}
-	return list(stores, procs{})
-}
-
-func list(stores []ipam.Store, sys System) ([]NetworkView, error) {
-	n := &Network{sys: sys}
+	n := &Network{sys: w.sys}
 	views := []NetworkView{}
 	for _, s := range stores {
 		v := NetworkView{
@@ -142,15 +139,16 @@ func list(stores []ipam.Store, sys System) ([]NetworkView, error) {
 
 // Inspect finds container id's endpoint on any network under the state
 // directory.
-func Inspect(c Config, id string) (Endpoint, error) {
+func Inspect(c Config, id string, opts ...Option) (Endpoint, error) {
 	if err := checkLeaseID(id); err != nil {
 		return Endpoint{}, err
 	}
-	stores, err := ipam.Stores(c.StateDir)
+	w := worldOf(opts)
+	stores, err := w.opener.All(c.StateDir)
 	if err != nil {
 		return Endpoint{}, err
 	}
-	n := &Network{sys: procs{}}
+	n := &Network{sys: w.sys}
 	for _, s := range stores {
 		var ep Endpoint
 		var found bool
@@ -170,26 +168,26 @@ func Inspect(c Config, id string) (Endpoint, error) {
 
 // GC runs gc on c's network, or with all on every network under the state
 // directory, each with the options its rules were installed with.
-func GC(c Config, all bool) ([]string, error) {
-	if !all && !ipam.Exists(c.StateDir, c.Bridge, c.Subnets...) {
+func GC(c Config, all bool, opts ...Option) ([]string, error) {
+	if !all && !worldOf(opts).opener.Exists(c.StateDir, c.Bridge, c.Subnets...) {
 		return nil, nil // nothing set up yet: nothing to collect
 	}
-	return eachNetwork(c, all, true, "gc", (*Network).gc)
+	return eachNetwork(c, all, true, "gc", (*Network).gc, opts)
 }
 
 // eachNetwork runs fn under each network's store lock: c's, or with all
 // every network under the state directory (then c's network need not
 // exist, and no store is made for it). With adopt, or with all, each
 // network takes the options its record holds rather than c's.
-func eachNetwork(c Config, all, adopt bool, verb string, fn func(*Network, ipam.Tx) ([]string, error)) ([]string, error) {
-	if all && !ipam.Exists(c.StateDir, c.Bridge, c.Subnets...) {
-		stores, err := ipam.Stores(c.StateDir)
+func eachNetwork(c Config, all, adopt bool, verb string, fn func(*Network, ipam.Tx) ([]string, error), opts []Option) ([]string, error) {
+	if w := worldOf(opts); all && !w.opener.Exists(c.StateDir, c.Bridge, c.Subnets...) {
+		stores, err := w.opener.All(c.StateDir)
 		if err != nil || len(stores) == 0 {
 			return nil, err
 		}
 		c.Bridge, c.Subnets = stores[0].Bridge(), stores[0].Subnets()
 	}
-	n, err := Open(c)
+	n, err := Open(c, opts...)
 	if err != nil {
 		return nil, err
 	}
@@ -314,7 +312,7 @@ func (n *Network) adoptOrphans(tx ipam.Tx) ([]string, error) {
 		if l, ok := n.fromKernel(p); ok {
 			for _, pub := range pubs {
 				if pub.IP == l.IP && pub.ID == nat.Label(l.ID) {
-					l.Ports = portStrings(pub.Ports)
+					l.Ports = pub.Ports
 				}
 			}
 			if _, err := tx.Allocate(l); err == nil {
@@ -407,41 +405,6 @@ func (n *Network) dropHalfMade(tx ipam.Tx) ([]string, error) {
 	return report, nil
 }
 
-// reclaim releases the leases whose container is gone, and those of live
-// containers whose setup died before it wired them (killed between the
-// lease and the veth): no interface, and no process holding the lease
-// (ipam.Tx.Pending). Setup runs it before declaring the subnet exhausted.
-func (n *Network) reclaim(tx ipam.Tx) ([]string, error) {
-	leases, _, err := tx.List()
-	if err != nil {
-		return nil, err
-	}
-	var report []string
-	for _, l := range leases {
-		why := fmt.Sprintf("pid %d is gone or in another namespace", l.PID)
-		if n.alive(l) {
-			// Pending first: a setup that finishes between the two checks
-			// has its veth by the time it lets go of the lease.
-			if tx.Pending(l) {
-				continue
-			}
-			state, err := n.host.State(l.Veth, alias(l.ID))
-			if err != nil {
-				return report, err
-			}
-			if state != bridge.Gone {
-				continue
-			}
-			why = fmt.Sprintf("its setup died before pid %d got its veth", l.PID)
-		}
-		if err := n.forget(tx, l); err != nil {
-			return report, err
-		}
-		report = append(report, fmt.Sprintf("%s: reclaimed %s from %s (%s)", n.Bridge, l.IP, l.ID, why))
-	}
-	return report, nil
-}
-
 // fromKernel rebuilds the lease behind host veth p: its name gives the
 // pid, the pid the namespace, and the namespace the peer's address. The
 // alias names the container.
@@ -468,8 +431,8 @@ func (n *Network) fromKernel(p bridge.Port) (ipam.Lease, bool) {
 }
 
 // RemoveNetwork removes c's bridge, its firewall rules and its store.
-func RemoveNetwork(c Config) ([]string, error) {
-	n, err := Open(c)
+func RemoveNetwork(c Config, opts ...Option) ([]string, error) {
+	n, err := Open(c, opts...)
 	if err != nil {
 		return nil, err
 	}
@@ -490,7 +453,7 @@ func (n *Network) Remove() ([]string, error) {
 		var live []string
 		for _, l := range leases {
 			if n.alive(l) {
-				live = append(live, fmt.Sprintf("%s (%s, %s)", l.ID, l.IP, holder(l)))
+				live = append(live, fmt.Sprintf("%s (%s, %s)", l.ID, l.IP, NetnsOf(l)))
 			}
 		}
 		if len(live) > 0 {
@@ -517,13 +480,13 @@ func (n *Network) Remove() ([]string, error) {
 // options its rules were installed with. It says what it repaired. For
 // after a firewall reload (firewalld, iptables-restore, a flush) removed
 // them, which warm setups do not check.
-func Repair(c Config, all bool) ([]string, error) {
+func Repair(c Config, all bool, opts ...Option) ([]string, error) {
 	return eachNetwork(c, all, false, "repair", func(n *Network, tx ipam.Tx) ([]string, error) {
 		if err := n.repair(tx); err != nil {
 			return nil, err
 		}
 		return []string{fmt.Sprintf("%s: bridge and rules in place (%s)", n.Bridge, subnetList(n.Subnets))}, nil
-	})
+	}, opts)
 }
 
 // repair makes the bridge if it is missing, installs the network's rules
@@ -536,7 +499,7 @@ func (n *Network) repair(tx ipam.Tx) error {
 		return hint(err)
 	}
 	rec, known := readRecord(tx)
-	if known && n.Firewall != "" && rec.firewall() != n.Firewall && n.fws != nil {
+	if known && n.Firewall != "" && rec.firewall() != n.Firewall {
 		if err := n.fws.get(rec.firewall()).Uninstall(n.natNetwork()); err != nil {
 			return fmt.Errorf("move rules out of %s: %w", rec.firewall(), err)
 		}

@@ -72,13 +72,13 @@ func (r Range) Check(ip netip.Addr) error {
 	p := r.Prefix
 	switch {
 	case !p.Contains(ip):
-		return fmt.Errorf("%w: %s is outside subnet %s", ErrUnusable, ip, p)
+		return addrErr(ip, "%w: %s is outside subnet %s", ErrUnusable, ip, p)
 	case ip == p.Addr():
-		return fmt.Errorf("%w: %s is the network address of %s", ErrUnusable, ip, p)
+		return addrErr(ip, "%w: %s is the network address of %s", ErrUnusable, ip, p)
 	case ip == r.Gateway():
-		return fmt.Errorf("%w: %s is the gateway of %s", ErrUnusable, ip, p)
+		return addrErr(ip, "%w: %s is the gateway of %s", ErrUnusable, ip, p)
 	case !r.Contains(ip):
-		return fmt.Errorf("%w: %s is the broadcast address of %s", ErrUnusable, ip, p)
+		return addrErr(ip, "%w: %s is the broadcast address of %s", ErrUnusable, ip, p)
 	}
 	return nil
 }
@@ -90,7 +90,7 @@ func (r Range) Want(ip netip.Addr, taken func(netip.Addr) bool) error {
 		return err
 	}
 	if taken(ip) {
-		return fmt.Errorf("%w: %s is already leased, or held back for a container being torn down", ErrTaken, ip)
+		return addrErr(ip, "%w: %s is already leased, or held back for a container being torn down", ErrTaken, ip)
 	}
 	return nil
 }
@@ -163,7 +163,7 @@ func unknownFamily(rs []Range, want Lease) error {
 			ok = ok || r.Prefix.Addr().Is6() == ip.Is6()
 		}
 		if !ok {
-			return fmt.Errorf("%w: %s is outside subnet %s", ErrUnusable, ip, subnetsOf(rs)[0])
+			return addrErr(ip, "%w: %s is outside subnet %s", ErrUnusable, ip, subnetsOf(rs)[0])
 		}
 	}
 	return nil

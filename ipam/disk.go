@@ -735,3 +735,16 @@ func (s *Disk) DamageLease(ip netip.Addr, data []byte) error {
 	}
 	return os.WriteFile(p, data, fileMode)
 }
+
+// OnDisk is the Opener of stores on disk.
+type OnDisk struct{}
+
+func (OnDisk) Open(stateDir, bridge string, subnets ...netip.Prefix) (Store, error) {
+	return Open(stateDir, bridge, subnets...)
+}
+
+func (OnDisk) Exists(stateDir, bridge string, subnets ...netip.Prefix) bool {
+	return Exists(stateDir, bridge, subnets...)
+}
+
+func (OnDisk) All(stateDir string) ([]Store, error) { return Stores(stateDir) }

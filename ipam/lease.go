@@ -4,13 +4,17 @@
 // Store and Tx are what callers see; Open gives the one on disk, a
 // directory per network under the state directory, and Memory one in
 // memory, for tests. The disk layout is private to this package. Both
-// choose addresses with the same allocator (Range).
+// choose addresses with the same allocator: how an address is chosen is
+// alloc.go (Range).
 package ipam
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
 	"time"
+
+	"github.com/bridgehook/bridgehook/port"
 )
 
 // ErrExhausted is returned by Allocate when every usable address is leased.
@@ -31,6 +35,20 @@ var ErrTaken = errors.New("address taken")
 // its broadcast address.
 var ErrUnusable = errors.New("address not leasable")
 
+// AddrError says why Addr, asked for by name, cannot be leased; it wraps
+// ErrTaken or ErrUnusable.
+type AddrError struct {
+	Addr netip.Addr
+	Err  error
+}
+
+func (e *AddrError) Error() string { return e.Err.Error() }
+func (e *AddrError) Unwrap() error { return e.Err }
+
+func addrErr(ip netip.Addr, format string, a ...any) error {
+	return &AddrError{Addr: ip, Err: fmt.Errorf(format, a...)}
+}
+
 // Lease is one container's addresses and the endpoint that uses them.
 type Lease struct {
 	ID string `json:"id"`
@@ -44,10 +62,10 @@ type Lease struct {
 	PID   int        `json:"pid,omitempty"`
 	// Netns is the path of the container's network namespace, for a
 	// container that came through CNI (which gives no pid).
-	Netns      string    `json:"netns,omitempty"`
-	NetnsInode uint64    `json:"netns_inode,omitempty"`
-	Ports      []string  `json:"ports,omitempty"`
-	Created    time.Time `json:"created"`
+	Netns      string         `json:"netns,omitempty"`
+	NetnsInode uint64         `json:"netns_inode,omitempty"`
+	Ports      []port.Mapping `json:"ports,omitempty"`
+	Created    time.Time      `json:"created"`
 }
 
 // Addrs returns the lease's addresses, IPv4 first.
@@ -134,4 +152,15 @@ type Tx interface {
 	// lease records List names and the files of interrupted writes, and
 	// mends the index. It says what it did, a line per kind of repair.
 	Tidy() ([]string, error)
+}
+
+// Opener finds the stores of a state directory, one per network: Disk's
+// (OnDisk) or, for tests, Memory's (Memories).
+type Opener interface {
+	// Open is the store of network bridge/subnets, made if need be.
+	Open(stateDir, bridge string, subnets ...netip.Prefix) (Store, error)
+	// Exists reports whether network bridge/subnets has a store.
+	Exists(stateDir, bridge string, subnets ...netip.Prefix) bool
+	// All lists every network's store.
+	All(stateDir string) ([]Store, error)
 }

@@ -3,6 +3,7 @@ package ipam
 import (
 	"encoding/json"
 	"net/netip"
+	"slices"
 	"sync"
 )
 
@@ -23,6 +24,8 @@ type Memory struct {
 	v6     map[netip.Addr]bool
 	last   [2]netip.Addr
 	record []byte
+	// gone is set by Destroy: Memories then makes the network afresh.
+	gone bool
 	// Unreadable are addresses whose records List reports as unreadable;
 	// they stay reserved until Tidy drops them.
 	Unreadable map[netip.Addr]bool
@@ -77,6 +80,7 @@ func (m *Memory) Destroy() error {
 	clear(m.draining)
 	clear(m.v6)
 	m.record = nil
+	m.gone = true
 	return nil
 }
 
@@ -232,3 +236,51 @@ var (
 	_ Store = (*Memory)(nil)
 	_ Tx    = memTx{}
 )
+
+// Memories is an Opener of stores in memory, each made on first Open and
+// kept, in the order made; Fail is given to each.
+type Memories struct {
+	Fail   func(op string) error
+	stores []*Memory
+}
+
+func (ms *Memories) find(bridge string, subnets []netip.Prefix) *Memory {
+	ms.stores = slices.DeleteFunc(ms.stores, func(m *Memory) bool { return m.gone })
+	for _, m := range ms.stores {
+		if m.bridge == bridge && slices.Equal(m.Subnets(), subnets) {
+			return m
+		}
+	}
+	return nil
+}
+
+func (ms *Memories) Open(_, bridge string, subnets ...netip.Prefix) (Store, error) {
+	return ms.Memory(bridge, subnets...)
+}
+
+// Memory is Open's store as a *Memory.
+func (ms *Memories) Memory(bridge string, subnets ...netip.Prefix) (*Memory, error) {
+	if m := ms.find(bridge, subnets); m != nil {
+		return m, nil
+	}
+	m, err := NewMemory(bridge, subnets...)
+	if err != nil {
+		return nil, err
+	}
+	m.Fail = ms.Fail
+	ms.stores = append(ms.stores, m)
+	return m, nil
+}
+
+func (ms *Memories) Exists(_, bridge string, subnets ...netip.Prefix) bool {
+	return ms.find(bridge, subnets) != nil
+}
+
+func (ms *Memories) All(string) ([]Store, error) {
+	ms.stores = slices.DeleteFunc(ms.stores, func(m *Memory) bool { return m.gone })
+	var all []Store
+	for _, m := range ms.stores {
+		all = append(all, m)
+	}
+	return all, nil
+}

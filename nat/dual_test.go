@@ -6,6 +6,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/bridgehook/bridgehook/port"
 )
 
 var dualNet = Network{Bridge: "netns0", Subnets: []netip.Prefix{
@@ -52,7 +54,7 @@ func TestPortRulesPerFamily(t *testing.T) {
 		{"10.0.0.1:8080:80", "172.19.0.2:80"},
 		{"9000-9001:9000-9001/udp", "172.19.0.2:0 [fd19::2]:0"},
 	} {
-		pub.Ports = mustPorts(t, tc.ports)
+		pub.Ports = port.MustParse(tc.ports)
 		rules, err := dualNet.PortRules(pub)
 		if err != nil {
 			t.Fatalf("%s: %v", tc.ports, err)
@@ -69,7 +71,7 @@ func TestPortRulesPerFamily(t *testing.T) {
 		}
 	}
 	// An IPv6 host address for a container with IPv4 alone.
-	v4only := Published{ID: "web", IP: netip.MustParseAddr("172.19.0.2"), Ports: mustPorts(t, "[2001:db8::1]:8080:80")}
+	v4only := Published{ID: "web", IP: netip.MustParseAddr("172.19.0.2"), Ports: port.MustParse("[2001:db8::1]:8080:80")}
 	if _, err := testNet.PortRules(v4only); err == nil {
 		t.Error("an IPv6 host address was published to an IPv4-only container")
 	}
@@ -94,7 +96,7 @@ func TestNFTablesRendersIPv6(t *testing.T) {
 		t.Errorf("IPv6 masquerade:\n%s\nwant:\n%s", strings.Join(masq, "\n"), strings.Join(want, "\n"))
 	}
 	pub := Published{ID: "web", IP: netip.MustParseAddr("172.19.0.2"), IP6: netip.MustParseAddr("fd19::2"),
-		Ports: mustPorts(t, "[2001:db8::1]:8080:80")}
+		Ports: port.MustParse("[2001:db8::1]:8080:80")}
 	rules, err := dualNet.PortRules(pub)
 	if err != nil || len(rules) != 1 {
 		t.Fatalf("%v %v", rules, err)
@@ -118,7 +120,7 @@ func TestIPTablesDualStackUsesBothTools(t *testing.T) {
 	fw := f4.firewall()
 	fw.r6 = f6
 	if err := fw.Install(dualNet, []Published{{ID: "web", IP: netip.MustParseAddr("172.19.0.2"),
-		IP6: netip.MustParseAddr("fd19::2"), Ports: mustPorts(t, "8080:80")}}); err != nil {
+		IP6: netip.MustParseAddr("fd19::2"), Ports: port.MustParse("8080:80")}}); err != nil {
 		t.Fatal(err)
 	}
 	if len(f4.restores) != 1 || len(f6.restores) != 1 {

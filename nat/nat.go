@@ -1,12 +1,13 @@
 // Package nat keeps a network's firewall rules: MASQUERADE for traffic that
 // leaves the bridge, FORWARD accepts, published ports, and ip_forward.
 //
-// The policy is written once, as Rules (policy.go); a Firewall renders it
-// for one backend: IPTables through iptables, NFTables over netlink. Either
-// way every rule lives in chains (or a table) of our own, one set per
-// network, and carries a comment naming its network, so installing is one
-// atomic change, and checking, listing and removing never touch a rule that
-// is not ours.
+// What rules a network gets is written once, as Rules (policy.go); a
+// Firewall renders them for one backend: IPTables through iptables
+// (iptables.go), NFTables over netlink (nftables.go). Either way every
+// rule lives in chains (or a table) of our own, one set per network, and
+// carries a comment naming its network, so installing is one atomic
+// change, and checking, listing and removing never touch a rule that is
+// not ours.
 package nat
 
 import (

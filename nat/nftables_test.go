@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/bridgehook/bridgehook/port"
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 )
@@ -137,7 +138,7 @@ func TestNFTablesMarkIsHostOrder(t *testing.T) {
 }
 
 func TestNFTablesRendersPorts(t *testing.T) {
-	pub := Published{ID: "web", IP: netip.MustParseAddr("172.19.0.2"), Ports: mustPorts(t, "127.0.0.1:9000-9001:7000-7001/udp, 8000-8002:8000-8002")}
+	pub := Published{ID: "web", IP: netip.MustParseAddr("172.19.0.2"), Ports: port.MustParse("127.0.0.1:9000-9001:7000-7001/udp, 8000-8002:8000-8002")}
 	rules, err := testNet.PortRules(pub)
 	if err != nil {
 		t.Fatal(err)

@@ -5,6 +5,8 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+
+	"github.com/bridgehook/bridgehook/port"
 )
 
 // Chain is where in a network's rules a Rule goes. Each backend maps it to
@@ -162,7 +164,7 @@ func (n Network) Rules() []Rule {
 	if n.Has(IPv4) {
 		// The host reaching a published port through 127.0.0.1: the
 		// container cannot answer a loopback source. IPv6 has no
-		// route_localnet, so ::1 is refused (ParsePorts).
+		// route_localnet, so ::1 is refused (port.Parse).
 		rules = append(rules, masq("localhost", Rule{Src: netip.MustParsePrefix("127.0.0.0/8"), Out: br, DNATed: true}))
 	}
 	return rules
@@ -175,7 +177,7 @@ type Published struct {
 	ID    string
 	IP    netip.Addr
 	IP6   netip.Addr
-	Ports []Port
+	Ports []port.Mapping
 }
 
 func (p Published) addrs() []netip.Addr {
@@ -196,37 +198,37 @@ const maxPorts = 1024
 func (n Network) PortRules(p Published) ([]Rule, error) {
 	var rules []Rule
 	who := Label(p.ID)
-	for _, port := range p.Ports {
-		r := Rule{Chain: Ports, What: who + " " + port.String(), Proto: port.Proto, Verdict: DNAT}
-		if port.HostIP.IsValid() {
-			r.Dst = netip.PrefixFrom(port.HostIP, port.HostIP.BitLen())
+	for _, m := range p.Ports {
+		r := Rule{Chain: Ports, What: who + " " + m.String(), Proto: m.Proto, Verdict: DNAT}
+		if m.HostIP.IsValid() {
+			r.Dst = netip.PrefixFrom(m.HostIP, m.HostIP.BitLen())
 		}
-		if int(port.HostEnd-port.HostPort) >= maxPorts && port.HostPort != port.Container {
-			return nil, fmt.Errorf("port %s: over %d ports to remap; publish a range on the same ports instead", port, maxPorts)
+		if int(m.HostEnd-m.HostPort) >= maxPorts && m.HostPort != m.Container {
+			return nil, fmt.Errorf("m %s: over %d ports to remap; publish a range on the same ports instead", m, maxPorts)
 		}
 		some := false
 		for _, ip := range p.addrs() {
-			if port.HostIP.IsValid() && port.HostIP.Is6() != ip.Is6() {
+			if m.HostIP.IsValid() && m.HostIP.Is6() != ip.Is6() {
 				continue
 			}
 			some = true
-			if port.HostPort == port.Container {
-				r.DPort, r.DPortEnd, r.To = port.HostPort, port.HostEnd, netip.AddrPortFrom(ip, 0)
+			if m.HostPort == m.Container {
+				r.DPort, r.DPortEnd, r.To = m.HostPort, m.HostEnd, netip.AddrPortFrom(ip, 0)
 				rules = append(rules, r)
 				continue
 			}
-			for off := uint16(0); off <= port.HostEnd-port.HostPort; off++ {
-				r.DPort, r.DPortEnd = port.HostPort+off, port.HostPort+off
-				r.To = netip.AddrPortFrom(ip, port.Container+off)
+			for off := uint16(0); off <= m.HostEnd-m.HostPort; off++ {
+				r.DPort, r.DPortEnd = m.HostPort+off, m.HostPort+off
+				r.To = netip.AddrPortFrom(ip, m.Container+off)
 				rules = append(rules, r)
 			}
 		}
 		if !some {
-			return nil, fmt.Errorf("port %s: the container has no address of the host address's family", port)
+			return nil, fmt.Errorf("m %s: the container has no address of the host address's family", m)
 		}
 	}
 	if len(rules) > maxPorts {
-		return nil, fmt.Errorf("%d port rules for one container; at most %d", len(rules), maxPorts)
+		return nil, fmt.Errorf("%d m rules for one container; at most %d", len(rules), maxPorts)
 	}
 	return rules, nil
 }
@@ -256,11 +258,11 @@ func Label(id string) string {
 // portComment reads what a port rule's comment says, "LABEL PORT", back
 // into one port of a container at ip.
 func (n Network) portComment(comment string, ip netip.Addr) (Published, bool) {
-	who, port, ok := strings.Cut(strings.TrimPrefix(comment, n.comment("")), " ")
+	who, mapping, ok := strings.Cut(strings.TrimPrefix(comment, n.comment("")), " ")
 	if !ok || !strings.HasPrefix(comment, n.comment("")) {
 		return Published{}, false
 	}
-	ports, err := ParsePorts(port)
+	ports, err := port.Parse(mapping)
 	if err != nil {
 		return Published{}, false
 	}

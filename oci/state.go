@@ -1,4 +1,4 @@
-package hook
+package oci
 
 import (
 	"encoding/json"
@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"strings"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/bridgehook/bridgehook/hook"
+	"github.com/bridgehook/bridgehook/input"
 )
 
 // MaxState caps what is read from stdin. Runtimes send a few hundred bytes
@@ -18,24 +20,8 @@ const MaxState = 1 << 20
 // noPID marks a state without a "pid" key, which no real pid can be.
 const noPID = math.MinInt32
 
-// MaxID is the longest container id accepted.
-const MaxID = 1024
-
-// ErrInput marks errors in what the hook was given, as opposed to failures
-// of the host: errors.Is(err, ErrInput).
-var ErrInput = errors.New("bad input")
-
-type inputError struct{ msg string }
-
-func (e *inputError) Error() string        { return e.msg }
-func (e *inputError) Is(target error) bool { return target == ErrInput }
-
-func inputErr(format string, a ...any) error {
-	return &inputError{fmt.Sprintf(format, a...)}
-}
-
-// InputErr is an error in what the hook was given, for main's checks.
-func InputErr(format string, a ...any) error { return inputErr(format, a...) }
+// inputErr is bad input that no one setting is at fault for.
+func inputErr(format string, a ...any) error { return input.Errorf("", format, a...) }
 
 // ReadState reads and checks an OCI container state from r. It checks what
 // every command needs (an object, a valid id); Setup checks the pid.
@@ -69,7 +55,10 @@ func ReadState(r io.Reader) (specs.State, error) {
 	if _, ok := fields["pid"]; !ok {
 		st.Pid = noPID // runc leaves it out on poststop; crun sends 0
 	}
-	if err := CheckID(st.ID); err != nil {
+	if st.ID == "" {
+		return st, inputErr("state on stdin: missing \"id\"; want the container id")
+	}
+	if err := hook.CheckID(st.ID); err != nil {
 		return st, err
 	}
 	return st, nil
@@ -85,38 +74,6 @@ func kindOf(field string) string {
 	return "string"
 }
 
-// CheckID accepts the ids runc accepts. An id names files of the lease
-// store and labels interfaces, so nothing else may pass.
-func CheckID(id string) error {
-	switch {
-	case id == "":
-		return inputErr("state on stdin: missing \"id\"; want the container id")
-	case len(id) > MaxID:
-		return inputErr("container id is %d bytes; at most %d allowed", len(id), MaxID)
-	case id == "." || id == "..":
-		return inputErr("container id %q is not allowed", id)
-	}
-	for i := 0; i < len(id); i++ {
-		c := id[i]
-		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '_' || c == '-' || c == '.') {
-			return inputErr("container id %q has %q at byte %d; only letters, digits, '_', '-' and '.' are allowed", clip(id), c, i)
-		}
-	}
-	return nil
-}
-
-// checkLeaseID checks an id as leases hold them: a container id, or for
-// an attachment through CNI, "CONTAINER_ID/IFNAME".
-func checkLeaseID(id string) error {
-	if cid, ifname, ok := strings.Cut(id, "/"); ok {
-		if err := CheckID(cid); err != nil {
-			return err
-		}
-		return checkIfName("interface", ifname)
-	}
-	return CheckID(id)
-}
-
 // CheckPID checks the pid that setup will look up.
 func CheckPID(st specs.State) error {
 	switch {
@@ -126,13 +83,6 @@ func CheckPID(st specs.State) error {
 		return inputErr("state on stdin: \"pid\" is %d; want the pid of the container's process", st.Pid)
 	}
 	return nil
-}
-
-func clip(s string) string {
-	if len(s) > 40 {
-		return s[:40] + "..."
-	}
-	return s
 }
 
 func trimSpace(b []byte) []byte {

@@ -1,4 +1,4 @@
-package nat
+package port
 
 import (
 	"os"
@@ -7,7 +7,7 @@ import (
 	"testing"
 )
 
-func TestParsePorts(t *testing.T) {
+func TestParse(t *testing.T) {
 	good := map[string]string{
 		"8080:80":                            "8080:80/tcp",
 		"127.0.0.1:5353:53/udp":              "127.0.0.1:5353:53/udp",
@@ -21,9 +21,9 @@ func TestParsePorts(t *testing.T) {
 		"[2001:db8::1]:80:80,10.0.0.1:80:80": "[2001:db8::1]:80:80/tcp,10.0.0.1:80:80/tcp",
 	}
 	for in, want := range good {
-		ps, err := ParsePorts(in)
+		ps, err := Parse(in)
 		if err != nil {
-			t.Errorf("ParsePorts(%q): %v", in, err)
+			t.Errorf("Parse(%q): %v", in, err)
 			continue
 		}
 		var got []string
@@ -31,7 +31,7 @@ func TestParsePorts(t *testing.T) {
 			got = append(got, p.String())
 		}
 		if strings.Join(got, ",") != want {
-			t.Errorf("ParsePorts(%q) = %v, want %s", in, got, want)
+			t.Errorf("Parse(%q) = %v, want %s", in, got, want)
 		}
 	}
 	bad := map[string]string{
@@ -55,15 +55,15 @@ func TestParsePorts(t *testing.T) {
 		"[::]:1.2.3.4:80:80":     "want [HOST_IP:]",
 	}
 	for in, want := range bad {
-		if _, err := ParsePorts(in); err == nil || !strings.Contains(err.Error(), want) {
-			t.Errorf("ParsePorts(%q) = %v, want an error with %q", in, err, want)
+		if _, err := Parse(in); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Parse(%q) = %v, want an error with %q", in, err, want)
 		}
 	}
 }
 
 func TestOverlaps(t *testing.T) {
-	p := func(s string) Port {
-		ps, err := ParsePorts(s)
+	p := func(s string) Mapping {
+		ps, err := Parse(s)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -88,7 +88,7 @@ func TestOverlaps(t *testing.T) {
 
 // FuzzParsePorts checks that whatever parses renders back to something
 // that parses to the same thing, and that nothing panics.
-func FuzzParsePorts(f *testing.F) {
+func FuzzParse(f *testing.F) {
 	seeds, _ := filepath.Glob("../testdata/ports/*")
 	for _, s := range seeds {
 		b, err := os.ReadFile(s)
@@ -99,12 +99,12 @@ func FuzzParsePorts(f *testing.F) {
 	}
 	f.Add("8080:80")
 	f.Fuzz(func(t *testing.T, s string) {
-		ps, err := ParsePorts(s)
+		ps, err := Parse(s)
 		if err != nil {
 			return
 		}
 		for _, p := range ps {
-			again, err := ParsePorts(p.String())
+			again, err := Parse(p.String())
 			if err != nil || len(again) != 1 || again[0] != p {
 				t.Fatalf("%q parsed to %+v, which renders as %q and parses to %+v, %v", s, p, p.String(), again, err)
 			}

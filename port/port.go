@@ -1,4 +1,7 @@
-package nat
+// Package port is a published port mapping: HOST_IP:HOST_PORT[-END] to
+// CONTAINER_PORT[-END]/PROTO, as the faces parse it, the store keeps it
+// with a lease (it marshals as its text) and the firewall renders it.
+package port
 
 import (
 	"fmt"
@@ -7,8 +10,8 @@ import (
 	"strings"
 )
 
-// Port is one published port mapping, or a range of equal length.
-type Port struct {
+// Mapping is one published port mapping, or a range of equal length.
+type Mapping struct {
 	HostIP    netip.Addr // invalid: every host address
 	HostPort  uint16
 	HostEnd   uint16 // equal to HostPort for a single port
@@ -17,7 +20,7 @@ type Port struct {
 }
 
 // String renders p in the annotation grammar, canonically.
-func (p Port) String() string {
+func (p Mapping) String() string {
 	var b strings.Builder
 	switch {
 	case p.HostIP.Is6():
@@ -37,17 +40,17 @@ func portRange(a, b uint16) string {
 	return fmt.Sprintf("%d-%d", a, b)
 }
 
-// ParsePorts parses a comma-separated list of
+// Parse parses a comma-separated list of
 // [HOST_IP:]HOST_PORT[-END]:CONTAINER_PORT[-END][/tcp|/udp|/sctp], an
 // IPv6 HOST_IP in brackets.
-func ParsePorts(s string) ([]Port, error) {
-	var ports []Port
+func Parse(s string) ([]Mapping, error) {
+	var ports []Mapping
 	for _, item := range strings.Split(s, ",") {
 		item = strings.TrimSpace(item)
 		if item == "" {
 			continue
 		}
-		p, err := parsePort(item)
+		p, err := parse(item)
 		if err != nil {
 			return nil, fmt.Errorf("port %q: %w", item, err)
 		}
@@ -64,8 +67,8 @@ func ParsePorts(s string) ([]Port, error) {
 	return ports, nil
 }
 
-func parsePort(s string) (Port, error) {
-	p := Port{Proto: "tcp"}
+func parse(s string) (Mapping, error) {
+	p := Mapping{Proto: "tcp"}
 	if i := strings.LastIndexByte(s, '/'); i >= 0 {
 		p.Proto = s[i+1:]
 		s = s[:i]
@@ -150,9 +153,36 @@ func parseNum(s string) (uint16, error) {
 
 // Overlaps reports whether p and q claim a common host port on a common
 // host address: two containers cannot both have it.
-func (p Port) Overlaps(q Port) bool {
+func (p Mapping) Overlaps(q Mapping) bool {
 	if p.Proto != q.Proto || p.HostEnd < q.HostPort || q.HostEnd < p.HostPort {
 		return false
 	}
 	return !p.HostIP.IsValid() || !q.HostIP.IsValid() || p.HostIP == q.HostIP
+}
+
+// MarshalText renders m in the annotation grammar: a lease keeps its
+// ports as text.
+func (m Mapping) MarshalText() ([]byte, error) { return []byte(m.String()), nil }
+
+// UnmarshalText reads one mapping back.
+func (m *Mapping) UnmarshalText(b []byte) error {
+	ms, err := Parse(string(b))
+	if err != nil {
+		return err
+	}
+	if len(ms) != 1 {
+		return fmt.Errorf("port %q: want one mapping", b)
+	}
+	*m = ms[0]
+	return nil
+}
+
+// MustParse is Parse for mappings known to be good, such as a test's; it
+// panics on an error.
+func MustParse(s string) []Mapping {
+	ms, err := Parse(s)
+	if err != nil {
+		panic(err)
+	}
+	return ms
 }

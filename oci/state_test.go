@@ -1,19 +1,20 @@
-package hook
+package oci
 
 import (
 	"bytes"
 	"encoding/json"
 	"errors"
-	"fmt"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/bridgehook/bridgehook/hook"
+	"github.com/bridgehook/bridgehook/input"
 )
 
 func TestReadStateRejects(t *testing.T) {
-	long := strings.Repeat("a", MaxID+1)
+	long := strings.Repeat("a", hook.MaxID+1)
 	tests := []struct {
 		name, in, want string
 		setup          bool // the error shows only when setting up
@@ -51,8 +52,8 @@ func TestReadStateRejects(t *testing.T) {
 			if !strings.Contains(err.Error(), tt.want) {
 				t.Errorf("error %q, want it to contain %q", err, tt.want)
 			}
-			if !errors.Is(err, ErrInput) {
-				t.Errorf("error %q is not ErrInput", err)
+			if !errors.Is(err, input.Err) {
+				t.Errorf("error %q is not input.Err", err)
 			}
 			if strings.Contains(err.Error(), "\n") {
 				t.Errorf("error %q spans lines", err)
@@ -112,111 +113,9 @@ func TestActionForStatus(t *testing.T) {
 	}
 	for _, status := range []string{"", "paused"} {
 		st, _ := ReadState(strings.NewReader(`{"id":"c1","pid":3,"status":"` + status + `"}`))
-		if _, err := ActionFor(st); !errors.Is(err, ErrInput) {
+		if _, err := ActionFor(st); !errors.Is(err, input.Err) {
 			t.Errorf("status %q: got %v, want an input error", status, err)
 		}
-	}
-}
-
-func TestConfigCheck(t *testing.T) {
-	bad := map[string]func(*Config){
-		"long bridge":  func(c *Config) { c.Bridge = "abcdefghijklmnop" },
-		"empty bridge": func(c *Config) { c.Bridge = "" },
-		"slash bridge": func(c *Config) { c.Bridge = "a/b" },
-		"space iface":  func(c *Config) { c.Iface = "eth 0" },
-		"tiny mtu":     func(c *Config) { c.MTU = 100 },
-		"relative dir": func(c *Config) { c.StateDir = "run/x" },
-		"no subnet":    func(c *Config) { c.Subnets = nil },
-		"IPv6 first": func(c *Config) {
-			c.Subnets = []netip.Prefix{netip.MustParsePrefix("fd19::/64"), netip.MustParsePrefix("10.0.0.0/24")}
-		},
-		"IPv6 mtu below 1280": func(c *Config) {
-			c.Subnets, c.MTU = []netip.Prefix{netip.MustParsePrefix("fd19::/64")}, 1279
-		},
-	}
-	if err := Defaults().Check(); err != nil {
-		t.Fatalf("defaults: %v", err)
-	}
-	for name, mod := range bad {
-		c := Defaults()
-		mod(&c)
-		if err := c.Check(); !errors.Is(err, ErrInput) {
-			t.Errorf("%s: got %v, want an input error", name, err)
-		}
-	}
-	for in, want := range map[string]string{
-		"172.19.0.5/16":       "did you mean 172.19.0.0/16",
-		"fd19::5/64":          "host bits set); did you mean fd19::/64",
-		"10.0.0.0/31":         "too small",
-		"fd19::/121":          "want an IPv6 prefix of /120 or larger",
-		"nonsense":            "want a network such as",
-		"224.1.0.0/16":        "multicast",
-		"ff05::/64":           "multicast",
-		"169.254.0.0/16":      "link-local",
-		"fe80::/64":           "link-local",
-		"127.0.0.0/8":         "loopback",
-		"::1/128":             "loopback",
-		"0.0.0.0/0":           "whole address space",
-		"::/0":                "whole address space",
-		"fe80::/64%eth0":      "want a network such as",
-		"::ffff:10.0.0.0/120": "want a network such as",
-	} {
-		if _, err := ParseSubnet(in); err == nil || !strings.Contains(err.Error(), want) || !errors.Is(err, ErrInput) {
-			t.Errorf("ParseSubnet(%q) = %v, want %q", in, err, want)
-		}
-	}
-	for _, in := range []string{"10.1.0.0/29", "fd19::/64", "2001:db8:1::/48", "fd19::ff00/120"} {
-		if p, err := ParseSubnet(in); err != nil || p.String() != in {
-			t.Errorf("ParseSubnet(%s) = %v, %v", in, p, err)
-		}
-	}
-}
-
-func TestSetSubnets(t *testing.T) {
-	p := netip.MustParsePrefix
-	var c Config
-	if err := c.SetSubnets([]netip.Prefix{p("fd19::/64"), p("10.0.0.0/24")}); err != nil || fmt.Sprint(c.Subnets) != "[10.0.0.0/24 fd19::/64]" {
-		t.Errorf("dual-stack: %v %v, want IPv4 first", c.Subnets, err)
-	}
-	for _, bad := range [][]netip.Prefix{
-		nil,
-		{p("10.0.0.0/24"), p("10.1.0.0/24")},
-		{p("fd19::/64"), p("fd20::/64")},
-		{p("10.0.0.0/24"), p("fd19::/64"), p("fd20::/64")},
-	} {
-		if err := c.SetSubnets(bad); !errors.Is(err, ErrInput) {
-			t.Errorf("SetSubnets(%v) = %v, want an input error", bad, err)
-		}
-	}
-}
-
-func TestUndoRunsInReverseAndCarriesOn(t *testing.T) {
-	var got []int
-	var u undoStack
-	for i := 1; i <= 3; i++ {
-		u.push(func() error {
-			got = append(got, i)
-			if i == 2 {
-				return errors.New("two")
-			}
-			return nil
-		})
-	}
-	if err := u.run(); err == nil || err.Error() != "two" {
-		t.Errorf("run = %v, want the failure", err)
-	}
-	if len(got) != 3 || got[0] != 3 || got[2] != 1 {
-		t.Errorf("ran %v, want [3 2 1]", got)
-	}
-}
-
-func TestAliasFitsIfAlias(t *testing.T) {
-	if a := alias("c1"); a != "bridgehook:c1" {
-		t.Errorf("alias(c1) = %q", a)
-	}
-	long := strings.Repeat("x", MaxID)
-	if a := alias(long); len(a) > 255 || a == alias(long[1:]) {
-		t.Errorf("alias of a long id: %q", a)
 	}
 }
 
@@ -251,12 +150,12 @@ func FuzzReadState(f *testing.F) {
 	f.Fuzz(func(t *testing.T, in []byte) {
 		st, err := ReadState(bytes.NewReader(in))
 		if err != nil {
-			if !errors.Is(err, ErrInput) || strings.Contains(err.Error(), "\n") {
+			if !errors.Is(err, input.Err) || strings.Contains(err.Error(), "\n") {
 				t.Fatalf("error %q is not a one-line input error", err)
 			}
 			return
 		}
-		if CheckID(st.ID) != nil || strings.ContainsAny(st.ID, "/ \"\\\x00") || st.ID == "." || st.ID == ".." {
+		if hook.CheckID(st.ID) != nil || strings.ContainsAny(st.ID, "/ \"\\\x00") || st.ID == "." || st.ID == ".." {
 			t.Fatalf("accepted unsafe id %q", st.ID)
 		}
 		ActionFor(st)

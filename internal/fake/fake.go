@@ -1,0 +1,357 @@
+// Package fake has fakes of what the orchestration (package hook) drives:
+// the kernel's links (Host), a firewall backend (Firewall) and /proc
+// (System), so that hook's decisions, and the faces over it, are tested
+// without root. Each fake keeps the state a test asserts on, and fails a
+// named operation on request (Fails). With ipam.Memory for the store, a
+// whole network runs in memory.
+package fake
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+
+	"github.com/bridgehook/bridgehook/bridge"
+	"github.com/bridgehook/bridgehook/input"
+	"github.com/bridgehook/bridgehook/nat"
+)
+
+// ErrInjected is the failure Fails injects.
+var ErrInjected = errors.New("injected failure")
+
+// Fails is a set of operations to fail, shared by the fakes.
+type Fails map[string]bool
+
+// Check fails when op is to fail.
+func (f Fails) Check(op string) error {
+	if f[op] {
+		return fmt.Errorf("%s: %w", op, ErrInjected)
+	}
+	return nil
+}
+
+// System is /proc: pids alive in namespaces (by inode). Netns hands out
+// a real file descriptor (of /dev/null) per call, so that the code under
+// test may close it, and remembers whose namespace it stands for.
+type System struct {
+	Inodes map[int]uint64
+	fds    map[netns.NsHandle]int
+	// Paths are namespaces bind-mounted at a path (CNI's), each standing
+	// for the namespace of a pid.
+	Paths map[string]int
+}
+
+// NewSystem is a machine with no containers.
+func NewSystem() *System {
+	return &System{Inodes: map[int]uint64{}, fds: map[netns.NsHandle]int{}, Paths: map[string]int{}}
+}
+
+// Container starts a container: pid in a namespace of its own.
+func (s *System) Container(pid int) int {
+	s.Inodes[pid] = uint64(1000 + pid)
+	return pid
+}
+
+func (s *System) NetnsAt(path string) (netns.NsHandle, uint64, error) {
+	pid, ok := s.Paths[path]
+	if !ok {
+		return -1, 0, input.Errorf(input.Netns, "%s: not a network namespace", path)
+	}
+	return s.Netns(pid)
+}
+
+func (s *System) PathInode(path string) (uint64, error) {
+	if pid, ok := s.Paths[path]; ok {
+		return s.NetnsInode(pid)
+	}
+	return 0, errors.New("no such file")
+}
+
+func (s *System) Netns(pid int) (netns.NsHandle, uint64, error) {
+	ino, ok := s.Inodes[pid]
+	if !ok {
+		return -1, 0, input.Errorf(input.Netns, "pid %d: no such process", pid)
+	}
+	fd, err := unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1, 0, err
+	}
+	s.fds[netns.NsHandle(fd)] = pid
+	return netns.NsHandle(fd), ino, nil
+}
+
+func (s *System) NetnsInode(pid int) (uint64, error) {
+	if ino, ok := s.Inodes[pid]; ok {
+		return ino, nil
+	}
+	return 0, errors.New("no such process")
+}
+
+// Veth is a host veth: its alias, its bridge, and the container end.
+type Veth struct {
+	Alias    string
+	Master   string
+	PID      int // whose namespace holds the peer
+	Iface    string
+	Addrs    []netip.Prefix
+	Gateways []netip.Addr
+	State    bridge.VethState
+	Index    int
+}
+
+// Host is the kernel's links.
+type Host struct {
+	Sys     *System
+	Fail    Fails
+	Bridges map[string]bridge.Bridge
+	Veths   map[string]*Veth
+	nextIdx int
+	Ensured int   // Ensure calls, to tell warm setups from cold ones
+	Quieted []int // the pids whose namespaces Quiet6 was asked to quiet
+}
+
+// NewHost is a kernel with no bridge, whose containers are sys's.
+func NewHost(sys *System, fail Fails) *Host {
+	return &Host{Sys: sys, Fail: fail, Bridges: map[string]bridge.Bridge{}, Veths: map[string]*Veth{}}
+}
+
+// Kill ends container pid: its namespace goes, its veth with it unless
+// dying says the kernel is still at it.
+func (h *Host) Kill(pid int, dying bool) {
+	delete(h.Sys.Inodes, pid)
+	for name, v := range h.Veths {
+		if v.PID == pid {
+			if dying {
+				v.State = bridge.Dying
+			} else {
+				delete(h.Veths, name)
+			}
+		}
+	}
+}
+
+func (h *Host) Ensure(name string, gws []netip.Prefix, mtu int) (bridge.Bridge, bool, error) {
+	h.Ensured++
+	if err := h.Fail.Check("ensure"); err != nil {
+		return bridge.Bridge{}, false, err
+	}
+	if br, ok := h.Bridges[name]; ok {
+		return br, false, nil
+	}
+	if mtu == 0 {
+		mtu = 1500
+	}
+	h.nextIdx++
+	br := bridge.Bridge{Name: name, Index: h.nextIdx, MTU: mtu}
+	h.Bridges[name] = br
+	return br, true, nil
+}
+
+func (h *Host) Find(name string) (bridge.Bridge, bool) {
+	br, ok := h.Bridges[name]
+	return br, ok
+}
+
+func (h *Host) Remove(name string) error {
+	if err := h.Fail.Check("remove"); err != nil {
+		return err
+	}
+	delete(h.Bridges, name)
+	return nil
+}
+
+func (h *Host) Attach(br bridge.Bridge, ns netns.NsHandle, ep bridge.Endpoint) error {
+	if err := h.Fail.Check("attach"); err != nil {
+		return err
+	}
+	pid := h.Sys.fds[ns]
+	if _, ok := h.Veths[ep.Host]; ok {
+		return fmt.Errorf("create veth %s: %w", ep.Host, unix.EEXIST)
+	}
+	for _, v := range h.Veths {
+		if v.PID == pid && v.Iface == ep.Iface && h.Sys.Inodes[pid] != 0 {
+			return fmt.Errorf("container's %s exists: %w", ep.Iface, unix.EEXIST)
+		}
+	}
+	h.nextIdx++
+	h.Veths[ep.Host] = &Veth{Alias: ep.Alias, Master: br.Name, PID: pid, Iface: ep.Iface, Addrs: ep.Addrs, Gateways: ep.Gateways, State: bridge.Live, Index: h.nextIdx}
+	return nil
+}
+
+func (h *Host) Quiet6(ns netns.NsHandle) func() error {
+	h.Quieted = append(h.Quieted, h.Sys.fds[ns])
+	return func() error { return h.Fail.Check("quiet6") }
+}
+
+func (h *Host) Detach(host, alias string) error {
+	if err := h.Fail.Check("detach"); err != nil {
+		return err
+	}
+	if v, ok := h.Veths[host]; ok && v.Alias == alias {
+		delete(h.Veths, host)
+	}
+	return nil
+}
+
+func (h *Host) State(host, alias string) (bridge.VethState, error) {
+	if v, ok := h.Veths[host]; ok && v.Alias == alias {
+		return v.State, nil
+	}
+	return bridge.Gone, nil
+}
+
+func (h *Host) Ports(name string) ([]bridge.Port, error) {
+	var ps []bridge.Port
+	for n, v := range h.Veths {
+		if v.Master == name {
+			ps = append(ps, bridge.Port{Name: n, Alias: v.Alias, Index: v.Index})
+		}
+	}
+	return ps, nil
+}
+
+func (h *Host) Unlabelled() ([]string, error) {
+	var names []string
+	for n, v := range h.Veths {
+		if v.Alias == "" {
+			names = append(names, n)
+		}
+	}
+	return names, nil
+}
+
+func (h *Host) Present(ns netns.NsHandle, iface string, addrs []netip.Prefix) bool {
+	for _, v := range h.Veths {
+		if v.PID == h.Sys.fds[ns] && v.Iface == iface && slices.Equal(v.Addrs, addrs) {
+			return true
+		}
+	}
+	return false
+}
+
+func (h *Host) DefaultGateways(ns netns.NsHandle) []netip.Addr {
+	for _, v := range h.Veths {
+		if v.PID == h.Sys.fds[ns] {
+			return v.Gateways
+		}
+	}
+	return nil
+}
+
+func (h *Host) PeerAddrs(ns netns.NsHandle, iface string, p bridge.Port, subnets []netip.Prefix) ([]netip.Addr, bool) {
+	v, ok := h.Veths[p.Name]
+	if !ok || v.PID != h.Sys.fds[ns] || v.Iface != iface || len(v.Addrs) != len(subnets) {
+		return nil, false
+	}
+	var ips []netip.Addr
+	for i, subnet := range subnets {
+		if !subnet.Contains(v.Addrs[i].Addr()) {
+			return nil, false
+		}
+		ips = append(ips, v.Addrs[i].Addr())
+	}
+	return ips, true
+}
+
+func (h *Host) Close() {}
+
+// Firewall keeps each network's rules as a flag and its published
+// ports by container address.
+type Firewall struct {
+	// Verifies lists the networks Verify was asked about; Reloaded marks
+	// those whose rules a reload took.
+	Verifies    []string
+	VerifyFails bool
+	Reloaded    map[string]bool
+
+	Fail      Fails
+	Installed map[string]nat.Network
+	Ports     map[string]map[netip.Addr]nat.Published
+	Calls     []string
+}
+
+// NewFirewall is a firewall with no rules.
+func NewFirewall(fail Fails) *Firewall {
+	return &Firewall{Fail: fail, Installed: map[string]nat.Network{}, Ports: map[string]map[netip.Addr]nat.Published{}}
+}
+
+func (f *Firewall) Install(n nat.Network, pubs []nat.Published) error {
+	f.Calls = append(f.Calls, "install "+n.Bridge)
+	if err := f.Fail.Check("install"); err != nil {
+		return err
+	}
+	f.Installed[n.Bridge] = n
+	delete(f.Reloaded, n.Bridge)
+	f.Ports[n.Bridge] = map[netip.Addr]nat.Published{}
+	for _, p := range pubs {
+		f.Ports[n.Bridge][p.IP] = p
+	}
+	return nil
+}
+
+func (f *Firewall) Uninstall(n nat.Network) error {
+	f.Calls = append(f.Calls, "uninstall "+n.Bridge)
+	if err := f.Fail.Check("uninstall"); err != nil {
+		return err
+	}
+	delete(f.Installed, n.Bridge)
+	delete(f.Ports, n.Bridge)
+	return nil
+}
+
+// Reload takes network br's rules away, as a firewall reload does.
+func (f *Firewall) Reload(br string) {
+	if f.Reloaded == nil {
+		f.Reloaded = map[string]bool{}
+	}
+	f.Reloaded[br] = true
+	delete(f.Installed, br)
+	delete(f.Ports, br)
+}
+
+func (f *Firewall) Verify(n nat.Network) (bool, error) {
+	f.Verifies = append(f.Verifies, n.Bridge)
+	if f.VerifyFails {
+		return false, ErrInjected
+	}
+	return !f.Reloaded[n.Bridge], nil
+}
+
+func (f *Firewall) Close() {}
+
+func (f *Firewall) Publish(n nat.Network, p nat.Published) error {
+	f.Calls = append(f.Calls, "publish "+p.ID)
+	if err := f.Fail.Check("publish"); err != nil {
+		return err
+	}
+	if _, ok := f.Installed[n.Bridge]; !ok {
+		return fmt.Errorf("publish on %s: no rules installed", n.Bridge)
+	}
+	f.Ports[n.Bridge][p.IP] = p
+	return nil
+}
+
+func (f *Firewall) Unpublish(n nat.Network, p nat.Published) error {
+	f.Calls = append(f.Calls, "unpublish "+p.ID)
+	if err := f.Fail.Check("unpublish"); err != nil {
+		return err
+	}
+	delete(f.Ports[n.Bridge], p.IP)
+	return nil
+}
+
+func (f *Firewall) Published(n nat.Network) ([]nat.Published, error) {
+	if err := f.Fail.Check("published"); err != nil {
+		return nil, err
+	}
+	var ps []nat.Published
+	for _, p := range f.Ports[n.Bridge] {
+		p.ID = nat.Label(p.ID)
+		ps = append(ps, p)
+	}
+	return ps, nil
+}
