@@ -1,17 +1,23 @@
 package cni
 
 import (
+	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
-	"net/netip"
+	"io"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
+	types100 "github.com/containernetworking/cni/pkg/types/100"
 
 	"github.com/bridgehook/bridgehook/hook"
 	"github.com/bridgehook/bridgehook/input"
+	"github.com/bridgehook/bridgehook/internal/fake"
 	"github.com/bridgehook/bridgehook/ipam"
 )
 
@@ -35,119 +41,6 @@ func TestWants(t *testing.T) {
 	}
 }
 
-func TestConfigMirrorsTheFlags(t *testing.T) {
-	conf, err := parse([]byte(`{"cniVersion":"1.1.0","name":"n","type":"bridgehook","bridge":"cni0",
-		"subnet":["fd10::/64","10.10.0.0/24"],"mtu":1400,"icc":false,"internal":true,"defaultRoute":false,
-		"dns":{"nameservers":["10.10.0.53"],"search":["svc.local"]},"firewall":"nftables","stateDir":"/run/x",
-		"nonMasqueradeCIDRs":["10.244.0.0/16"]}`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := conf.config("net1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if c.Bridge != "cni0" || fmt.Sprint(c.Subnets) != "[10.10.0.0/24 fd10::/64]" || c.MTU != 1400 || c.ICC || !c.Internal ||
-		c.DefaultRoute || c.Firewall != "nftables" || c.StateDir != "/run/x" || c.Iface != "net1" ||
-		fmt.Sprint(c.NonMasquerade) != "[10.244.0.0/16]" {
-		t.Errorf("config %+v", c)
-	}
-	// One subnet as a string, and the hook's defaults for what is left out.
-	conf, _ = parse([]byte(`{"cniVersion":"1.0.0","name":"n","type":"bridgehook","subnet":"10.20.0.0/16"}`))
-	c, err = conf.config("")
-	d := hook.Defaults()
-	if err != nil || fmt.Sprint(c.Subnets) != "[10.20.0.0/16]" || c.Bridge != d.Bridge || !c.ICC || !c.DefaultRoute || c.Iface != "eth0" {
-		t.Errorf("defaults: %+v %v", c, err)
-	}
-}
-
-func TestBadConfigsNameTheirKeys(t *testing.T) {
-	for stdin, want := range map[string]string{
-		`{"subnet":"10.0.0.1/24"}`:              `"subnet" 10.0.0.1/24: not a network address`,
-		`{"subnet":{"a":1}}`:                    `"subnet": want a string`,
-		`{"bridge":"a/b"}`:                      `"bridge" "a/b"`,
-		`{"mtu":10}`:                            `"mtu" 10`,
-		`{"firewall":"pf"}`:                     `"firewall" "pf"`,
-		`{"stateDir":"run"}`:                    `"stateDir" "run"`,
-		`{"subnet":"fd00::/64","mtu":1000}`:     `"mtu" 1000: IPv6 needs 1280`,
-		`{"dns":{"nameservers":["1.2.3"]}}`:     `"dns": nameserver "1.2.3"`,
-		`{"icc":"yes"}`:                         `network configuration`,
-		`{"nonMasqueradeCIDRs":["x"]}`:          `"nonMasqueradeCIDRs": "x"`,
-		`{"nonMasqueradeCIDRs":["10.0.0.1/8"]}`: `"nonMasqueradeCIDRs" 10.0.0.1/8: want a network address`,
-	} {
-		conf, err := parse([]byte(stdin))
-		if err == nil {
-			_, err = conf.config("eth0")
-			err = asCNI(err)
-		}
-		var e *types.Error
-		if !errors.As(err, &e) || e.Code != types.ErrInvalidNetworkConfig || !strings.Contains(e.Msg, want) {
-			t.Errorf("%s: %v, want code 7 with %q", stdin, err, want)
-		}
-	}
-}
-
-func TestRequestFromRuntimeConfig(t *testing.T) {
-	conf, err := parse([]byte(`{"runtimeConfig":{
-		"portMappings":[{"hostPort":8080,"containerPort":80,"protocol":"TCP"},{"hostPort":53,"containerPort":53,"protocol":"udp","hostIP":"2001:db8::1"}],
-		"ips":["10.10.0.9/24","fd10::9"],"mac":"02:00:00:00:00:09"}}`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	req, err := conf.request("c/eth0", "/run/netns/p")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if fmt.Sprint(req.Ports) == "" || req.Ports[0].String() != "8080:80/tcp" || req.Ports[1].String() != "[2001:db8::1]:53:53/udp" ||
-		req.IP.String() != "10.10.0.9" || req.IP6.String() != "fd10::9" || req.MAC.String() != "02:00:00:00:00:09" ||
-		req.Netns.Path != "/run/netns/p" || req.ID != "c/eth0" {
-		t.Errorf("request %+v", req)
-	}
-	internal := hook.Defaults()
-	internal.Internal = true
-	if err := req.Check(internal); err == nil || !strings.Contains(asCNI(err).Error(), `"internal"`) {
-		t.Errorf("ports on an internal network: %v", err)
-	}
-	for stdin, want := range map[string]string{
-		`{"runtimeConfig":{"portMappings":[{"hostPort":0,"containerPort":80}]}}`:             "not a port number",
-		`{"runtimeConfig":{"portMappings":[{"hostPort":1,"containerPort":1,"hostIP":"x"}]}}`: "hostIP",
-		`{"runtimeConfig":{"ips":["nope"]}}`:                                                 "ips",
-		`{"runtimeConfig":{"mac":"zz"}}`:                                                     "mac",
-	} {
-		conf, _ := parse([]byte(stdin))
-		if _, err := conf.request("c/eth0", "/p"); err == nil || !strings.Contains(err.Error(), want) {
-			t.Errorf("%s: %v, want %q", stdin, err, want)
-		}
-	}
-}
-
-func TestResultHasWhatChainedPluginsNeed(t *testing.T) {
-	conf, _ := parse([]byte(`{"dns":{"nameservers":["10.10.0.53"]}}`))
-	cfg := hook.Defaults()
-	cfg.Subnets = []netip.Prefix{netip.MustParsePrefix("10.10.0.0/24"), netip.MustParsePrefix("fd10::/64")}
-	c := &call{args: &skel.CmdArgs{ContainerID: "c", IfName: "eth0", Netns: "/run/netns/p"}, conf: conf, cfg: cfg}
-	l := ipam.Lease{ID: "c/eth0", IP: netip.MustParseAddr("10.10.0.2"), IP6: netip.MustParseAddr("fd10::2"), Veth: "bhc0123456789ab", Iface: "eth0"}
-	r := c.result(l, nil)
-	got := []string{r.Interfaces[0].Name, r.Interfaces[0].Sandbox, r.Interfaces[1].Name, r.Interfaces[1].Sandbox, r.Interfaces[1].Mac}
-	if fmt.Sprint(got) != "[bhc0123456789ab  eth0 /run/netns/p 0a:58:0a:0a:00:02]" {
-		t.Errorf("interfaces %v", got)
-	}
-	if len(r.IPs) != 2 || r.IPs[0].String() == "" || r.IPs[0].Address.String() != "10.10.0.2/24" || r.IPs[0].Gateway.String() != "10.10.0.1" ||
-		r.IPs[1].Address.String() != "fd10::2/64" || *r.IPs[1].Interface != 1 {
-		t.Errorf("ips %v", r.IPs)
-	}
-	if len(r.Routes) != 2 || r.Routes[0].Dst.String() != "0.0.0.0/0" || r.Routes[1].Dst.String() != "::/0" || r.Routes[1].GW.String() != "fd10::1" {
-		t.Errorf("routes %v", r.Routes)
-	}
-	if r.DNS.Nameservers[0] != "10.10.0.53" {
-		t.Errorf("dns %v", r.DNS)
-	}
-	c.cfg.DefaultRoute = false
-	if r := c.result(l, nil); len(r.Routes) != 0 {
-		t.Errorf("defaultRoute false: routes %v", r.Routes)
-	}
-}
-
 func TestErrorCodes(t *testing.T) {
 	for _, tc := range []struct {
 		err  error
@@ -167,5 +60,159 @@ func TestErrorCodes(t *testing.T) {
 	var e *types.Error
 	if errors.As(asCNI(fmt.Errorf("setup: %w", input.Errorf(input.Subnet, "x: use {mtu}"))), &e); e.Msg != `setup: "subnet" x: use "mtu"` {
 		t.Errorf("settings not named by their keys: %s", e.Msg)
+	}
+}
+
+// verbs is the plugin over the fakes of package fake, with a namespace
+// bound at a path per pod.
+type verbs struct {
+	t        *testing.T
+	p        plugin
+	out      *bytes.Buffer
+	sys      *fake.System
+	host     *fake.Host
+	fw       *fake.Firewall
+	stateDir string
+	log      string
+}
+
+func newVerbs(t *testing.T) *verbs {
+	sys := fake.NewSystem()
+	fails := fake.Fails{}
+	v := &verbs{t: t, out: &bytes.Buffer{}, sys: sys, host: fake.NewHost(sys, fails), fw: fake.NewFirewall(fails),
+		stateDir: t.TempDir(), log: filepath.Join(t.TempDir(), "cni.log")}
+	opts := []hook.Option{hook.WithHost(v.host), hook.WithFirewall(v.fw), hook.WithStores(&ipam.Memories{}), hook.WithSystem(sys)}
+	v.p = plugin{opts: opts, out: v.out}
+	return v
+}
+
+// conf is the network configuration, with extra keys added.
+func (v *verbs) conf(extra string) []byte {
+	return fmt.Appendf(nil, `{"cniVersion":"1.1.0","name":"n","type":"bridgehook","subnet":["10.10.0.0/24","fd10::/64"],"stateDir":%q,"logFile":%q%s}`,
+		v.stateDir, v.log, extra)
+}
+
+// args is a call for pod's eth0, its namespace a fake container's.
+func (v *verbs) args(pod string, pid int, stdin []byte) *skel.CmdArgs {
+	path := "/run/netns/" + pod
+	v.sys.Paths[path] = v.sys.Container(pid)
+	return &skel.CmdArgs{ContainerID: pod, Netns: path, IfName: "eth0", StdinData: stdin}
+}
+
+// The verbs over the orchestration: ADD answers with the addresses and
+// routes CHECK is then given, GC keeps what the runtime lists, DEL is
+// idempotent, and each call is logged.
+func TestVerbs(t *testing.T) {
+	v := newVerbs(t)
+	add := v.args("pod1", 10, v.conf(`,"runtimeConfig":{"portMappings":[{"hostPort":8080,"containerPort":80,"protocol":"tcp"}]}`))
+	if err := v.p.add(add); err != nil {
+		t.Fatal(err)
+	}
+	var res types100.Result
+	if err := json.Unmarshal(v.out.Bytes(), &res); err != nil {
+		t.Fatalf("ADD printed %s: %v", v.out, err)
+	}
+	if len(res.IPs) != 2 || res.IPs[0].Address.String() != "10.10.0.2/24" || res.IPs[1].Address.String() != "fd10::2/64" || len(res.Routes) != 2 {
+		t.Errorf("ADD result %s", v.out)
+	}
+	if len(v.fw.Ports["netns0"]) != 1 {
+		t.Errorf("published %v", v.fw.Ports)
+	}
+	// CHECK against the result ADD gave.
+	prev := strings.TrimSuffix(string(v.conf("")), "}") + `,"prevResult":` + v.out.String() + "}"
+	if err := v.p.check(v.args("pod1", 10, []byte(prev))); err != nil {
+		t.Errorf("CHECK: %v", err)
+	}
+	for name, stdin := range map[string]string{
+		"no prevResult":  string(v.conf("")),
+		"bad prevResult": strings.TrimSuffix(string(v.conf("")), "}") + `,"prevResult":{"cniVersion":"1.1.0","ips":"x"}}`,
+	} {
+		var e *types.Error
+		if err := v.p.check(v.args("pod1", 10, []byte(stdin))); !errors.As(err, &e) || e.Code != types.ErrInvalidNetworkConfig {
+			t.Errorf("CHECK with %s: %v", name, err)
+		}
+	}
+	v.host.Kill(10, false)
+	if err := v.p.check(v.args("pod1", 10, []byte(prev))); err == nil {
+		t.Error("CHECK of a pod whose veth is gone: nil")
+	}
+	// GC keeps the valid attachment and releases the others.
+	v.out.Reset()
+	if err := v.p.add(v.args("pod2", 11, v.conf(""))); err != nil {
+		t.Fatal(err)
+	}
+	gc := strings.TrimSuffix(string(v.conf("")), "}") + `,"cni.dev/valid-attachments":[{"containerID":"pod2","ifname":"eth0"}]}`
+	if err := v.p.gc(&skel.CmdArgs{StdinData: []byte(gc)}); err != nil {
+		t.Errorf("GC: %v", err)
+	}
+	if err := v.p.status(&skel.CmdArgs{StdinData: v.conf("")}); err != nil {
+		t.Errorf("STATUS: %v", err)
+	}
+	for range 2 {
+		if err := v.p.del(v.args("pod2", 11, v.conf(""))); err != nil {
+			t.Errorf("DEL: %v", err)
+		}
+	}
+	if len(v.host.Veths) != 0 {
+		t.Errorf("veths left: %v", v.host.Veths)
+	}
+	log, err := os.ReadFile(v.log)
+	for _, want := range []string{`"command":"cni-add"`, `"command":"cni-check"`, `"command":"cni-gc"`, `"command":"cni-del","id":"pod2/eth0"`} {
+		if err != nil || !strings.Contains(string(log), want) {
+			t.Errorf("log lacks %s: %v\n%s", want, err, log)
+		}
+	}
+}
+
+// Bad input in each verb is a CNI error of the right code naming the key,
+// and leaves nothing behind.
+func TestVerbsRefuse(t *testing.T) {
+	v := newVerbs(t)
+	for name, tc := range map[string]struct {
+		verb func(*skel.CmdArgs) error
+		args *skel.CmdArgs
+		code uint
+		want string
+	}{
+		"bad json":        {v.p.add, v.args("p", 10, []byte(`{`)), types.ErrInvalidNetworkConfig, "network configuration"},
+		"bad subnet":      {v.p.add, v.args("p", 10, v.conf(`,"subnet":"10.0.0.1/8"`)), types.ErrInvalidNetworkConfig, `"subnet" 10.0.0.1/8`},
+		"bad ifname":      {v.p.add, &skel.CmdArgs{ContainerID: "p", Netns: "/x", IfName: "a/b", StdinData: v.conf("")}, types.ErrInvalidEnvironmentVariables, "CNI_IFNAME"},
+		"no namespace":    {v.p.add, &skel.CmdArgs{ContainerID: "p", Netns: "/nowhere", IfName: "eth0", StdinData: v.conf("")}, types.ErrInvalidEnvironmentVariables, "CNI_NETNS /nowhere: not a network namespace"},
+		"bad id":          {v.p.add, &skel.CmdArgs{ContainerID: "p q", Netns: "/x", IfName: "eth0", StdinData: v.conf("")}, types.ErrInvalidEnvironmentVariables, "CNI_CONTAINERID"},
+		"bad mapping":     {v.p.add, v.args("p", 10, v.conf(`,"runtimeConfig":{"portMappings":[{"hostPort":0,"containerPort":80}]}`)), types.ErrInvalidNetworkConfig, "portMappings"},
+		"internal ports":  {v.p.add, v.args("p", 10, v.conf(`,"internal":true,"runtimeConfig":{"portMappings":[{"hostPort":80,"containerPort":80}]}`)), types.ErrInvalidNetworkConfig, `runtimeConfig.portMappings: network netns0 is "internal"`},
+		"static outside":  {v.p.add, v.args("p", 10, v.conf(`,"runtimeConfig":{"ips":["10.99.0.5"]}`)), types.ErrInvalidNetworkConfig, "runtimeConfig.ips: address not leasable"},
+		"unwritable log":  {v.p.del, v.args("p", 10, []byte(`{"cniVersion":"1.1.0","name":"n","type":"bridgehook","logFile":"/nonexistent/x/log"}`)), types.ErrIOFailure, `"logFile"`},
+		"bad gc conf":     {v.p.gc, &skel.CmdArgs{StdinData: v.conf(`,"mtu":1`)}, types.ErrInvalidNetworkConfig, `"mtu" 1`},
+		"bad status conf": {v.p.status, &skel.CmdArgs{StdinData: v.conf(`,"firewall":"pf"`)}, types.ErrInvalidNetworkConfig, `"firewall" "pf"`},
+		"bad check conf":  {v.p.check, v.args("p", 10, v.conf(`,"bridge":"a b"`)), types.ErrInvalidNetworkConfig, `"bridge" "a b"`},
+		"bad del conf":    {v.p.del, v.args("p", 10, v.conf(`,"stateDir":"rel"`)), types.ErrInvalidNetworkConfig, `"stateDir" "rel"`},
+	} {
+		err := tc.verb(tc.args)
+		var e *types.Error
+		if !errors.As(err, &e) || e.Code != tc.code || !strings.Contains(e.Msg, tc.want) {
+			t.Errorf("%s: %v, want code %d naming %q", name, err, tc.code, tc.want)
+		}
+	}
+	if len(v.host.Veths)+len(v.host.Bridges) != 0 {
+		t.Errorf("left behind: veths %v, bridges %v", v.host.Veths, v.host.Bridges)
+	}
+}
+
+// Main is what the binary runs: VERSION answers without a configuration.
+func TestMainVersion(t *testing.T) {
+	t.Setenv("CNI_COMMAND", "VERSION")
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, stdin := os.Stdout, os.Stdin
+	os.Stdout = w
+	code := Main(nil, "test")
+	os.Stdout, os.Stdin = stdout, stdin
+	w.Close()
+	out, _ := io.ReadAll(r)
+	if code != 0 || !strings.Contains(string(out), `"supportedVersions":["0.3.1","0.4.0","1.0.0","1.1.0"]`) {
+		t.Errorf("VERSION: exit %d, %s", code, out)
 	}
 }

@@ -96,13 +96,14 @@ func (e *Error) In(spell func(Field) string) string {
 	if e.Run != "" {
 		msg += " (run: " + e.Run + ")"
 	}
-	if label := spell(e.Field); e.Field != "" && label != "" {
-		if strings.HasPrefix(msg, ": ") {
-			return label + msg
-		}
-		return label + " " + msg
+	label := spell(e.Field)
+	switch {
+	case e.Field == "" || label == "":
+		return strings.TrimPrefix(msg, ": ")
+	case strings.HasPrefix(msg, ": "):
+		return label + msg
 	}
-	return msg
+	return label + " " + msg
 }
 
 // Render is err's message with the fields of the Error it wraps spelt by

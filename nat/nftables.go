@@ -104,112 +104,134 @@ func nftChainOf(c Chain) string {
 }
 
 // nftRule renders r, a rule of network n, as nftables expressions with
-// its comment, the way nft(8) would.
+// its comment, the way nft(8) would: what it matches, then its verdict.
 func (n Network) nftRule(r Rule) *nftables.Rule {
-	var e []expr.Any
-	// In an inet table, network headers and NAT need the family checked
-	// first, as nft(8) does for "ip saddr" and "ip6 saddr".
-	fam := r.Family()
-	nfproto := byte(unix.NFPROTO_IPV4)
-	if fam == IPv6 {
-		nfproto = unix.NFPROTO_IPV6
-	}
-	if fam != Both {
-		e = append(e, &expr.Meta{Key: expr.MetaKeyNFPROTO, Register: reg1},
-			&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{nfproto}})
-	}
-	// Source and destination address: at 12 and 16 in an IPv4 header, at
-	// 8 and 24 in an IPv6 one.
-	prefix := func(p netip.Prefix, dst bool) {
-		size := uint32(p.Addr().BitLen() / 8)
-		offset := uint32(12)
-		switch {
-		case size == 16 && dst:
-			offset = 24
-		case size == 16:
-			offset = 8
-		case dst:
-			offset = 16
-		}
-		e = append(e, &expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseNetworkHeader, Offset: offset, Len: size})
-		if p.Bits() < p.Addr().BitLen() {
-			mask := net.CIDRMask(p.Bits(), p.Addr().BitLen())
-			e = append(e, &expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: size, Mask: mask, Xor: make([]byte, size)})
-		}
-		e = append(e, &expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: p.Masked().Addr().AsSlice()})
-	}
-	iface := func(key expr.MetaKey, op expr.CmpOp, name string) {
-		e = append(e, &expr.Meta{Key: key, Register: reg1}, &expr.Cmp{Op: op, Register: reg1, Data: ifname(name)})
-	}
-	ctBits := func(key expr.CtKey, bits uint32) {
-		e = append(e, &expr.Ct{Register: reg1, Key: key},
-			&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4,
-				Mask: binaryutil.NativeEndian.PutUint32(bits), Xor: make([]byte, 4)},
-			&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: make([]byte, 4)})
-	}
-	if r.Src.IsValid() {
-		prefix(r.Src, false)
-	}
-	if r.Dst.IsValid() {
-		prefix(r.Dst, true)
-	}
-	if r.In != "" {
-		iface(expr.MetaKeyIIFNAME, expr.CmpOpEq, r.In)
-	}
-	if r.Out != "" {
-		iface(expr.MetaKeyOIFNAME, expr.CmpOpEq, r.Out)
-	}
-	if r.NotOut != "" {
-		iface(expr.MetaKeyOIFNAME, expr.CmpOpNeq, r.NotOut)
-	}
-	if r.Proto != "" {
-		e = append(e, &expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg1},
-			&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{protoNumber(r.Proto)}})
-	}
-	if r.DPort != 0 {
-		// Every protocol we publish (tcp, udp, sctp) has its destination
-		// port at offset 2.
-		e = append(e, &expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2})
-		if r.DPortEnd == r.DPort {
-			e = append(e, &expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: binaryutil.BigEndian.PutUint16(r.DPort)})
-		} else {
-			e = append(e, &expr.Range{Op: expr.CmpOpEq, Register: reg1,
-				FromData: binaryutil.BigEndian.PutUint16(r.DPort), ToData: binaryutil.BigEndian.PutUint16(r.DPortEnd)})
-		}
-	}
-	if r.Replies {
-		ctBits(expr.CtKeySTATE, expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED)
-	}
-	if r.DNATed {
-		ctBits(expr.CtKeySTATUS, ipsDstNAT)
-	}
-	switch r.Verdict {
-	case Accept:
-		if r.Chain == Forward {
-			e = append(e, setMark(AcceptMark)...)
-		}
-		e = append(e, &expr.Verdict{Kind: expr.VerdictAccept})
-	case Drop:
-		e = append(e, &expr.Verdict{Kind: expr.VerdictDrop})
-	case Return:
-		e = append(e, &expr.Verdict{Kind: expr.VerdictReturn})
-	case Masq:
-		e = append(e, &expr.Masq{})
-	case DNAT:
-		e = append(e, &expr.Immediate{Register: reg1, Data: r.To.Addr().AsSlice()})
-		nat := &expr.NAT{Type: expr.NATTypeDestNAT, Family: uint32(nfproto), RegAddrMin: reg1}
-		if r.To.Port() != 0 {
-			e = append(e, &expr.Immediate{Register: reg2, Data: binaryutil.BigEndian.PutUint16(r.To.Port())})
-			nat.RegProtoMin, nat.Specified = reg2, true
-		}
-		e = append(e, nat)
-	}
+	e := append(nftMatch(r), nftVerdict(r)...)
 	return &nftables.Rule{
 		Table:    n.nftTable(),
 		Chain:    &nftables.Chain{Name: nftChainOf(r.Chain), Table: n.nftTable()},
 		Exprs:    e,
 		UserData: userdata.AppendString(nil, userdata.TypeComment, n.comment(r.What)),
 	}
+}
+
+// familyProto is the NFPROTO value of r's family: IPv4 for a rule of both.
+func familyProto(r Rule) byte {
+	if r.Family() == IPv6 {
+		return unix.NFPROTO_IPV6
+	}
+	return unix.NFPROTO_IPV4
+}
+
+// nftMatch is what r matches. In an inet table, network headers and NAT
+// need the family checked first, as nft(8) does for "ip saddr" and "ip6
+// saddr".
+func nftMatch(r Rule) []expr.Any {
+	var e []expr.Any
+	if r.Family() != Both {
+		e = append(e, &expr.Meta{Key: expr.MetaKeyNFPROTO, Register: reg1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{familyProto(r)}})
+	}
+	if r.Src.IsValid() {
+		e = append(e, nftPrefix(r.Src, false)...)
+	}
+	if r.Dst.IsValid() {
+		e = append(e, nftPrefix(r.Dst, true)...)
+	}
+	if r.In != "" {
+		e = append(e, nftIface(expr.MetaKeyIIFNAME, expr.CmpOpEq, r.In)...)
+	}
+	if r.Out != "" {
+		e = append(e, nftIface(expr.MetaKeyOIFNAME, expr.CmpOpEq, r.Out)...)
+	}
+	if r.NotOut != "" {
+		e = append(e, nftIface(expr.MetaKeyOIFNAME, expr.CmpOpNeq, r.NotOut)...)
+	}
+	if r.Proto != "" {
+		e = append(e, &expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{protoNumber(r.Proto)}})
+	}
+	if r.DPort != 0 {
+		e = append(e, nftDPort(r.DPort, r.DPortEnd)...)
+	}
+	if r.Replies {
+		e = append(e, nftCtBits(expr.CtKeySTATE, expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED)...)
+	}
+	if r.DNATed {
+		e = append(e, nftCtBits(expr.CtKeySTATUS, ipsDstNAT)...)
+	}
+	return e
+}
+
+// nftPrefix matches the source (or with dst the destination) address in
+// p: at 12 and 16 in an IPv4 header, at 8 and 24 in an IPv6 one.
+func nftPrefix(p netip.Prefix, dst bool) []expr.Any {
+	size := uint32(p.Addr().BitLen() / 8)
+	offset := uint32(12)
+	switch {
+	case size == 16 && dst:
+		offset = 24
+	case size == 16:
+		offset = 8
+	case dst:
+		offset = 16
+	}
+	e := []expr.Any{&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseNetworkHeader, Offset: offset, Len: size}}
+	if p.Bits() < p.Addr().BitLen() {
+		mask := net.CIDRMask(p.Bits(), p.Addr().BitLen())
+		e = append(e, &expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: size, Mask: mask, Xor: make([]byte, size)})
+	}
+	return append(e, &expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: p.Masked().Addr().AsSlice()})
+}
+
+// nftIface compares the interface of key with name.
+func nftIface(key expr.MetaKey, op expr.CmpOp, name string) []expr.Any {
+	return []expr.Any{&expr.Meta{Key: key, Register: reg1}, &expr.Cmp{Op: op, Register: reg1, Data: ifname(name)}}
+}
+
+// nftDPort matches a destination port, or a range. Every protocol we
+// publish (tcp, udp, sctp) has its destination port at offset 2.
+func nftDPort(port, end uint16) []expr.Any {
+	e := []expr.Any{&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2}}
+	if end == port {
+		return append(e, &expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: binaryutil.BigEndian.PutUint16(port)})
+	}
+	return append(e, &expr.Range{Op: expr.CmpOpEq, Register: reg1,
+		FromData: binaryutil.BigEndian.PutUint16(port), ToData: binaryutil.BigEndian.PutUint16(end)})
+}
+
+// nftCtBits matches a conntrack field of key with any of bits set.
+func nftCtBits(key expr.CtKey, bits uint32) []expr.Any {
+	return []expr.Any{&expr.Ct{Register: reg1, Key: key},
+		&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4,
+			Mask: binaryutil.NativeEndian.PutUint32(bits), Xor: make([]byte, 4)},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: make([]byte, 4)}}
+}
+
+// nftVerdict is what r does with what it matched.
+func nftVerdict(r Rule) []expr.Any {
+	switch r.Verdict {
+	case Accept:
+		if r.Chain == Forward {
+			return append(setMark(AcceptMark), &expr.Verdict{Kind: expr.VerdictAccept})
+		}
+		return []expr.Any{&expr.Verdict{Kind: expr.VerdictAccept}}
+	case Drop:
+		return []expr.Any{&expr.Verdict{Kind: expr.VerdictDrop}}
+	case Return:
+		return []expr.Any{&expr.Verdict{Kind: expr.VerdictReturn}}
+	case Masq:
+		return []expr.Any{&expr.Masq{}}
+	case DNAT:
+		e := []expr.Any{&expr.Immediate{Register: reg1, Data: r.To.Addr().AsSlice()}}
+		nat := &expr.NAT{Type: expr.NATTypeDestNAT, Family: uint32(familyProto(r)), RegAddrMin: reg1}
+		if r.To.Port() != 0 {
+			e = append(e, &expr.Immediate{Register: reg2, Data: binaryutil.BigEndian.PutUint16(r.To.Port())})
+			nat.RegProtoMin, nat.Specified = reg2, true
+		}
+		return append(e, nat)
+	}
+	return nil
 }
 
 // ifname is an interface name as the kernel compares it: IFNAMSIZ bytes,
@@ -513,11 +535,14 @@ func (f *NFTables) Close() { f.c.close() }
 type conn struct {
 	c   *nftables.Conn
 	err error
+	// opts are the connection's options beyond AsLasting: none but in
+	// tests, which dial a fake kernel.
+	opts []nftables.ConnOption
 }
 
 func (c *conn) get() (*nftables.Conn, error) {
 	if c.c == nil && c.err == nil {
-		c.c, c.err = nftables.New(nftables.AsLasting())
+		c.c, c.err = nftables.New(append([]nftables.ConnOption{nftables.AsLasting()}, c.opts...)...)
 		if c.err != nil {
 			c.err = fmt.Errorf("connect to nftables: %w", c.err)
 		}

@@ -10,6 +10,7 @@ import (
 	"github.com/bridgehook/bridgehook/port"
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
+	"golang.org/x/sys/unix"
 )
 
 // show renders expressions one per line, close to what nft --debug=netlink
@@ -200,5 +201,111 @@ func TestNFTablesChains(t *testing.T) {
 	got := show(testNet.toPorts(nftPrerouting).Exprs)
 	if want := []string{"fib daddr=true addrtype=true => r1", "cmp 0 r1 02000000", "verdict -3 ports"}; !slices.Equal(got, want) {
 		t.Errorf("jump to ports: %q, want %q", got, want)
+	}
+}
+
+// The life of a network's table in the fake kernel: installed beside
+// iptables-nft's FORWARD, checked, ports published and withdrawn, taken
+// by a flush, and removed with the rule it put in iptables' chain.
+func TestNFTablesLifecycle(t *testing.T) {
+	k := &kernel{}
+	k.addChain(unix.NFPROTO_IPV4, "filter", "FORWARD") // iptables on nf_tables
+	fw := k.firewall()
+	defer fw.Close()
+	n := testNet
+	if ok, err := fw.Verify(n); err != nil || ok {
+		t.Fatalf("Verify before Install = %v, %v", ok, err)
+	}
+	if err := fw.Install(n, nil); err != nil {
+		t.Fatal(err)
+	}
+	if k.rules(unix.NFPROTO_IPV4, "filter", "FORWARD") != 1 {
+		t.Errorf("iptables' FORWARD holds %d rules, want the coexistence rule", k.rules(unix.NFPROTO_IPV4, "filter", "FORWARD"))
+	}
+	if ok, err := fw.Verify(n); err != nil || !ok {
+		t.Fatalf("Verify after Install = %v, %v", ok, err)
+	}
+	// Installing again replaces the table and the coexistence rule.
+	if err := fw.Install(n, nil); err != nil || k.rules(unix.NFPROTO_IPV4, "filter", "FORWARD") != 1 {
+		t.Errorf("a second Install: %v, %d coexistence rules", err, k.rules(unix.NFPROTO_IPV4, "filter", "FORWARD"))
+	}
+	web := Published{ID: "web", IP: netip.MustParseAddr("172.19.0.2"), Ports: port.MustParse("8080:80, 127.0.0.1:9000:90")}
+	if err := fw.Publish(n, web); err != nil {
+		t.Fatal(err)
+	}
+	got, err := fw.Published(n)
+	if err != nil || len(got) != 1 || fmt.Sprint(got[0].Ports) != "[8080:80/tcp 127.0.0.1:9000:90/tcp]" || got[0].IP != web.IP {
+		t.Errorf("Published = %+v %v", got, err)
+	}
+	other := Published{ID: "other", IP: netip.MustParseAddr("172.19.0.3"), Ports: port.MustParse("8081:80")}
+	fw.Publish(n, other)
+	if err := fw.Unpublish(n, web); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := fw.Published(n); len(got) != 1 || got[0].ID != Label("other") {
+		t.Errorf("Published after Unpublish = %+v, want other's alone", got)
+	}
+	// An iptables reload flushes FORWARD: the check sees it.
+	k.table(unix.NFPROTO_IPV4, "filter").rules["FORWARD"] = nil
+	if ok, _ := fw.Verify(n); ok {
+		t.Error("Verify passes without the coexistence rule")
+	}
+	fw.Install(n, nil)
+	// nft flush ruleset takes the table.
+	saved := k.tables
+	k.tables = nil
+	if ok, _ := fw.Verify(n); ok {
+		t.Error("Verify passes without the table")
+	}
+	if got, err := fw.Published(n); err != nil || len(got) != 0 {
+		t.Errorf("Published without the table = %v, %v", got, err)
+	}
+	if err := fw.Unpublish(n, other); err != nil {
+		t.Errorf("Unpublish without the table: %v", err)
+	}
+	k.tables = saved
+	if err := fw.Uninstall(n); err != nil {
+		t.Fatal(err)
+	}
+	if k.table(unix.NFPROTO_INET, n.nftTable().Name) != nil || k.rules(unix.NFPROTO_IPV4, "filter", "FORWARD") != 0 {
+		t.Errorf("after Uninstall: tables %d, FORWARD rules %d", len(k.tables), k.rules(unix.NFPROTO_IPV4, "filter", "FORWARD"))
+	}
+	if err := fw.Uninstall(n); err != nil {
+		t.Errorf("a second Uninstall: %v", err)
+	}
+}
+
+// A transaction the kernel refuses changes nothing, and each change says
+// which network it was for.
+func TestNFTablesRefusedTransactions(t *testing.T) {
+	k := &kernel{}
+	fw := k.firewall()
+	defer fw.Close()
+	n := dualNet
+	if err := fw.Install(n, nil); err != nil {
+		t.Fatal(err)
+	}
+	k.failWrite = unix.EPERM
+	web := Published{ID: "web", IP: netip.MustParseAddr("172.19.0.2"), IP6: netip.MustParseAddr("fd19::2"), Ports: port.MustParse("8080:80")}
+	for name, f := range map[string]func() error{
+		"install":   func() error { return fw.Install(n, nil) },
+		"publish":   func() error { return fw.Publish(n, web) },
+		"uninstall": func() error { return fw.Uninstall(n) },
+	} {
+		if err := f(); err == nil || !strings.Contains(err.Error(), "netns0") && !strings.Contains(err.Error(), "web") {
+			t.Errorf("%s refused: %v", name, err)
+		}
+	}
+	k.failWrite = 0
+	if ok, err := fw.Verify(n); !ok || err != nil {
+		t.Errorf("the table after refused transactions: %v %v", ok, err)
+	}
+	// Too many ports to remap is refused before anything is sent.
+	writes := k.writes
+	if err := fw.Publish(n, Published{ID: "wide", IP: web.IP, Ports: port.MustParse("1000-9000:2000-10000")}); err == nil || k.writes != writes {
+		t.Errorf("a remap of 8001 ports: %v, %d transactions", err, k.writes-writes)
+	}
+	if err := fw.Install(n, []Published{{ID: "wide", IP: web.IP, Ports: port.MustParse("1000-9000:2000-10000")}}); err == nil {
+		t.Error("Install with a remap of 8001 ports: nil")
 	}
 }
