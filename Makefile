@@ -41,7 +41,7 @@ lint:
 # Two busybox containers under runc on a bridge in a sandbox namespace:
 # their eth0, pings between them and to the gateway, then everything removed.
 demo: deps
-	BRIDGEHOOK_DEMO=1 $(GO) test -count=1 -run '^TestDemo$$' -v . | grep -v -e '^=== RUN' -e '^--- PASS' -e '^PASS' -e '^ok '
+	BRIDGEHOOK_DEMO=1 $(GO) test -count=1 -run '^TestDemo$$' -v ./test/e2e | grep -v -e '^=== RUN' -e '^--- PASS' -e '^PASS' -e '^ok '
 
 # The hook's cost on the container start path, against an empty Go program
 # started the same way, in a sandbox namespace; then the in-process parts.
@@ -50,7 +50,7 @@ demo: deps
 # RUNS=N runs each case N times (30).
 bench: deps
 	$(if $(BASE),bash .ci/build-rev $(BASE) $(CURDIR)/bridgehook-base &&) \
-	BRIDGEHOOK_BENCH=1 BRIDGEHOOK_BENCH_RUNS=$(RUNS) $(if $(BASE),BRIDGEHOOK_BENCH_BASE=$(CURDIR)/bridgehook-base) $(GO) test -count=1 -run '^TestBenchTable$$' -v . | grep -v -e '^=== RUN' -e '^--- PASS' -e '^PASS' -e '^ok '
+	BRIDGEHOOK_BENCH=1 BRIDGEHOOK_BENCH_RUNS=$(RUNS) $(if $(BASE),BRIDGEHOOK_BENCH_BASE=$(CURDIR)/bridgehook-base) $(GO) test -count=1 -run '^TestBenchTable$$' -v ./test/e2e | grep -v -e '^=== RUN' -e '^--- PASS' -e '^PASS' -e '^ok '
 	$(GO) test -run '^$$' -bench . -benchtime 2000x ./ipam ./oci
 
 # Each fuzz target for a bounded time (FUZZTIME), from the seeds in testdata/.
@@ -61,7 +61,7 @@ fuzz:
 
 # The long versions of the concurrency and crash tests.
 stress:
-	BRIDGEHOOK_STRESS=1 $(GO) test -count=1 -timeout 60m -run 'Concurrent|Killed' -v .
+	BRIDGEHOOK_STRESS=1 $(GO) test -count=1 -timeout 60m -run 'Concurrent|Killed' -v ./test/e2e
 
 # The privileged suite FLAKY_RUNS (10) times in a row while the stress
 # tests load the machine beside it: a test that fails once is a failing test.

@@ -1,4 +1,4 @@
-package main
+package e2e
 
 // Tests of the firewall backends against what a host does to them: a
 // FORWARD policy of DROP, reloads that flush the rules, and a network
@@ -260,5 +260,63 @@ func TestLegacyIptablesAfterReload(t *testing.T) {
 	}
 	if got := legacy(); !slices.Equal(got, before) {
 		t.Errorf("after the setup that follows a reload:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(before, "\n"))
+	}
+}
+
+func TestRepairAfterFirewallFlush(t *testing.T) {
+	sb := newSandbox(t)
+	sb.mustHook(setupState("c1", sb.container()))
+	for _, args := range [][]string{{"-F"}, {"-X"}, {"-t", "nat", "-F"}, {"-t", "nat", "-X"}} {
+		if out, err := sb.cmd(append([]string{"iptables"}, args...)...).CombinedOutput(); err != nil {
+			t.Fatalf("iptables %v: %v %s", args, err, out)
+		}
+	}
+	if r := sb.rules(); len(r) != 0 {
+		t.Fatalf("flush left %v", r)
+	}
+	sb.mustHook("", "repair")
+	sb.mustHook("", "repair")
+	if got := sb.rules(); !slices.Equal(sorted(got), sorted(wantRules)) {
+		t.Errorf("after repair, rules:\n%s", strings.Join(got, "\n"))
+	}
+}
+
+// repair --all, as the systemd units run it after a reload, brings back
+// every network's rules, each with its own options, whatever flags it
+// is given.
+func TestRepairAllAfterFirewallFlush(t *testing.T) {
+	sb := newSandbox(t)
+	sb.mustHook(setupState("c1", sb.container()))
+	isolated := []string{"--bridge", "br1", "--subnet", "10.88.0.0/24", "--icc=false"}
+	sb.mustHook(setupState("c2", sb.container()), isolated...)
+	sb.mustHook(portsState("c3", sb.container(), "8080:80"), "--bridge", "br2", "--subnet", "10.89.0.0/24", "--firewall", "nftables")
+	before := sorted(sb.rules())
+	if !slices.ContainsFunc(before, func(r string) bool { return strings.Contains(r, "bridgehook br1: containers isolated") }) {
+		t.Fatalf("br1 is not isolated:\n%s", strings.Join(before, "\n"))
+	}
+	if !slices.ContainsFunc(before, func(r string) bool { return strings.Contains(r, "dnat ip to 10.89.0.2:80") }) {
+		t.Fatalf("br2 has no nftables port rule:\n%s", strings.Join(before, "\n"))
+	}
+	for _, args := range [][]string{{"-F"}, {"-X"}, {"-t", "nat", "-F"}, {"-t", "nat", "-X"}} {
+		if out, err := sb.cmd(append([]string{"iptables"}, args...)...).CombinedOutput(); err != nil {
+			t.Fatalf("iptables %v: %v %s", args, err, out)
+		}
+	}
+	if out, err := sb.cmd("nft", "flush", "ruleset").CombinedOutput(); err != nil {
+		t.Fatalf("nft flush ruleset: %v %s", err, out)
+	}
+	// The command the systemd units run, which names no backend: each
+	// network goes back where it was.
+	stdout, stderr, code := sb.run("", unitCommand(t)...)
+	if code != 0 || strings.Count(stdout, "bridge and rules in place") != 3 {
+		t.Fatalf("repair --all: exit %d %q %q", code, stdout, stderr)
+	}
+	if got := sorted(sb.rules()); !slices.Equal(got, before) {
+		t.Errorf("after repair --all, rules:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(before, "\n"))
+	}
+	// A state directory with no network: nothing to do, nothing created.
+	sb.flags = []string{"--state-dir", t.TempDir()}
+	if stdout, stderr, code := sb.run("", "repair", "--all"); code != 0 || stdout != "" {
+		t.Errorf("repair --all of nothing: exit %d %q %q", code, stdout, stderr)
 	}
 }

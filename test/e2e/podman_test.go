@@ -1,4 +1,4 @@
-package main
+package e2e
 
 import (
 	"encoding/json"
@@ -19,7 +19,7 @@ func TestPodmanHooksDir(t *testing.T) {
 	dir := t.TempDir()
 
 	var cfg map[string]any
-	b, err := os.ReadFile("hooks.d/bridgehook.json")
+	b, err := os.ReadFile(repo("hooks.d/bridgehook.json"))
 	if err != nil {
 		t.Fatal(err)
 	}

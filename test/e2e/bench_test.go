@@ -1,4 +1,4 @@
-package main
+package e2e
 
 // `make bench`: the hook's cost on the container start path, measured in a
 // sandbox namespace against an empty Go program started the same way.

@@ -1,4 +1,4 @@
-package main
+package e2e
 
 // A real CNI client: Debian's containerd runs busybox containers with
 // `ctr run --cni`, using a conflist that names bridgehook. containerd has

@@ -1,4 +1,4 @@
-package main
+package e2e
 
 import (
 	"fmt"
@@ -256,70 +256,6 @@ func TestTwentySetupsAtOnce(t *testing.T) {
 	}
 }
 
-func sorted(s []string) []string {
-	s = slices.Clone(s)
-	slices.Sort(s)
-	return s
-}
-
-func TestRepairAfterFirewallFlush(t *testing.T) {
-	sb := newSandbox(t)
-	sb.mustHook(setupState("c1", sb.container()))
-	for _, args := range [][]string{{"-F"}, {"-X"}, {"-t", "nat", "-F"}, {"-t", "nat", "-X"}} {
-		if out, err := sb.cmd(append([]string{"iptables"}, args...)...).CombinedOutput(); err != nil {
-			t.Fatalf("iptables %v: %v %s", args, err, out)
-		}
-	}
-	if r := sb.rules(); len(r) != 0 {
-		t.Fatalf("flush left %v", r)
-	}
-	sb.mustHook("", "repair")
-	sb.mustHook("", "repair")
-	if got := sb.rules(); !slices.Equal(sorted(got), sorted(wantRules)) {
-		t.Errorf("after repair, rules:\n%s", strings.Join(got, "\n"))
-	}
-}
-
-// repair --all, as the systemd units run it after a reload, brings back
-// every network's rules, each with its own options, whatever flags it
-// is given.
-func TestRepairAllAfterFirewallFlush(t *testing.T) {
-	sb := newSandbox(t)
-	sb.mustHook(setupState("c1", sb.container()))
-	isolated := []string{"--bridge", "br1", "--subnet", "10.88.0.0/24", "--icc=false"}
-	sb.mustHook(setupState("c2", sb.container()), isolated...)
-	sb.mustHook(portsState("c3", sb.container(), "8080:80"), "--bridge", "br2", "--subnet", "10.89.0.0/24", "--firewall", "nftables")
-	before := sorted(sb.rules())
-	if !slices.ContainsFunc(before, func(r string) bool { return strings.Contains(r, "bridgehook br1: containers isolated") }) {
-		t.Fatalf("br1 is not isolated:\n%s", strings.Join(before, "\n"))
-	}
-	if !slices.ContainsFunc(before, func(r string) bool { return strings.Contains(r, "dnat ip to 10.89.0.2:80") }) {
-		t.Fatalf("br2 has no nftables port rule:\n%s", strings.Join(before, "\n"))
-	}
-	for _, args := range [][]string{{"-F"}, {"-X"}, {"-t", "nat", "-F"}, {"-t", "nat", "-X"}} {
-		if out, err := sb.cmd(append([]string{"iptables"}, args...)...).CombinedOutput(); err != nil {
-			t.Fatalf("iptables %v: %v %s", args, err, out)
-		}
-	}
-	if out, err := sb.cmd("nft", "flush", "ruleset").CombinedOutput(); err != nil {
-		t.Fatalf("nft flush ruleset: %v %s", err, out)
-	}
-	// The command the systemd units run, which names no backend: each
-	// network goes back where it was.
-	stdout, stderr, code := sb.run("", unitCommand(t)...)
-	if code != 0 || strings.Count(stdout, "bridge and rules in place") != 3 {
-		t.Fatalf("repair --all: exit %d %q %q", code, stdout, stderr)
-	}
-	if got := sorted(sb.rules()); !slices.Equal(got, before) {
-		t.Errorf("after repair --all, rules:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(before, "\n"))
-	}
-	// A state directory with no network: nothing to do, nothing created.
-	sb.flags = []string{"--state-dir", t.TempDir()}
-	if stdout, stderr, code := sb.run("", "repair", "--all"); code != 0 || stdout != "" {
-		t.Errorf("repair --all of nothing: exit %d %q %q", code, stdout, stderr)
-	}
-}
-
 // lifetime sets container id (process pid) up, ends the process as a
 // runtime does before poststop, tears the container down, and returns the
 // lease it had.
@@ -409,64 +345,5 @@ func TestNamespaceThatOutlivesItsContainer(t *testing.T) {
 	sb.mustHook(stopState("c2")) // alive: deleted at once
 	if v := sb.veths(); len(v) != 0 {
 		t.Errorf("veths after tearing down a live container: %v", v)
-	}
-}
-
-// unitCommand returns the arguments the units in systemd/ run bridgehook
-// with, checking that every ExecStart and ExecReload runs the same.
-func unitCommand(t *testing.T) []string {
-	t.Helper()
-	units, _ := filepath.Glob("systemd/*.service")
-	var cmd string
-	for _, u := range units {
-		b, err := os.ReadFile(u)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, line := range strings.Split(string(b), "\n") {
-			if v, ok := strings.CutPrefix(line, "ExecStart="); ok || strings.HasPrefix(line, "ExecReload=") {
-				if !ok {
-					v = strings.TrimPrefix(line, "ExecReload=")
-				}
-				if cmd != "" && v != cmd {
-					t.Fatalf("%s runs %q, another unit %q", u, v, cmd)
-				}
-				cmd = v
-			}
-		}
-	}
-	f := strings.Fields(cmd)
-	if len(units) != 2 || len(f) < 2 || f[0] != "/usr/local/bin/bridgehook" {
-		t.Fatalf("units %v run %q", units, cmd)
-	}
-	return f[1:]
-}
-
-// TestSystemdUnits: systemd accepts the units as shipped.
-func TestSystemdUnits(t *testing.T) {
-	requireRoot(t, "systemd-analyze")
-	dir := t.TempDir()
-	units, _ := filepath.Glob("systemd/*.service")
-	for _, u := range units {
-		b, err := os.ReadFile(u)
-		if err != nil {
-			t.Fatal(err)
-		}
-		// systemd-analyze checks the command exists: point it at the
-		// binary under test.
-		b = []byte(strings.ReplaceAll(string(b), "/usr/local/bin/bridgehook", binary))
-		if err := os.WriteFile(filepath.Join(dir, filepath.Base(u)), b, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	args := []string{"verify"}
-	for _, u := range units {
-		args = append(args, filepath.Join(dir, filepath.Base(u)))
-	}
-	if out, err := exec.Command("systemd-analyze", args...).CombinedOutput(); err != nil || len(out) > 0 {
-		t.Errorf("systemd-analyze verify: %v\n%s", err, out)
-	}
-	if len(unitCommand(t)) == 0 {
-		t.Error("no command")
 	}
 }

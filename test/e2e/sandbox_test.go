@@ -1,4 +1,4 @@
-package main
+package e2e
 
 // Helpers for the privileged tests: a sandbox host (a network namespace of
 // the test's own, removed in cleanup whatever happens) and "containers"
@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -27,6 +28,9 @@ import (
 
 var binary string // the bridgehook binary under test
 
+// repo is the path of a file of the repository, from this directory.
+func repo(path string) string { return filepath.Join("..", "..", path) }
+
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "bridgehook-test-")
 	if err != nil {
@@ -35,7 +39,7 @@ func TestMain(m *testing.M) {
 	}
 	os.Chmod(dir, 0o755) // TestRefusesToRunAsNonRoot runs it as nobody
 	binary = filepath.Join(dir, "bridgehook")
-	build := exec.Command("go", "build", "-o", binary, ".")
+	build := exec.Command("go", "build", "-o", binary, "github.com/bridgehook/bridgehook")
 	build.Env = append(os.Environ(), "CGO_ENABLED=0") // as make build does
 	if out, err := build.CombinedOutput(); err != nil {
 		fmt.Fprintf(os.Stderr, "build bridgehook: %v\n%s", err, out)
@@ -483,4 +487,10 @@ func (s *sandbox) assertEmpty() {
 	if r := s.rules(); len(r) != 0 {
 		s.t.Errorf("rules left: %v", r)
 	}
+}
+
+func sorted(s []string) []string {
+	s = slices.Clone(s)
+	slices.Sort(s)
+	return s
 }

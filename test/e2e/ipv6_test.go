@@ -1,4 +1,4 @@
-package main
+package e2e
 
 // IPv6: dual-stack and IPv6-only networks, end to end, with real runc and
 // crun containers, both firewall backends, and a client in a namespace of

@@ -1,4 +1,4 @@
-package main
+package e2e
 
 // The promises that hold when hooks race each other, gc, and kills: port
 // claims across networks, gc during setups, a setup killed half-way, and

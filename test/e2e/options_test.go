@@ -1,4 +1,4 @@
-package main
+package e2e
 
 // End-to-end tests of published ports and network options, with real
 // containers in a sandbox host that has a "remote" client namespace on an

@@ -1,4 +1,4 @@
-package main
+package e2e
 
 // End-to-end: real runc and crun containers with a busybox rootfs, with
 // bridgehook listed in their config.json, inside a sandbox host.

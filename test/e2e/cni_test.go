@@ -1,4 +1,4 @@
-package main
+package e2e
 
 // The CNI face, through libcni (what containerd, podman's CNI backend and
 // CRI-O use) against the built binary, and by hand where a test needs a

@@ -1,0 +1,68 @@
+package e2e
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// unitCommand returns the arguments the units in systemd/ run bridgehook
+// with, checking that every ExecStart and ExecReload runs the same.
+func unitCommand(t *testing.T) []string {
+	t.Helper()
+	units, _ := filepath.Glob(repo("systemd/*.service"))
+	var cmd string
+	for _, u := range units {
+		b, err := os.ReadFile(u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(line, "ExecStart="); ok || strings.HasPrefix(line, "ExecReload=") {
+				if !ok {
+					v = strings.TrimPrefix(line, "ExecReload=")
+				}
+				if cmd != "" && v != cmd {
+					t.Fatalf("%s runs %q, another unit %q", u, v, cmd)
+				}
+				cmd = v
+			}
+		}
+	}
+	f := strings.Fields(cmd)
+	if len(units) != 2 || len(f) < 2 || f[0] != "/usr/local/bin/bridgehook" {
+		t.Fatalf("units %v run %q", units, cmd)
+	}
+	return f[1:]
+}
+
+// TestSystemdUnits: systemd accepts the units as shipped.
+func TestSystemdUnits(t *testing.T) {
+	requireRoot(t, "systemd-analyze")
+	dir := t.TempDir()
+	units, _ := filepath.Glob(repo("systemd/*.service"))
+	for _, u := range units {
+		b, err := os.ReadFile(u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// systemd-analyze checks the command exists: point it at the
+		// binary under test.
+		b = []byte(strings.ReplaceAll(string(b), "/usr/local/bin/bridgehook", binary))
+		if err := os.WriteFile(filepath.Join(dir, filepath.Base(u)), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	args := []string{"verify"}
+	for _, u := range units {
+		args = append(args, filepath.Join(dir, filepath.Base(u)))
+	}
+	if out, err := exec.Command("systemd-analyze", args...).CombinedOutput(); err != nil || len(out) > 0 {
+		t.Errorf("systemd-analyze verify: %v\n%s", err, out)
+	}
+	if len(unitCommand(t)) == 0 {
+		t.Error("no command")
+	}
+}
