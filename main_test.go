@@ -42,6 +42,11 @@ func TestCLI(t *testing.T) {
 		{nil, "", 2, "", "state on stdin: empty"},
 		{[]string{"setup"}, `{"id":"c1","status":"creating"}`, 2, "", `missing "pid"`},
 		{[]string{"--state-dir", "/nonexistent-bridgehook", "ls"}, "", 0, "", "no networks under /nonexistent-bridgehook"},
+		{[]string{"--non-masquerade-cidr", "10.0.0.0/33", "ls"}, "", 2, "", `invalid value "10.0.0.0/33" for flag --non-masquerade-cidr: want a network such as 10.244.0.0/16`},
+		{[]string{"--mtu", "big", "ls"}, "", 2, "", `invalid value "big" for flag --mtu`},
+		{[]string{"--no-such-flag"}, "", 2, "", "flag provided but not defined: --no-such-flag"},
+		{[]string{"ls", "--subnet"}, "", 2, "", "flag needs an argument: --subnet"},
+		{[]string{"--dns", "1.1.1.1,x", "ls"}, "", 2, "", `--dns: "x" is not an IP address`},
 	}
 	for _, tt := range tests {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {

@@ -15,7 +15,8 @@
 //     (ls, inspect, gc, repair, network rm);
 //   - network.go: Config connected (Open), with its Options: the kernel,
 //     firewalls, stores and /proc it drives, real by default;
-//   - request.go: what a face asks (Request, Netns) and gets (Result);
+//   - request.go: what a face asks (Request, Netns), checked; what it
+//     gets back is setup.go's Result;
 //   - config.go: a network as plain data, checked; record.go: what a
 //     setup trusts on the warm path; dns.go: the container's resolv.conf.
 package hook

@@ -2,6 +2,7 @@ package hook
 
 // What a face hands the orchestration: one container's request, checked
 // against its network before anything is touched, whichever face built it.
+// What it gets back is setup.go's Result.
 
 import (
 	"fmt"
@@ -76,19 +77,6 @@ func familyName(v6 bool) string {
 		return "IPv6"
 	}
 	return "IPv4"
-}
-
-// Result is what a setup or teardown did, for the log and the faces'
-// answers.
-type Result struct {
-	Lease ipam.Lease
-	// Found is false for a teardown of an id with no lease.
-	Found bool
-	// Reused is true for a setup of a container that was already wired.
-	Reused bool
-	// RulesRestored is true for a setup that found its network's rules
-	// gone (a firewall reload took them) and installed them again.
-	RulesRestored bool
 }
 
 // Netns names a container's network namespace: by its process (the OCI

@@ -12,6 +12,19 @@ import (
 	"github.com/bridgehook/bridgehook/ipam"
 )
 
+// Result is what a setup or teardown did, for the log and the faces'
+// answers.
+type Result struct {
+	Lease ipam.Lease
+	// Found is false for a teardown of an id with no lease.
+	Found bool
+	// Reused is true for a setup of a container that was already wired.
+	Reused bool
+	// RulesRestored is true for a setup that found its network's rules
+	// gone (a firewall reload took them) and installed them again.
+	RulesRestored bool
+}
+
 // Setup wires the container of req into the network, one step after the
 // other. Each step returns its undo as soon as it has changed anything,
 // and when a step fails the undos run in reverse, so a failed setup leaves
