@@ -183,7 +183,7 @@ type env struct {
 
 func main() {
 	// The CNI face, when a CNI runtime runs the binary: CNI_COMMAND set
-	// and a network configuration on stdin (see cni.Wants).
+	// and anything but an OCI state on stdin (see cni.Wants).
 	if command := os.Getenv("CNI_COMMAND"); command != "" {
 		stdin, err := io.ReadAll(io.LimitReader(os.Stdin, oci.MaxState+1))
 		if err == nil && cni.Wants(command, stdin) {

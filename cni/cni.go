@@ -41,26 +41,56 @@ var Versions = version.PluginSupports("0.3.1", "0.4.0", "1.0.0", "1.1.0")
 // Wants reports whether the process was started as a CNI plugin: with
 // CNI_COMMAND set and a network configuration on stdin (or VERSION with
 // none). A runtime that passes its own environment on to its hooks gives
-// a hook CNI_COMMAND too, but an OCI state on stdin, which has no
-// "cniVersion".
+// a hook CNI_COMMAND too, but an OCI state on stdin: that alone goes to
+// the hook face. Anything else, garbage included, is the plugin's to
+// refuse in CNI's terms.
 func Wants(command string, stdin []byte) bool {
-	if command == "" {
-		return false
-	}
-	if command == "VERSION" && len(bytes.TrimSpace(stdin)) == 0 {
-		return true
-	}
+	return command != "" && !isOCIState(stdin)
+}
+
+// isOCIState reports whether stdin is a runtime's container state: an
+// object with "ociVersion", or with "id" and "status" and no
+// "cniVersion" (a state written by hand).
+func isOCIState(stdin []byte) bool {
 	var probe struct {
 		CNIVersion *string `json:"cniVersion"`
 		OCIVersion *string `json:"ociVersion"`
+		ID         *string `json:"id"`
+		Status     *string `json:"status"`
 	}
-	return json.Unmarshal(stdin, &probe) == nil && probe.CNIVersion != nil && probe.OCIVersion == nil
+	if json.Unmarshal(stdin, &probe) != nil {
+		return false
+	}
+	return probe.OCIVersion != nil || probe.CNIVersion == nil && probe.ID != nil && probe.Status != nil
+}
+
+// checkStdin refuses what is no network configuration before skel reads
+// it: what does not decode as a JSON object (6), and an object without
+// the keys every configuration has (7). VERSION needs none.
+func checkStdin(command string, stdin []byte) *types.Error {
+	if command == "VERSION" && len(bytes.TrimSpace(stdin)) == 0 {
+		return nil
+	}
+	var conf map[string]json.RawMessage
+	if err := json.Unmarshal(stdin, &conf); err != nil {
+		return types.NewError(types.ErrDecodingFailure, "network configuration on stdin: not a JSON object; want the network's configuration, with \"cniVersion\", \"name\" and \"type\"", "")
+	}
+	for _, key := range []string{"cniVersion", "name", "type"} {
+		if _, ok := conf[key]; !ok && command != "VERSION" {
+			return types.NewError(types.ErrInvalidNetworkConfig, fmt.Sprintf("network configuration on stdin: missing %q", key), "")
+		}
+	}
+	return nil
 }
 
 // Main runs the plugin on stdin, which the caller has read already, and
 // returns the exit status. Errors go to stdout as CNI error JSON. opts
 // are the orchestration's (tests pass fakes).
 func Main(stdin []byte, about string, opts ...hook.Option) int {
+	if e := checkStdin(os.Getenv("CNI_COMMAND"), stdin); e != nil {
+		e.Print()
+		return 1
+	}
 	// skel reads the configuration from os.Stdin itself.
 	r, w, err := os.Pipe()
 	if err != nil {

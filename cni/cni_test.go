@@ -32,7 +32,10 @@ func TestWants(t *testing.T) {
 		// A hook whose runtime passed its CNI environment on.
 		{"ADD", `{"ociVersion":"1.0.2","id":"c","pid":5,"status":"creating"}`, false},
 		{"ADD", `{"cniVersion":"1.0.0","ociVersion":"1.0.2","id":"c"}`, false},
-		{"ADD", `not json`, false},
+		{"ADD", `not json`, true},
+		{"ADD", `[1,2]`, true},
+		{"ADD", `{"name":"n"}`, true},
+		{"ADD", `{"id":"c","pid":5,"status":"creating"}`, false},
 		{"", `{"cniVersion":"1.1.0"}`, false},
 	} {
 		if got := Wants(tc.command, []byte(tc.stdin)); got != tc.want {
@@ -214,5 +217,29 @@ func TestMainVersion(t *testing.T) {
 	out, _ := io.ReadAll(r)
 	if code != 0 || !strings.Contains(string(out), `"supportedVersions":["0.3.1","0.4.0","1.0.0","1.1.0"]`) {
 		t.Errorf("VERSION: exit %d, %s", code, out)
+	}
+}
+
+// What is no network configuration is refused in CNI's terms before skel
+// reads it: 6 for what does not decode, 7 for an object without the keys
+// every configuration has.
+func TestCheckStdin(t *testing.T) {
+	for _, tc := range []struct {
+		command, stdin string
+		code           uint
+	}{
+		{"ADD", "garbage", types.ErrDecodingFailure},
+		{"ADD", "[1,2]", types.ErrDecodingFailure},
+		{"ADD", strings.Repeat("x", 1<<20), types.ErrDecodingFailure},
+		{"DEL", `{"name":"n","type":"bridgehook"}`, types.ErrInvalidNetworkConfig},
+		{"ADD", `{"cniVersion":"1.1.0","type":"bridgehook"}`, types.ErrInvalidNetworkConfig},
+		{"VERSION", "", 0},
+		{"VERSION", `{"cniVersion":"1.0.0"}`, 0},
+		{"ADD", `{"cniVersion":"1.1.0","name":"n","type":"bridgehook"}`, 0},
+	} {
+		e := checkStdin(tc.command, []byte(tc.stdin))
+		if tc.code == 0 && e != nil || tc.code != 0 && (e == nil || e.Code != tc.code) {
+			t.Errorf("%s %.20q: %v, want code %d", tc.command, tc.stdin, e, tc.code)
+		}
 	}
 }

@@ -186,6 +186,9 @@ func checkIfName(f input.Field, s string) error {
 	if s == "." || s == ".." {
 		return input.Errorf(f, "%q: not a valid interface name", s)
 	}
+	if s == "lo" {
+		return input.Errorf(f, "%q: the loopback interface, which every namespace has; want another name, e.g. eth0", s)
+	}
 	for i := 0; i < len(s); i++ {
 		c := s[i]
 		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '_' || c == '-' || c == '.') {

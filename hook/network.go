@@ -303,13 +303,40 @@ func hint(err error) error {
 }
 
 // procs is the System of /proc.
-type procs struct{}
+type procs struct {
+	// host is the host's network namespace, PID 1's: a field so that a
+	// test can name a sandbox's in its place.
+	host string
+}
+
+// hostNetns is PID 1's network namespace, the host's, whatever namespace
+// bridgehook itself runs in.
+const hostNetns = "/proc/1/ns/net"
 
 func (procs) NetnsInode(pid int) (uint64, error) {
 	return pathInode(fmt.Sprintf("/proc/%d/ns/net", pid))
 }
 
-func (procs) Netns(pid int) (netns.NsHandle, uint64, error) {
+// notAContainers names the namespace of inode ino when it is bridgehook's
+// own (self says whose: the hook's, the plugin's) or the host's, which are
+// never a container's.
+func (p procs) notAContainers(ino uint64, self string) string {
+	host := p.host
+	if host == "" {
+		host = hostNetns
+	}
+	for _, other := range []struct{ who, path string }{
+		{self, "/proc/self/ns/net"},
+		{"the host's (PID 1's)", host},
+	} {
+		if o, err := pathInode(other.path); err == nil && o == ino {
+			return other.who
+		}
+	}
+	return ""
+}
+
+func (p procs) Netns(pid int) (netns.NsHandle, uint64, error) {
 	ns, err := netns.GetFromPid(pid)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ESRCH) {
@@ -325,21 +352,16 @@ func (procs) Netns(pid int) (netns.NsHandle, uint64, error) {
 		ns.Close()
 		return ns, 0, fmt.Errorf("network namespace of pid %d: %w", pid, err)
 	}
-	for _, other := range []struct{ who, path string }{
-		{"the hook's own", "/proc/self/ns/net"},
-		{"PID 1's", "/proc/1/ns/net"},
-	} {
-		if o, err := pathInode(other.path); err == nil && o == ino {
-			ns.Close()
-			return ns, 0, input.Errorf(input.Netns, "pid %d is in %s network namespace; refusing to touch it (give the container a network namespace of its own in config.json)", pid, other.who)
-		}
+	if who := p.notAContainers(ino, "the hook's own"); who != "" {
+		ns.Close()
+		return ns, 0, input.Errorf(input.Netns, "pid %d is in %s network namespace; refusing to touch it (give the container a network namespace of its own in config.json)", pid, who)
 	}
 	return ns, ino, nil
 }
 
 func (procs) PathInode(path string) (uint64, error) { return pathInode(path) }
 
-func (procs) NetnsAt(path string) (netns.NsHandle, uint64, error) {
+func (p procs) NetnsAt(path string) (netns.NsHandle, uint64, error) {
 	ns, err := netns.GetFromPath(path)
 	if err != nil {
 		return ns, 0, input.Errorf(input.Netns, "%s: not a network namespace: %v", path, err)
@@ -348,8 +370,8 @@ func (procs) NetnsAt(path string) (netns.NsHandle, uint64, error) {
 	if err == nil && !isNetns(int(ns)) {
 		err = input.Errorf(input.Netns, "%s: not a network namespace", path)
 	}
-	if own, oerr := pathInode("/proc/self/ns/net"); err == nil && oerr == nil && own == ino {
-		err = input.Errorf(input.Netns, "%s is the plugin's own network namespace; refusing to touch it", path)
+	if who := p.notAContainers(ino, "the plugin's own"); err == nil && who != "" {
+		err = input.Errorf(input.Netns, "%s is %s network namespace; refusing to touch it (want a pod's own)", path, who)
 	}
 	if err != nil {
 		ns.Close()

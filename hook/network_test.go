@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -12,6 +13,7 @@ import (
 	"github.com/bridgehook/bridgehook/bridge"
 	"github.com/bridgehook/bridgehook/input"
 	"github.com/bridgehook/bridgehook/ipam"
+	"github.com/vishvananda/netns"
 )
 
 func TestHintsNameTheFlag(t *testing.T) {
@@ -102,5 +104,37 @@ func TestABridgeIsOneNetworks(t *testing.T) {
 	}
 	if err := dual.ParseSubnets([]string{"10.1.0.0/33"}); !errors.Is(err, ErrInput) {
 		t.Errorf("ParseSubnets of a bad subnet: %v", err)
+	}
+}
+
+// A namespace path naming the host's namespace (PID 1's) is refused even
+// where the plugin runs in another: here a namespace the test makes
+// stands for the host's.
+func TestProcsRefuseTheHostsNamespace(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to make a namespace that stands for the host's")
+	}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	own, err := netns.Get()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer own.Close()
+	host, err := netns.New()
+	if serr := netns.Set(own); err != nil || serr != nil {
+		t.Fatal(err, serr)
+	}
+	defer host.Close()
+	path := fmt.Sprintf("/proc/self/fd/%d", int(host))
+	_, _, err = procs{host: path}.NetnsAt(path)
+	var in *input.Error
+	if !errors.As(err, &in) || in.Field != input.Netns || !strings.Contains(err.Error(), "the host's (PID 1's) network namespace") {
+		t.Errorf("the host's namespace by path: %v", err)
+	}
+	if ns, _, err := (procs{}).NetnsAt(path); err != nil {
+		t.Errorf("the same namespace, not the host's: %v", err)
+	} else {
+		ns.Close()
 	}
 }

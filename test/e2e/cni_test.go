@@ -432,6 +432,18 @@ func TestCNIBadInput(t *testing.T) {
 		{"multicast mac", conf(`,"runtimeConfig":{"mac":"01:00:5e:00:00:01"}`), path, "eth0", 7, "not a unicast Ethernet address"},
 		{"not a netns", conf(""), notNS, "eth0", 4, "not a network namespace"},
 		{"missing CNI_IFNAME", conf(""), path, "", 4, "CNI_IFNAME"},
+		{"CNI_IFNAME lo", conf(""), path, "lo", 4, `CNI_IFNAME "lo": the loopback interface`},
+		{"CNI_IFNAME too long", conf(""), path, "eth0123456789abc", 4, "interface name is too long"},
+		{"CNI_IFNAME with a slash", conf(""), path, "a/b", 4, "interface name contains /"},
+		{"the plugin's own netns", conf(""), sb.path, "eth0", 4, "the plugin's own network namespace"},
+		// PID 1's namespace is the real host's. Here /proc/1/ns/net
+		// cannot be opened (a refusal of its own); on a host where it
+		// can, it is refused as the host's.
+		{"PID 1's netns", conf(""), "/proc/1/ns/net", "eth0", 4, "CNI_NETNS /proc/1/ns/net"},
+		{"garbage on stdin", "garbage", path, "eth0", 6, "not a JSON object"},
+		{"a JSON array on stdin", "[1,2]", path, "eth0", 6, "not a JSON object"},
+		{"10 MB of junk on stdin", strings.Repeat("junk", 10<<18), path, "eth0", 6, "not a JSON object"},
+		{"no name", `{"cniVersion":"1.1.0","type":"bridgehook"}`, path, "eth0", 7, `missing "name"`},
 		{"old version", `{"cniVersion":"0.2.0","name":"bhnet","type":"bridgehook"}`, path, "eth0", 1, "incompatible CNI versions"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
