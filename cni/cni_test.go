@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -171,25 +172,27 @@ func TestVerbs(t *testing.T) {
 // and leaves nothing behind.
 func TestVerbsRefuse(t *testing.T) {
 	v := newVerbs(t)
+	v.sys.Listen("udp", netip.MustParseAddr("127.0.0.1"), 8053)
 	for name, tc := range map[string]struct {
 		verb func(*skel.CmdArgs) error
 		args *skel.CmdArgs
 		code uint
 		want string
 	}{
-		"bad json":        {v.p.add, v.args("p", 10, []byte(`{`)), types.ErrInvalidNetworkConfig, "network configuration"},
-		"bad subnet":      {v.p.add, v.args("p", 10, v.conf(`,"subnet":"10.0.0.1/8"`)), types.ErrInvalidNetworkConfig, `"subnet" 10.0.0.1/8`},
-		"bad ifname":      {v.p.add, &skel.CmdArgs{ContainerID: "p", Netns: "/x", IfName: "a/b", StdinData: v.conf("")}, types.ErrInvalidEnvironmentVariables, "CNI_IFNAME"},
-		"no namespace":    {v.p.add, &skel.CmdArgs{ContainerID: "p", Netns: "/nowhere", IfName: "eth0", StdinData: v.conf("")}, types.ErrInvalidEnvironmentVariables, "CNI_NETNS /nowhere: not a network namespace"},
-		"bad id":          {v.p.add, &skel.CmdArgs{ContainerID: "p q", Netns: "/x", IfName: "eth0", StdinData: v.conf("")}, types.ErrInvalidEnvironmentVariables, "CNI_CONTAINERID"},
-		"bad mapping":     {v.p.add, v.args("p", 10, v.conf(`,"runtimeConfig":{"portMappings":[{"hostPort":0,"containerPort":80}]}`)), types.ErrInvalidNetworkConfig, "portMappings"},
-		"internal ports":  {v.p.add, v.args("p", 10, v.conf(`,"internal":true,"runtimeConfig":{"portMappings":[{"hostPort":80,"containerPort":80}]}`)), types.ErrInvalidNetworkConfig, `runtimeConfig.portMappings: network netns0 is "internal"`},
-		"static outside":  {v.p.add, v.args("p", 10, v.conf(`,"runtimeConfig":{"ips":["10.99.0.5"]}`)), types.ErrInvalidNetworkConfig, "runtimeConfig.ips: address not leasable"},
-		"unwritable log":  {v.p.del, v.args("p", 10, []byte(`{"cniVersion":"1.1.0","name":"n","type":"bridgehook","logFile":"/nonexistent/x/log"}`)), types.ErrIOFailure, `"logFile"`},
-		"bad gc conf":     {v.p.gc, &skel.CmdArgs{StdinData: v.conf(`,"mtu":1`)}, types.ErrInvalidNetworkConfig, `"mtu" 1`},
-		"bad status conf": {v.p.status, &skel.CmdArgs{StdinData: v.conf(`,"firewall":"pf"`)}, types.ErrInvalidNetworkConfig, `"firewall" "pf"`},
-		"bad check conf":  {v.p.check, v.args("p", 10, v.conf(`,"bridge":"a b"`)), types.ErrInvalidNetworkConfig, `"bridge" "a b"`},
-		"bad del conf":    {v.p.del, v.args("p", 10, v.conf(`,"stateDir":"rel"`)), types.ErrInvalidNetworkConfig, `"stateDir" "rel"`},
+		"bad json":         {v.p.add, v.args("p", 10, []byte(`{`)), types.ErrInvalidNetworkConfig, "network configuration"},
+		"bad subnet":       {v.p.add, v.args("p", 10, v.conf(`,"subnet":"10.0.0.1/8"`)), types.ErrInvalidNetworkConfig, `"subnet" 10.0.0.1/8`},
+		"bad ifname":       {v.p.add, &skel.CmdArgs{ContainerID: "p", Netns: "/x", IfName: "a/b", StdinData: v.conf("")}, types.ErrInvalidEnvironmentVariables, "CNI_IFNAME"},
+		"no namespace":     {v.p.add, &skel.CmdArgs{ContainerID: "p", Netns: "/nowhere", IfName: "eth0", StdinData: v.conf("")}, types.ErrInvalidEnvironmentVariables, "CNI_NETNS /nowhere: not a network namespace"},
+		"bad id":           {v.p.add, &skel.CmdArgs{ContainerID: "p q", Netns: "/x", IfName: "eth0", StdinData: v.conf("")}, types.ErrInvalidEnvironmentVariables, "CNI_CONTAINERID"},
+		"bad mapping":      {v.p.add, v.args("p", 10, v.conf(`,"runtimeConfig":{"portMappings":[{"hostPort":0,"containerPort":80}]}`)), types.ErrInvalidNetworkConfig, "portMappings"},
+		"internal ports":   {v.p.add, v.args("p", 10, v.conf(`,"internal":true,"runtimeConfig":{"portMappings":[{"hostPort":80,"containerPort":80}]}`)), types.ErrInvalidNetworkConfig, `runtimeConfig.portMappings: network netns0 is "internal"`},
+		"static outside":   {v.p.add, v.args("p", 10, v.conf(`,"runtimeConfig":{"ips":["10.99.0.5"]}`)), types.ErrInvalidNetworkConfig, "runtimeConfig.ips: address not leasable"},
+		"host port in use": {v.p.add, v.args("p", 10, v.conf(`,"runtimeConfig":{"portMappings":[{"hostPort":8053,"containerPort":53,"protocol":"udp"}]}`)), types.ErrInvalidNetworkConfig, "runtimeConfig.portMappings: host port 8053/udp on 0.0.0.0 (every address) is in use"},
+		"unwritable log":   {v.p.del, v.args("p", 10, []byte(`{"cniVersion":"1.1.0","name":"n","type":"bridgehook","logFile":"/nonexistent/x/log"}`)), types.ErrIOFailure, `"logFile"`},
+		"bad gc conf":      {v.p.gc, &skel.CmdArgs{StdinData: v.conf(`,"mtu":1`)}, types.ErrInvalidNetworkConfig, `"mtu" 1`},
+		"bad status conf":  {v.p.status, &skel.CmdArgs{StdinData: v.conf(`,"firewall":"pf"`)}, types.ErrInvalidNetworkConfig, `"firewall" "pf"`},
+		"bad check conf":   {v.p.check, v.args("p", 10, v.conf(`,"bridge":"a b"`)), types.ErrInvalidNetworkConfig, `"bridge" "a b"`},
+		"bad del conf":     {v.p.del, v.args("p", 10, v.conf(`,"stateDir":"rel"`)), types.ErrInvalidNetworkConfig, `"stateDir" "rel"`},
 	} {
 		err := tc.verb(tc.args)
 		var e *types.Error

@@ -3,6 +3,7 @@ package hook
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"path/filepath"
 
 	"github.com/bridgehook/bridgehook/bridge"
@@ -42,6 +43,9 @@ func (n *Network) claim(tx ipam.Tx, req Request, ns netns.NsHandle, ino uint64) 
 		}
 	}
 	if err := n.checkPorts(tx, req.ID, req.Ports); err != nil {
+		return Result{}, nil, err
+	}
+	if err := n.checkHostPorts(req.Ports); err != nil {
 		return Result{}, nil, err
 	}
 	failpoint("ports-checked")
@@ -133,6 +137,49 @@ func (n *Network) checkPorts(tx ipam.Tx, id string, ports []port.Mapping) error 
 		}
 	}
 	return nil
+}
+
+// checkHostPorts refuses host ports that a process on the host holds, on
+// the address asked for or, with none, on any address of each of the
+// network's families, for every port of a range: published, the port
+// would take that service's traffic. It holds no port once it returns (see
+// the README on services that start later).
+func (n *Network) checkHostPorts(ports []port.Mapping) error {
+	for _, m := range ports {
+		addrs := []netip.Addr{m.HostIP}
+		if !m.HostIP.IsValid() {
+			addrs = nil
+			for _, p := range n.Subnets {
+				if p.Addr().Is4() {
+					addrs = append(addrs, netip.IPv4Unspecified())
+				} else {
+					addrs = append(addrs, netip.IPv6Unspecified())
+				}
+			}
+		}
+		for _, addr := range addrs {
+			for p := uint32(m.HostPort); p <= uint32(m.HostEnd); p++ {
+				inUse, err := n.sys.PortInUse(m.Proto, addr, uint16(p))
+				if err != nil {
+					return err
+				}
+				if inUse {
+					return input.Errorf(input.Ports, ": host port %d/%s on %s is in use by a process on the host; choose another host port, or publish on another host address",
+						p, m.Proto, hostAddrName(addr))
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// hostAddrName names a host address for a person: the unspecified ones
+// stand for every address of their family.
+func hostAddrName(addr netip.Addr) string {
+	if addr.IsUnspecified() {
+		return addr.String() + " (every address)"
+	}
+	return addr.String()
 }
 
 // releasePorts fails if a live container of tx's network publishes one of

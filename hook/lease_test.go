@@ -143,3 +143,33 @@ func TestPortClashAcrossNetworks(t *testing.T) {
 		t.Errorf("br1 leases %v, want the dead holder's gone", ls)
 	}
 }
+
+// A host port a process on the host holds is refused, on its address and
+// on the wildcard that covers it, for every port of a range and each of
+// the network's families; a first setup so refused leaves nothing. The
+// same port on another address, or of the other protocol, is published.
+func TestHostPortsInUse(t *testing.T) {
+	w := newWorld(t, "10.1.0.0/24", "fd19::/64")
+	w.sys.Listen("tcp", netip.MustParseAddr("127.0.0.1"), 8080)
+	w.sys.Listen("udp", netip.IPv6Unspecified(), 5353)
+	for ports, want := range map[string]string{
+		"8080:80":                   "host port 8080/tcp on 0.0.0.0 (every address) is in use",
+		"127.0.0.1:8080:80":         "host port 8080/tcp on 127.0.0.1 is in use",
+		"8070-8090:8070-8090":       "host port 8080/tcp on 0.0.0.0",
+		"5353:53/udp":               "host port 5353/udp on :: (every address) is in use",
+		"[2001:db8::1]:5353:53/udp": "host port 5353/udp on 2001:db8::1 is in use",
+	} {
+		_, err := w.setup("c", w.container(10), ports)
+		var in *input.Error
+		if !errors.As(err, &in) || in.Field != input.Ports || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: %v, want %q", ports, err, want)
+		}
+		w.assertEmpty()
+	}
+	for _, ports := range []string{"10.0.0.1:8080:80", "8080:80/udp", "5353:53", "8081:80"} {
+		if _, err := w.setup("c", w.container(11), ports); err != nil {
+			t.Errorf("%s: %v", ports, err)
+		}
+		w.n.Teardown("c")
+	}
+}

@@ -20,6 +20,7 @@ import (
 	"github.com/bridgehook/bridgehook/input"
 	"github.com/bridgehook/bridgehook/ipam"
 	"github.com/bridgehook/bridgehook/nat"
+	"github.com/bridgehook/bridgehook/port"
 )
 
 // Host is the kernel's side of networks as hook drives it: *bridge.Host
@@ -40,8 +41,8 @@ type Host interface {
 	Close()
 }
 
-// System is what hook asks of the machine about processes: /proc, or a
-// fake in unit tests.
+// System is what hook asks of the machine about processes and their
+// sockets: /proc and the host's own ports, or a fake in unit tests.
 type System interface {
 	// Netns opens the network namespace of pid and returns it with its
 	// inode, refusing the namespaces that are not a container's.
@@ -53,6 +54,9 @@ type System interface {
 	NetnsAt(path string) (netns.NsHandle, uint64, error)
 	// PathInode is the inode of the namespace at path.
 	PathInode(path string) (uint64, error)
+	// PortInUse reports whether a socket of the host's holds port p of
+	// proto on addr (unspecified: any address of its family).
+	PortInUse(proto string, addr netip.Addr, p uint16) (bool, error)
 }
 
 // Network is one network, connected: its configuration and the handles
@@ -360,6 +364,10 @@ func (p procs) Netns(pid int) (netns.NsHandle, uint64, error) {
 }
 
 func (procs) PathInode(path string) (uint64, error) { return pathInode(path) }
+
+func (procs) PortInUse(proto string, addr netip.Addr, p uint16) (bool, error) {
+	return port.InUse(proto, addr, p)
+}
 
 func (p procs) NetnsAt(path string) (netns.NsHandle, uint64, error) {
 	ns, err := netns.GetFromPath(path)

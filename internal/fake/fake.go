@@ -43,6 +43,7 @@ type System struct {
 	// Paths are namespaces bind-mounted at a path (CNI's), each standing
 	// for the namespace of a pid.
 	Paths map[string]int
+	bound []bound // see Listen
 }
 
 // NewSystem is a machine with no containers.
@@ -354,4 +355,27 @@ func (f *Firewall) Published(n nat.Network) ([]nat.Published, error) {
 		ps = append(ps, p)
 	}
 	return ps, nil
+}
+
+// Listen makes port p of proto on addr (unspecified: every address of its
+// family) held by a process of the host's.
+func (s *System) Listen(proto string, addr netip.Addr, p uint16) {
+	s.bound = append(s.bound, bound{proto, netip.AddrPortFrom(addr, p)})
+}
+
+type bound struct {
+	proto string
+	at    netip.AddrPort
+}
+
+// PortInUse: a port is held on its address, and on the wildcard of its
+// family that covers it, as the kernel's bind sees it.
+func (s *System) PortInUse(proto string, addr netip.Addr, p uint16) (bool, error) {
+	for _, b := range s.bound {
+		a := b.at.Addr()
+		if b.proto == proto && b.at.Port() == p && a.Is6() == addr.Is6() && (a == addr || a.IsUnspecified() || addr.IsUnspecified()) {
+			return true, nil
+		}
+	}
+	return false, nil
 }
