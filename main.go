@@ -259,6 +259,7 @@ func (e *env) flags() *flag.FlagSet {
 	})
 	fs.BoolVar(&cfg.Internal, "internal", false, "no way out: no MASQUERADE, no forwarding out of the bridge; containers reach each other and the gateway")
 	fs.StringVar(&cfg.Firewall, "firewall", "", "where the network's rules go: `iptables` or nftables (a table of its own, over netlink); default: the network's own, iptables for a new one")
+	fs.BoolVar(&cfg.SpoofCheck, "spoof-check", true, "drop what a container sends as another (another MAC or address, ARP and neighbour advertisements for others) and router advertisements and DHCP servers' replies; false for containers that route others' traffic")
 	fs.BoolVar(&cfg.DefaultRoute, "default-route", true, "give the container a default route via the gateway (skipped when an earlier network gave it one)")
 	fs.Func("dns", "write `servers` (comma-separated) to the container's /etc/resolv.conf", func(v string) error {
 		for _, s := range strings.Split(v, ",") {

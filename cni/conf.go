@@ -27,6 +27,7 @@ type netConf struct {
 	// NonMasquerade mirrors --non-masquerade-cidr.
 	NonMasquerade []string `json:"nonMasqueradeCIDRs"`
 	DefaultRoute  *bool    `json:"defaultRoute"`
+	SpoofCheck    *bool    `json:"spoofCheck"`
 	// DNS goes into the result as it is, for the runtime to write; it is
 	// CNI's own object (libcni parses it too).
 	DNS      types.DNS `json:"dns"`
@@ -108,6 +109,9 @@ func (c *netConf) config(ifname string) (hook.Config, error) {
 	if c.DefaultRoute != nil {
 		cfg.DefaultRoute = *c.DefaultRoute
 	}
+	if c.SpoofCheck != nil {
+		cfg.SpoofCheck = *c.SpoofCheck
+	}
 	if c.StateDir != "" {
 		cfg.StateDir = c.StateDir
 	}
@@ -120,6 +124,7 @@ var keys = map[input.Field]string{
 	input.StateDir:      `"stateDir"`,
 	input.NonMasquerade: `"nonMasqueradeCIDRs"`,
 	input.DefaultRoute:  `"defaultRoute"`,
+	input.SpoofCheck:    `"spoofCheck"`,
 	input.Iface:         "CNI_IFNAME",
 	input.Netns:         "CNI_NETNS",
 	input.ID:            "CNI_CONTAINERID",

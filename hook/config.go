@@ -39,6 +39,10 @@ type Config struct {
 	// HostDNS, the host's.
 	DNS     []netip.Addr
 	HostDNS bool
+	// SpoofCheck drops what a container sends as another: another MAC
+	// or address, ARP and neighbour advertisements for others, router
+	// advertisements, DHCP servers' replies (--spoof-check).
+	SpoofCheck bool
 	// Firewall is the backend the network's rules go into: "iptables" or
 	// "nftables" (--firewall); empty, the network's own, and iptables for
 	// a new one. A network keeps the one it was made with.
@@ -73,6 +77,7 @@ func Defaults() Config {
 		ICC:      true,
 
 		DefaultRoute: true,
+		SpoofCheck:   true,
 	}
 }
 

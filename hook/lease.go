@@ -51,7 +51,7 @@ func (n *Network) claim(tx ipam.Tx, req Request, ns netns.NsHandle, ino uint64) 
 	failpoint("ports-checked")
 	l, err := n.allocate(tx, ipam.Lease{
 		ID: req.ID, IP: req.IP, IP6: req.IP6, PID: req.Netns.PID, Netns: req.Netns.Path, NetnsInode: ino,
-		Veth: n.vethFor(req), Iface: n.Iface, Ports: req.Ports,
+		Veth: n.vethFor(req), Iface: n.Iface, Ports: req.Ports, MAC: req.MAC,
 	})
 	if err != nil {
 		return Result{}, nil, err
@@ -217,8 +217,13 @@ func (n *Network) releasePorts(tx ipam.Tx, id string, ports []port.Mapping, own 
 }
 
 // lockPorts serialises the claims of host ports across every network
-// under stateDir.
-func lockPorts(stateDir string) (unlock func(), err error) {
+// under stateDir: a setup that publishes ports holds it from the check of
+// the host ports until the lease that claims them is written (see
+// checkPorts). A setup that publishes none takes no lock.
+func lockPorts(stateDir string, ports []port.Mapping) (unlock func(), err error) {
+	if len(ports) == 0 {
+		return func() {}, nil
+	}
 	lock := flock.New(filepath.Join(stateDir, "ports.lock"))
 	if err := lock.Lock(); err != nil {
 		return nil, fmt.Errorf("lock host ports: %w", err)
@@ -241,6 +246,11 @@ func (n *Network) forget(tx ipam.Tx, l ipam.Lease) error {
 	} else {
 		var err error
 		if state, err = n.host.State(l.Veth, alias(l.ID)); err != nil {
+			return err
+		}
+	}
+	if n.SpoofCheck {
+		if err := n.guard.Forbid(n.Bridge, senderOf(l)); err != nil {
 			return err
 		}
 	}

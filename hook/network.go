@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -69,6 +70,7 @@ type Network struct {
 	store ipam.Store
 	host  Host
 	fw    nat.Firewall
+	guard nat.Guard // the spoof check's table
 	// fws opens each firewall backend once per command: networks seen
 	// through on() may use either.
 	fws    *firewalls
@@ -85,6 +87,7 @@ type Option func(*world)
 type world struct {
 	host     func() (Host, error)
 	firewall func(name, stateDir string) nat.Firewall
+	guard    func() nat.Guard
 	opener   ipam.Opener
 	sys      System
 	debug    *slog.Logger
@@ -100,6 +103,9 @@ func WithFirewall(fw nat.Firewall) Option {
 	return func(w *world) { w.firewall = func(string, string) nat.Firewall { return fw } }
 }
 
+// WithGuard keeps the spoof check in g.
+func WithGuard(g nat.Guard) Option { return func(w *world) { w.guard = func() nat.Guard { return g } } }
+
 // WithStores keeps leases in the stores o opens.
 func WithStores(o ipam.Opener) Option { return func(w *world) { w.opener = o } }
 
@@ -113,6 +119,7 @@ func worldOf(opts []Option) world {
 	w := world{
 		host:     func() (Host, error) { return bridge.OpenHost() },
 		firewall: realFirewall,
+		guard:    func() nat.Guard { return nat.NewGuard() },
 		opener:   ipam.OnDisk{},
 		sys:      procs{},
 	}
@@ -152,6 +159,7 @@ func Open(c Config, opts ...Option) (*Network, error) {
 		store:  store,
 		host:   host,
 		fw:     fws.get(c.Firewall),
+		guard:  w.guard(),
 		fws:    fws,
 		sys:    w.sys,
 		opener: w.opener,
@@ -163,6 +171,7 @@ func Open(c Config, opts ...Option) (*Network, error) {
 func (n *Network) Close() {
 	n.store.Close()
 	n.host.Close()
+	n.guard.Close()
 	n.fws.close()
 }
 
@@ -212,7 +221,7 @@ func (n *Network) on(s ipam.Store) *Network {
 // flags they were not given.
 func (n *Network) adopt(tx ipam.Tx) {
 	if rec, ok := readRecord(tx); ok {
-		n.ICC, n.Internal, n.NonMasquerade = rec.ICC, rec.Internal, rec.NonMasquerade
+		n.ICC, n.Internal, n.NonMasquerade, n.SpoofCheck = rec.ICC, rec.Internal, rec.NonMasquerade, !rec.NoSpoofCheck
 	}
 	n.adoptFirewall(tx)
 }
@@ -427,6 +436,37 @@ func (n *Network) installFirewall(tx ipam.Tx) error {
 	return n.fw.Install(n.natNetwork(), pubs)
 }
 
+// installGuard installs the network's spoof check with what every lease
+// in tx may send as, or with the check off takes it away.
+func (n *Network) installGuard(tx ipam.Tx) error {
+	if !n.SpoofCheck {
+		return n.guard.Uninstall(n.Bridge)
+	}
+	leases, _, err := tx.List()
+	if err != nil {
+		return err
+	}
+	var senders []nat.Sender
+	for _, l := range leases {
+		senders = append(senders, senderOf(l))
+	}
+	return n.guard.Install(n.Bridge, senders)
+}
+
+// senderOf is what lease l's container may send as.
+func senderOf(l ipam.Lease) nat.Sender {
+	return nat.Sender{Veth: l.Veth, MAC: macOf(l), IPs: l.Addrs()}
+}
+
+// macOf is the MAC of lease l's container: the one it asked for, or the
+// one derived from its address.
+func macOf(l ipam.Lease) net.HardwareAddr {
+	if l.MAC != nil {
+		return l.MAC
+	}
+	return bridge.MAC(l.IP)
+}
+
 // removeIfUnused removes the network's bridge and rules when no lease is
 // left: the undo of a setup that created them, which must not pull the
 // bridge from under a container that joined it meanwhile.
@@ -445,6 +485,9 @@ func (n *Network) removeNetwork(tx ipam.Tx) error {
 		return err
 	}
 	if err := n.fw.Uninstall(n.natNetwork()); err != nil {
+		return err
+	}
+	if err := n.guard.Uninstall(n.Bridge); err != nil {
 		return err
 	}
 	return n.host.Remove(n.Bridge)

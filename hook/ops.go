@@ -30,6 +30,8 @@ type NetworkView struct {
 	NAT      bool     `json:"nat"`
 	ICC      bool     `json:"icc"`
 	Internal bool     `json:"internal"`
+	// SpoofCheck: what containers send as others is dropped.
+	SpoofCheck bool `json:"spoof_check"`
 	// NonMasquerade are the destinations reached without masquerade.
 	NonMasquerade []string   `json:"non_masquerade,omitempty"`
 	Firewall      string     `json:"firewall"`
@@ -70,7 +72,7 @@ func endpoint(l ipam.Lease, bridgeName string, alive bool) Endpoint {
 		ip6 = l.IP6.String()
 	}
 	return Endpoint{
-		ID: l.ID, IP: l.IP.String(), IP6: ip6, MAC: bridge.MAC(l.IP).String(), Iface: l.Iface, Veth: l.Veth,
+		ID: l.ID, IP: l.IP.String(), IP6: ip6, MAC: macOf(l).String(), Iface: l.Iface, Veth: l.Veth,
 		PID: l.PID, NetnsInode: l.NetnsInode, Ports: ports, Created: l.Created, Status: status, Network: bridgeName,
 	}
 }
@@ -102,7 +104,7 @@ func List(c Config, all bool, opts ...Option) ([]NetworkView, error) {
 	views := []NetworkView{}
 	for _, s := range stores {
 		v := NetworkView{
-			Bridge: s.Bridge(), NAT: true, ICC: true, Firewall: record{}.firewall(), Endpoints: []Endpoint{},
+			Bridge: s.Bridge(), NAT: true, ICC: true, SpoofCheck: true, Firewall: record{}.firewall(), Endpoints: []Endpoint{},
 		}
 		for _, p := range s.Subnets() {
 			v.Subnets = append(v.Subnets, p.String())
@@ -111,7 +113,7 @@ func List(c Config, all bool, opts ...Option) ([]NetworkView, error) {
 		v.Subnet, v.Gateway = v.Subnets[0], v.Gateways[0]
 		err := s.Do(func(tx ipam.Tx) error {
 			if rec, ok := readRecord(tx); ok {
-				v.MTU, v.ICC, v.Internal, v.NAT = rec.MTU, rec.ICC, rec.Internal, !rec.Internal
+				v.MTU, v.ICC, v.Internal, v.NAT, v.SpoofCheck = rec.MTU, rec.ICC, rec.Internal, !rec.Internal, !rec.NoSpoofCheck
 				for _, p := range rec.NonMasquerade {
 					v.NonMasquerade = append(v.NonMasquerade, p.String())
 				}
@@ -268,7 +270,39 @@ func (n *Network) gc(tx ipam.Tx) ([]string, error) {
 	if err != nil {
 		return report, err
 	}
-	return report, nil
+	stale, err := n.dropStaleSenders(tx)
+	return append(report, stale...), err
+}
+
+// dropStaleSenders takes out of the spoof check the veths no lease
+// accounts for: those of leases the store lost.
+func (n *Network) dropStaleSenders(tx ipam.Tx) ([]string, error) {
+	if !n.SpoofCheck {
+		return nil, nil
+	}
+	senders, err := n.guard.Senders(n.Bridge)
+	if err != nil || len(senders) == 0 {
+		return nil, err
+	}
+	held, err := heldOrDraining(tx)
+	if err != nil {
+		return nil, err
+	}
+	known := map[string]bool{}
+	for _, l := range held {
+		known[l.Veth] = true
+	}
+	var stale, report []string
+	for _, v := range senders {
+		if !known[v] {
+			stale = append(stale, v)
+			report = append(report, fmt.Sprintf("%s: dropped the spoof check's entries of veth %s (no lease)", n.Bridge, v))
+		}
+	}
+	if len(stale) == 0 {
+		return nil, nil
+	}
+	return report, n.guard.Drop(n.Bridge, stale)
 }
 
 // adoptOrphans looks at the veths on the bridge that no lease accounts
@@ -276,16 +310,12 @@ func (n *Network) gc(tx ipam.Tx) ([]string, error) {
 // lost it), with the ports its rules publish; any other is deleted. Then
 // the port rules no lease accounts for are removed.
 func (n *Network) adoptOrphans(tx ipam.Tx) ([]string, error) {
-	leases, _, err := tx.List()
-	if err != nil {
-		return nil, err
-	}
-	drained, err := tx.Draining()
+	held, err := heldOrDraining(tx)
 	if err != nil {
 		return nil, err
 	}
 	ours := map[string]bool{}
-	for _, l := range append(leases, drained...) {
+	for _, l := range held {
 		ours[l.Veth+" "+alias(l.ID)] = true
 	}
 	pubs, err := n.fw.Published(n.natNetwork())
@@ -514,6 +544,9 @@ func (n *Network) repair(tx ipam.Tx) error {
 	if err := n.installFirewall(tx); err != nil {
 		return err
 	}
+	if err := n.installGuard(tx); err != nil {
+		return err
+	}
 	return tx.SetRecord(n.recordOf(br))
 }
 
@@ -525,4 +558,15 @@ func subnetList(ps []netip.Prefix) string {
 		s = append(s, p.String())
 	}
 	return strings.Join(s, " and ")
+}
+
+// heldOrDraining are the leases of tx's network and those draining: what
+// accounts for a veth.
+func heldOrDraining(tx ipam.Tx) ([]ipam.Lease, error) {
+	leases, _, err := tx.List()
+	if err != nil {
+		return nil, err
+	}
+	drained, err := tx.Draining()
+	return append(leases, drained...), err
 }

@@ -23,6 +23,9 @@ type record struct {
 	ICC           bool           `json:"icc"`
 	Internal      bool           `json:"internal"`
 	NonMasquerade []netip.Prefix `json:"non_masquerade,omitempty"`
+	// NoSpoofCheck is set for a network whose spoof check is off; records
+	// older than the check have none, and their networks get it.
+	NoSpoofCheck bool `json:"no_spoof_check,omitempty"`
 	// The backend that holds them; records older than the choice have
 	// none, and theirs is iptables.
 	Firewall string `json:"firewall,omitempty"`
@@ -47,11 +50,12 @@ func (n *Network) recordOf(br bridge.Bridge) record {
 	return record{
 		Bridge: n.Bridge, Subnets: n.Subnets,
 		MTU: br.MTU, BridgeIndex: br.Index, ICC: n.ICC, Internal: n.Internal, NonMasquerade: n.NonMasquerade,
-		Firewall: n.Firewall,
+		NoSpoofCheck: !n.SpoofCheck, Firewall: n.Firewall,
 	}
 }
 
 // trusts reports whether rec vouches for network n's bridge br.
 func (n *Network) trusts(rec record, br bridge.Bridge) bool {
-	return rec.ICC == n.ICC && rec.Internal == n.Internal && slices.Equal(rec.NonMasquerade, n.NonMasquerade) && rec.BridgeIndex == br.Index
+	return rec.ICC == n.ICC && rec.Internal == n.Internal && slices.Equal(rec.NonMasquerade, n.NonMasquerade) &&
+		rec.NoSpoofCheck == !n.SpoofCheck && rec.BridgeIndex == br.Index
 }

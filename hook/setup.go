@@ -54,13 +54,9 @@ func (n *Network) Setup(req Request) (res Result, err error) {
 	// Steps 1 and 2 hold the store's lock together: a container has its
 	// lease by the time another hook can find the network without one
 	// and take it down (the undo of a failed cold setup, network rm).
-	unlockPorts := func() {}
-	if len(req.Ports) > 0 {
-		// Held from the check of the host ports until the lease that
-		// claims them is written: see checkPorts.
-		if unlockPorts, err = lockPorts(n.StateDir); err != nil {
-			return res, err
-		}
+	unlockPorts, err := lockPorts(n.StateDir, req.Ports)
+	if err != nil {
+		return res, err
 	}
 	var br bridge.Bridge
 	var restored bool
@@ -87,18 +83,26 @@ func (n *Network) Setup(req Request) (res Result, err error) {
 	tm.step("lease " + res.Lease.IP.String())
 	failpoint("leased")
 
-	// 3. The veth pair, and the container's side of it.
+	// 3. The spoof check knows the veth before the veth exists, so its
+	// first frame is checked.
+	u, err := n.allow(res.Lease)
+	undo.push(u)
+	if err != nil {
+		return res, err
+	}
+
+	// 4. The veth pair, and the container's side of it.
 	if err := quiet(); err != nil {
 		return res, err
 	}
-	u, err := n.attach(br, ns, res.Lease, req.MAC, len(req.Ports) > 0)
+	u, err = n.attach(br, ns, res.Lease, req.MAC, len(req.Ports) > 0)
 	undo.push(u)
 	if err != nil {
 		return res, err
 	}
 	tm.step("attach veth")
 
-	// 4. resolv.conf, if the network gives name servers.
+	// 5. resolv.conf, if the network gives name servers.
 	if len(n.DNS) > 0 || n.HostDNS {
 		err = n.writeResolvConf(req.Rootfs)
 		tm.step("write resolv.conf")
@@ -107,13 +111,14 @@ func (n *Network) Setup(req Request) (res Result, err error) {
 }
 
 // ensureNetwork makes sure the bridge exists with its address and its
-// firewall rules are in place. What a setup verified for this very bridge
-// (same ifindex, same options, recorded in the store) is trusted, and only
-// its rules are checked, cheaply (Firewall.Verify): a warm setup makes one
-// netlink call for the bridge and a read or two of the firewall. Rules
-// found gone (a firewall reload took them) are installed again with every
-// container's ports, so the first setup after a reload brings the whole
-// network back. It runs under the store's lock, so that one hook per
+// firewall rules and spoof check are in place. What a setup verified for
+// this very bridge (same ifindex, same options, recorded in the store) is
+// trusted, and only its rules are checked, cheaply (Firewall.Verify,
+// Guard.Verify): a warm setup makes one netlink call for the bridge and a
+// read or two of the firewall. Rules found gone (a firewall reload or a
+// flush of the ruleset took them) are installed again with every
+// container's ports and spoof check, so the first setup after a reload
+// brings the whole network back. It runs under the store's lock, so that one hook per
 // network creates the bridge and installs its rules. Its undo removes the
 // network again if this call created the bridge and no container has
 // joined it meanwhile.
@@ -126,10 +131,22 @@ func (n *Network) ensureNetwork(tx ipam.Tx) (br bridge.Bridge, restored bool, un
 		if found, ok := n.host.Find(n.Bridge); ok && n.trusts(rec, found) {
 			// A check that cannot run counts as rules gone: the install
 			// says what is wrong.
-			if ok, _ := n.fw.Verify(n.natNetwork()); ok {
-				return found, false, nil, nil
+			rules, _ := n.fw.Verify(n.natNetwork())
+			guard := !n.SpoofCheck
+			if !guard {
+				guard, _ = n.guard.Verify(n.Bridge)
 			}
-			return found, true, nil, n.installFirewall(tx)
+			if !rules {
+				if err := n.installFirewall(tx); err != nil {
+					return found, true, nil, err
+				}
+			}
+			if !guard {
+				if err := n.installGuard(tx); err != nil {
+					return found, true, nil, err
+				}
+			}
+			return found, !rules || !guard, nil, nil
 		}
 	}
 	if err := n.checkBridgeFree(); err != nil {
@@ -145,7 +162,23 @@ func (n *Network) ensureNetwork(tx ipam.Tx) (br bridge.Bridge, restored bool, un
 	if err := n.installFirewall(tx); err != nil {
 		return br, false, undo, err
 	}
+	if err := n.installGuard(tx); err != nil {
+		return br, false, undo, err
+	}
 	return br, false, undo, tx.SetRecord(n.recordOf(br))
+}
+
+// allow tells the spoof check what lease l's container may send as. Its
+// undo takes that back.
+func (n *Network) allow(l ipam.Lease) (undo func() error, err error) {
+	if !n.SpoofCheck {
+		return nil, nil
+	}
+	s := senderOf(l)
+	if err := n.guard.Allow(n.Bridge, s); err != nil {
+		return nil, err
+	}
+	return func() error { return n.guard.Forbid(n.Bridge, s) }, nil
 }
 
 // attach creates the veth pair into the container and configures its side

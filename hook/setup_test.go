@@ -11,6 +11,7 @@ import (
 
 	"github.com/bridgehook/bridgehook/bridge"
 	"github.com/bridgehook/bridgehook/internal/fake"
+	"github.com/bridgehook/bridgehook/ipam"
 	"github.com/bridgehook/bridgehook/port"
 )
 
@@ -241,5 +242,62 @@ func TestDualStackSetup(t *testing.T) {
 	}
 	if n := w.fw.Installed["netns0"]; !slices.Equal(n.Subnets, w.n.Subnets) {
 		t.Errorf("rules installed for %v", n.Subnets)
+	}
+}
+
+// The spoof check goes in and out with each container: a setup tells it
+// the container's veth, MAC and addresses before the veth exists, a
+// teardown takes them back, a setup after a flush brings back every
+// container's, gc drops what a lost lease left, and with the check off the
+// network has none.
+func TestSpoofCheck(t *testing.T) {
+	w := newWorld(t, "10.1.0.0/24", "fd19::/64")
+	a := w.mustSetup("a", w.container(10), "")
+	b := w.mustSetup("b", w.container(11), "")
+	s := w.guard.Tables["netns0"][a.Veth]
+	if s.MAC.String() != "0a:58:0a:01:00:02" || fmt.Sprint(s.IPs) != "[10.1.0.2 fd19::2]" {
+		t.Errorf("a may send as %+v", s)
+	}
+	if _, err := w.n.Teardown("a"); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := w.guard.Senders("netns0"); !slices.Equal(got, []string{b.Veth}) {
+		t.Errorf("after a's teardown: %v", got)
+	}
+	// A flush of the ruleset: the next setup restores b's too.
+	delete(w.guard.Tables, "netns0")
+	res, err := w.setup("c", w.container(12), "")
+	if err != nil || !res.RulesRestored {
+		t.Fatalf("setup after a flush: %+v %v", res, err)
+	}
+	if got, _ := w.guard.Senders("netns0"); len(got) != 2 || !slices.Contains(got, b.Veth) {
+		t.Errorf("after the flush and c's setup: %v", got)
+	}
+	// A lease the store lost: gc drops its entries.
+	w.store.Do(func(tx ipam.Tx) error { return tx.Remove(b) })
+	w.kill(11, false)
+	if report := strings.Join(w.gc(), "\n"); !strings.Contains(report, "dropped the spoof check's entries of veth "+b.Veth) {
+		t.Errorf("gc: %s", report)
+	}
+	if got, _ := w.guard.Senders("netns0"); slices.Contains(got, b.Veth) {
+		t.Errorf("b's entries after gc: %v", got)
+	}
+	// A failing check undoes the setup.
+	w.fail["allow"] = true
+	if _, err := w.setup("d", w.container(13), ""); !errors.Is(err, fake.ErrInjected) {
+		t.Errorf("setup with the check failing: %v", err)
+	}
+	delete(w.fail, "allow")
+	if l, ok := w.lease("d"); ok {
+		t.Errorf("the failed setup left %+v", l)
+	}
+	// Turned off, the network has no check, and its record says so.
+	w.n.SpoofCheck = false
+	w.mustSetup("e", w.container(14), "")
+	if _, ok := w.guard.Tables["netns0"]; ok {
+		t.Error("the check is still there with --spoof-check=false")
+	}
+	if views, _ := List(w.n.Config, false, w.options()...); views[0].SpoofCheck {
+		t.Error("ls says the check is on")
 	}
 }

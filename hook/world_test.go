@@ -19,6 +19,7 @@ type fakes struct {
 	stores *ipam.Memories
 	host   *fake.Host
 	fw     *fake.Firewall
+	guard  *fake.Guard
 	sys    *fake.System
 	fail   fake.Fails
 }
@@ -35,7 +36,7 @@ func newWorld(t *testing.T, subnets ...string) *fakes {
 	sys := fake.NewSystem()
 	w := &fakes{
 		t: t, fail: f, sys: sys, stores: &ipam.Memories{Fail: f.Check},
-		host: fake.NewHost(sys, f), fw: fake.NewFirewall(f),
+		host: fake.NewHost(sys, f), fw: fake.NewFirewall(f), guard: fake.NewGuard(f),
 	}
 	n, err := Open(c, w.options()...)
 	if err != nil {
@@ -48,7 +49,7 @@ func newWorld(t *testing.T, subnets ...string) *fakes {
 
 // options put the entry points on w's fakes.
 func (w *fakes) options() []Option {
-	return []Option{WithHost(w.host), WithFirewall(w.fw), WithStores(w.stores), WithSystem(w.sys)}
+	return []Option{WithHost(w.host), WithFirewall(w.fw), WithGuard(w.guard), WithStores(w.stores), WithSystem(w.sys)}
 }
 
 // other adds network bridge/subnet under the same state directory, and
@@ -135,10 +136,23 @@ func (w *fakes) assertEmpty() {
 	if len(w.fw.Installed) != 0 {
 		w.t.Errorf("rules left for %v", w.fw.Installed)
 	}
+	if len(w.guard.Tables) != 0 {
+		w.t.Errorf("spoof checks left for %v", w.guard.Tables)
+	}
 	w.store.Do(func(tx ipam.Tx) error {
 		if _, ok := readRecord(tx); ok {
 			w.t.Error("network record left")
 		}
 		return nil
 	})
+}
+
+// lease is id's lease, if it has one.
+func (w *fakes) lease(id string) (ipam.Lease, bool) {
+	for _, l := range w.leases() {
+		if l.ID == id {
+			return l, true
+		}
+	}
+	return ipam.Lease{}, false
 }

@@ -34,6 +34,7 @@ const (
 	DNS           Field = "dns"
 	HostDNS       Field = "resolv-conf"
 	DefaultRoute  Field = "default-route"
+	SpoofCheck    Field = "spoof-check"
 	// Ports, IP, IP6 and MAC are what one container asks for.
 	Ports Field = "ports"
 	IP    Field = "ip"
@@ -47,7 +48,7 @@ const (
 
 // Fields are every Field, for the faces' tables and their tests.
 var Fields = []Field{Bridge, Subnet, MTU, Iface, StateDir, ICC, Internal, NonMasquerade, Firewall, DNS, HostDNS,
-	DefaultRoute, Ports, IP, IP6, MAC, ID, Netns}
+	DefaultRoute, SpoofCheck, Ports, IP, IP6, MAC, ID, Netns}
 
 // Error is bad input. Msg may name other settings as {field}, e.g.
 // "choose another {subnet}", which Render spells too. Run, when set, is

@@ -11,6 +11,7 @@ package ipam
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"time"
 
@@ -65,7 +66,10 @@ type Lease struct {
 	Netns      string         `json:"netns,omitempty"`
 	NetnsInode uint64         `json:"netns_inode,omitempty"`
 	Ports      []port.Mapping `json:"ports,omitempty"`
-	Created    time.Time      `json:"created"`
+	// MAC is the container interface's, when it asked for one; none: the
+	// one derived from IP.
+	MAC     net.HardwareAddr `json:"mac,omitempty"`
+	Created time.Time        `json:"created"`
 }
 
 // Addrs returns the lease's addresses, IPv4 first.

@@ -7,6 +7,7 @@ package nat
 
 import (
 	"encoding/binary"
+	"fmt"
 	"io"
 	"slices"
 
@@ -31,6 +32,7 @@ type ktable struct {
 	name   string
 	chains []string
 	rules  map[string][]netlink.Message // by chain: NEWRULE messages, with a handle
+	sets   map[string][][]byte          // by set: the elements' keys
 }
 
 // firewall is an NFTables that talks to k.
@@ -77,7 +79,7 @@ func (k *kernel) dial(req []netlink.Message) ([]netlink.Message, error) {
 		if t == nil {
 			return nltest.Error(int(unix.ENOENT), req)
 		}
-		use := binary.BigEndian.AppendUint32(nil, uint32(len(t.chains)))
+		use := binary.BigEndian.AppendUint32(nil, uint32(len(t.chains)+len(t.sets)))
 		return []netlink.Message{reply(m, unix.NFT_MSG_NEWTABLE, t.family, []netlink.Attribute{
 			{Type: unix.NFTA_TABLE_NAME, Data: append([]byte(t.name), 0)},
 			{Type: unix.NFTA_TABLE_USE, Data: use},
@@ -92,6 +94,25 @@ func (k *kernel) dial(req []netlink.Message) ([]netlink.Message, error) {
 			{Type: unix.NFTA_TABLE_NAME, Data: append([]byte(t.name), 0)},
 			{Type: unix.NFTA_CHAIN_NAME, Data: append([]byte(chain), 0)},
 		})}, nil
+	case unix.NFT_MSG_GETSETELEM:
+		t := k.table(m.Data[0], str(a[unix.NFTA_SET_ELEM_LIST_TABLE]))
+		name := str(a[unix.NFTA_SET_ELEM_LIST_SET])
+		if t == nil || t.sets[name] == nil {
+			return nltest.Error(int(unix.ENOENT), req)
+		}
+		var els []netlink.Attribute
+		for _, key := range t.sets[name] {
+			els = append(els, netlink.Attribute{Type: unix.NFTA_LIST_ELEM | netlink.Nested, Data: marshal(
+				netlink.Attribute{Type: unix.NFTA_SET_ELEM_KEY | netlink.Nested, Data: marshal(netlink.Attribute{Type: unix.NFTA_DATA_VALUE, Data: key})})})
+		}
+		r := reply(m, unix.NFT_MSG_NEWSETELEM, t.family, []netlink.Attribute{
+			{Type: unix.NFTA_SET_ELEM_LIST_TABLE, Data: append([]byte(t.name), 0)},
+			{Type: unix.NFTA_SET_ELEM_LIST_SET, Data: append([]byte(name), 0)},
+			{Type: unix.NFTA_SET_ELEM_LIST_ELEMENTS | netlink.Nested, Data: marshal(els...)},
+		})
+		r.Header.Flags = netlink.Multi
+		done := netlink.Message{Header: netlink.Header{Type: netlink.Done, Flags: netlink.Multi, Sequence: m.Header.Sequence, PID: nltest.PID}, Data: make([]byte, 4)}
+		return []netlink.Message{r, done}, nil
 	case unix.NFT_MSG_GETRULE:
 		// A dump filters: a table or chain that is not there dumps
 		// nothing, as the kernel's does.
@@ -142,7 +163,7 @@ func (k *kernel) apply(m netlink.Message) unix.Errno {
 	switch msgType(m) {
 	case unix.NFT_MSG_NEWTABLE:
 		if k.table(family, str(a[unix.NFTA_TABLE_NAME])) == nil {
-			k.tables = append(k.tables, &ktable{family: family, name: str(a[unix.NFTA_TABLE_NAME]), rules: map[string][]netlink.Message{}})
+			k.tables = append(k.tables, &ktable{family: family, name: str(a[unix.NFTA_TABLE_NAME]), rules: map[string][]netlink.Message{}, sets: map[string][][]byte{}})
 		}
 	case unix.NFT_MSG_DELTABLE:
 		t := k.table(family, str(a[unix.NFTA_TABLE_NAME]))
@@ -172,6 +193,31 @@ func (k *kernel) apply(m netlink.Message) unix.Errno {
 		} else {
 			t.rules[chain] = append([]netlink.Message{r}, t.rules[chain]...)
 		}
+	case unix.NFT_MSG_NEWSET:
+		t := k.table(family, str(a[unix.NFTA_SET_TABLE]))
+		if t == nil {
+			return unix.ENOENT
+		}
+		if name := str(a[unix.NFTA_SET_NAME]); t.sets[name] == nil {
+			t.sets[name] = [][]byte{}
+		}
+	case unix.NFT_MSG_NEWSETELEM, unix.NFT_MSG_DELSETELEM:
+		t := k.table(family, str(a[unix.NFTA_SET_ELEM_LIST_TABLE]))
+		name := str(a[unix.NFTA_SET_ELEM_LIST_SET])
+		if t == nil || t.sets[name] == nil {
+			return unix.ENOENT
+		}
+		for _, key := range keysOf(a[unix.NFTA_SET_ELEM_LIST_ELEMENTS]) {
+			has := slices.ContainsFunc(t.sets[name], func(k []byte) bool { return slices.Equal(k, key) })
+			switch {
+			case msgType(m) == unix.NFT_MSG_NEWSETELEM && !has:
+				t.sets[name] = append(t.sets[name], key)
+			case msgType(m) == unix.NFT_MSG_DELSETELEM && !has:
+				return unix.ENOENT
+			case msgType(m) == unix.NFT_MSG_DELSETELEM:
+				t.sets[name] = slices.DeleteFunc(t.sets[name], func(k []byte) bool { return slices.Equal(k, key) })
+			}
+		}
 	case unix.NFT_MSG_DELRULE:
 		t := k.table(family, str(a[unix.NFTA_RULE_TABLE]))
 		chain := str(a[unix.NFTA_RULE_CHAIN])
@@ -193,9 +239,12 @@ func (k *kernel) apply(m netlink.Message) unix.Errno {
 func (k *kernel) clone() []*ktable {
 	var out []*ktable
 	for _, t := range k.tables {
-		c := &ktable{family: t.family, name: t.name, chains: slices.Clone(t.chains), rules: map[string][]netlink.Message{}}
+		c := &ktable{family: t.family, name: t.name, chains: slices.Clone(t.chains), rules: map[string][]netlink.Message{}, sets: map[string][][]byte{}}
 		for ch, rs := range t.rules {
 			c.rules[ch] = slices.Clone(rs)
+		}
+		for name, keys := range t.sets {
+			c.sets[name] = slices.Clone(keys)
 		}
 		out = append(out, c)
 	}
@@ -207,7 +256,7 @@ func (k *kernel) clone() []*ktable {
 func (k *kernel) addChain(family byte, name, chain string) {
 	t := k.table(family, name)
 	if t == nil {
-		t = &ktable{family: family, name: name, rules: map[string][]netlink.Message{}}
+		t = &ktable{family: family, name: name, rules: map[string][]netlink.Message{}, sets: map[string][][]byte{}}
 		k.tables = append(k.tables, t)
 	}
 	t.chains = append(t.chains, chain)
@@ -219,4 +268,40 @@ func (k *kernel) rules(family byte, table, chain string) int {
 		return len(t.rules[chain])
 	}
 	return -1
+}
+
+func marshal(as ...netlink.Attribute) []byte {
+	b, _ := netlink.MarshalAttributes(as)
+	return b
+}
+
+// keysOf reads the keys of a list of set elements.
+func keysOf(list []byte) [][]byte {
+	var keys [][]byte
+	els, _ := netlink.UnmarshalAttributes(list)
+	for _, el := range els {
+		as, _ := netlink.UnmarshalAttributes(el.Data)
+		for _, a := range as {
+			if a.Type&^netlink.Nested == unix.NFTA_SET_ELEM_KEY {
+				vs, _ := netlink.UnmarshalAttributes(a.Data)
+				for _, v := range vs {
+					keys = append(keys, v.Data)
+				}
+			}
+		}
+	}
+	return keys
+}
+
+// elements lists the keys of a set, as strings for the eye.
+func (k *kernel) elements(family byte, table, set string) []string {
+	t := k.table(family, table)
+	if t == nil {
+		return nil
+	}
+	var out []string
+	for _, key := range t.sets[set] {
+		out = append(out, fmt.Sprintf("%x", key))
+	}
+	return out
 }

@@ -61,8 +61,12 @@ const (
 )
 
 func (n Network) nftTable() *nftables.Table {
-	return &nftables.Table{Name: "bridgehook-" + n.Bridge, Family: nftables.TableFamilyINet}
+	return &nftables.Table{Name: tablePrefix + n.Bridge, Family: nftables.TableFamilyINet}
 }
+
+// tablePrefix names our tables, one per network and family: the inet
+// table of the nftables backend, the bridge table of the spoof check.
+const tablePrefix = "bridgehook-"
 
 // iptForward is the chain of iptables (or ip6tables, for IPv6) on
 // nf_tables that coexistRule goes into.

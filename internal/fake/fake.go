@@ -379,3 +379,77 @@ func (s *System) PortInUse(proto string, addr netip.Addr, p uint16) (bool, error
 	}
 	return false, nil
 }
+
+// Guard keeps each network's spoof check: which veths it knows, and
+// what each may send as.
+type Guard struct {
+	Fail   Fails
+	Tables map[string]map[string]nat.Sender // by bridge, by veth
+}
+
+// NewGuard is a kernel with no spoof check.
+func NewGuard(fail Fails) *Guard {
+	return &Guard{Fail: fail, Tables: map[string]map[string]nat.Sender{}}
+}
+
+func (g *Guard) Install(bridge string, senders []nat.Sender) error {
+	if err := g.Fail.Check("guard"); err != nil {
+		return err
+	}
+	g.Tables[bridge] = map[string]nat.Sender{}
+	for _, s := range senders {
+		g.Tables[bridge][s.Veth] = s
+	}
+	return nil
+}
+
+func (g *Guard) Verify(bridge string) (bool, error) {
+	_, ok := g.Tables[bridge]
+	return ok, nil
+}
+
+func (g *Guard) Allow(bridge string, s nat.Sender) error {
+	if err := g.Fail.Check("allow"); err != nil {
+		return err
+	}
+	t, ok := g.Tables[bridge]
+	if !ok {
+		return fmt.Errorf("spoof check of %s: no table", bridge)
+	}
+	t[s.Veth] = s
+	return nil
+}
+
+func (g *Guard) Forbid(bridge string, s nat.Sender) error {
+	if err := g.Fail.Check("forbid"); err != nil {
+		return err
+	}
+	delete(g.Tables[bridge], s.Veth)
+	return nil
+}
+
+func (g *Guard) Senders(bridge string) ([]string, error) {
+	var veths []string
+	for v := range g.Tables[bridge] {
+		veths = append(veths, v)
+	}
+	slices.Sort(veths)
+	return veths, nil
+}
+
+func (g *Guard) Drop(bridge string, veths []string) error {
+	for _, v := range veths {
+		delete(g.Tables[bridge], v)
+	}
+	return nil
+}
+
+func (g *Guard) Uninstall(bridge string) error {
+	if err := g.Fail.Check("unguard"); err != nil {
+		return err
+	}
+	delete(g.Tables, bridge)
+	return nil
+}
+
+func (g *Guard) Close() {}

@@ -6,6 +6,8 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
+	"io"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -141,12 +143,15 @@ func TestBenchTable(t *testing.T) {
 		ported := sb.containers(runs)
 		// The same, on a network of the nftables backend in the same
 		// sandbox, timed in turn with the iptables one.
-		var nft, dual []string
-		var nftPids, nftPorted, dualPids []int
+		var nft, dual, unchecked []string
+		var nftPids, nftPorted, dualPids, uncheckedPids []int
 		if name == "" {
 			// A dual-stack network beside the IPv4 one, timed in turn.
 			dual = []string{"--state-dir", sb.stateDir, "--bridge", "dual0", "--subnet", "10.78.0.0/16", "--subnet", "fd78::/64"}
 			dualPids = sb.containers(runs)
+			// The same binary with the spoof check off, timed in turn.
+			unchecked = []string{"--state-dir", sb.stateDir, "--bridge", "nochk0", "--subnet", "10.79.0.0/16", "--spoof-check=false"}
+			uncheckedPids = sb.containers(runs)
 			// A state directory of its own: setups with ports check the
 			// other networks of theirs.
 			nft = []string{"--state-dir", nftStateDir(t), "--firewall", "nftables", "--bridge", "nft0", "--subnet", "10.77.0.0/16"}
@@ -160,7 +165,7 @@ func TestBenchTable(t *testing.T) {
 			basePids = sb.containers(runs)
 		}
 		var emptyF, startup, warm, down, downLive, ports, portsDown figures
-		var nftWarm, nftPorts, nftPortsDown, dualWarm figures
+		var nftWarm, nftPorts, nftPortsDown, dualWarm, uncheckedWarm figures
 		var baseStartup, baseWarm, baseDown figures
 		portsState := func(id string, pid, i int) string {
 			return fmt.Sprintf(`{"id":"%s","pid":%d,"status":"creating","annotations":{"bridgehook.ports":"%d:80,%d:81/udp"}}`, id, pid, 10000+i, 20000+i)
@@ -182,6 +187,7 @@ func TestBenchTable(t *testing.T) {
 			if nftPids != nil {
 				hook(setupState("first", sb.container()), nft...)
 				hook(setupState("first", sb.container()), dual...)
+				hook(setupState("first", sb.container()), unchecked...)
 			}
 			for i := range runs {
 				emptyF = append(emptyF, timeRun(t, setupState("x", 1), empty))
@@ -195,6 +201,8 @@ func TestBenchTable(t *testing.T) {
 				}
 				if nftPids != nil {
 					nftWarm = append(nftWarm, hook(setupState(fmt.Sprint("c", i), nftPids[i]), nft...))
+					timeRun(t, setupState("x", 1), binary, "version") // light, as before warm
+					uncheckedWarm = append(uncheckedWarm, hook(setupState(fmt.Sprint("c", i), uncheckedPids[i]), unchecked...))
 				}
 				if basePids != nil {
 					baseStartup = append(baseStartup, timeRun(t, setupState("x", 1), baseBin, "version"))
@@ -229,6 +237,7 @@ func TestBenchTable(t *testing.T) {
 			add("empty Go program", emptyF, false, "(baseline)")
 			add("bridgehook version: start-up, no work", startup, true, "(the libraries' start-up)")
 			add("warm setup", warm, true, "<= 3 ms above")
+			add("warm setup, spoof check off", uncheckedWarm, true, "(check on <= 1.05x this)")
 			add("dual-stack (IPv4 + IPv6 /64): warm setup", dualWarm, true, "<= 0.5 ms above IPv4's")
 			add("teardown (container exited, as at poststop)", down, true, "<= 3 ms above")
 			add("teardown (namespace alive: veth deleted)", downLive, true, "(no target)")
@@ -267,6 +276,10 @@ func TestBenchTable(t *testing.T) {
 		}
 	}
 	add("cold setup (creates bridge + NAT)", cold, true, "<= 40 ms above")
+
+	on, off := throughput(t, true), throughput(t, false)
+	add(fmt.Sprintf("container to container, TCP %d MB: spoof check on", streamMB), on, false, "<= 1.05x off")
+	add(fmt.Sprintf("container to container, TCP %d MB: spoof check off", streamMB), off, false, "(compare)")
 	add("nftables: cold setup", nftCold, true, "<= 3 ms above its warm")
 
 	// 64 at once.
@@ -453,4 +466,68 @@ func stripHooks(t *testing.T, bundle string) {
 	if err := os.WriteFile(path, b, 0o644); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// streamMB is how much one run of throughput sends.
+const streamMB = 256
+
+// throughput times streams of streamMB from one container to another on
+// a network with the spoof check on or off, over TCP, runs of them.
+func throughput(t *testing.T, check bool) figures {
+	flags := []string{}
+	if !check {
+		flags = append(flags, "--spoof-check=false")
+	}
+	sb := newSandbox(t, flags...)
+	onTmpfs(t, sb)
+	server, client := sb.container(), sb.container()
+	sb.mustHook(setupState("server", server))
+	sb.mustHook(setupState("client", client))
+	l, _ := sb.lease("server", "172.19.0.0/16")
+	sns, err := netns.GetFromPid(server)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sns.Close()
+	cns, err := netns.GetFromPid(client)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cns.Close()
+	var ln net.Listener
+	inNetns(t, sns, func() { ln, err = net.Listen("tcp", ":7000") })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { io.Copy(io.Discard, c); c.Close() }()
+		}
+	}()
+	buf := make([]byte, 1<<20)
+	var f figures
+	for range 7 {
+		inNetns(t, cns, func() {
+			c, err := net.Dial("tcp", net.JoinHostPort(l.IP.String(), "7000"))
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer c.Close()
+			start := time.Now()
+			for range streamMB {
+				if _, err := c.Write(buf); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+			f = append(f, time.Since(start))
+		})
+	}
+	return f
 }
