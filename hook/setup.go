@@ -90,6 +90,7 @@ func (n *Network) Setup(req Request) (res Result, err error) {
 	if err != nil {
 		return res, err
 	}
+	tm.step("spoof check")
 
 	// 4. The veth pair, and the container's side of it.
 	if err := quiet(); err != nil {
