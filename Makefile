@@ -10,8 +10,9 @@ GO ?= go
 # `ip netns`, util-linux for nsenter/unshare, podman for the hooks.d test,
 # systemd for systemd-analyze, which checks the units in systemd/,
 # containernetworking-plugins (bridge, host-local, tuning, bandwidth) for
-# the CNI chain test and bench, and containerd for the `ctr run --cni` test.
-DEBS := runc crun iptables nftables busybox-static iproute2 util-linux podman systemd containernetworking-plugins containerd
+# the CNI chain test and bench, containerd for the `ctr run --cni` test,
+# and dbus and firewalld for the firewalld test.
+DEBS := runc crun iptables nftables busybox-static iproute2 util-linux podman systemd containernetworking-plugins containerd dbus firewalld
 
 .PHONY: build test lint cover demo bench fuzz stress flaky deps clean
 
@@ -71,13 +72,22 @@ flaky: deps
 # Installs the Debian packages above that are missing. A package removed
 # but not purged is still known to dpkg: its status says whether it is
 # installed.
+#
+# firewalld (for the firewalld test, which runs it in a sandbox) must never
+# start on this machine: its unit is masked before the package is
+# installed, and while it is, a policy-rc.d of ours (unless one is there)
+# forbids its maintainer scripts to start anything.
 deps:
 	@missing=""; for p in $(DEBS); do \
 		dpkg-query -W -f '$${Status}' $$p 2>/dev/null | grep -q ' installed$$' || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+		mkdir -p /etc/systemd/system && ln -sf /dev/null /etc/systemd/system/firewalld.service; \
+		ours=""; if [ ! -e /usr/sbin/policy-rc.d ]; then printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d && ours=1; fi; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; rc=$$?; \
+		[ -z "$$ours" ] || rm -f /usr/sbin/policy-rc.d; \
+		exit $$rc; \
 	fi
 
 clean:

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/bridgehook/bridgehook/cni"
+	"github.com/bridgehook/bridgehook/firewalld"
 	"github.com/bridgehook/bridgehook/hook"
 	"github.com/bridgehook/bridgehook/input"
 	"github.com/bridgehook/bridgehook/oci"
@@ -44,6 +45,7 @@ Commands:
   gc           reclaim leases, veths and rules of containers that are gone
   repair       re-create the network's bridge and firewall rules
   network rm   remove the network's bridge, rules and store when unused
+  watch        repair every network each time firewalld reloads or restarts
   version      print the version
   help CMD     explain a command
 
@@ -147,6 +149,17 @@ leases.
 Example:
   bridgehook --bridge br1 --subnet 10.88.0.0/24 network rm
 `},
+	"watch": {root: true, usage: `bridgehook [flags] watch
+
+Waits on the system bus for firewalld: each time it reloads
+(firewall-cmd --reload) or starts again, which flush the rules it did not
+make, runs what "repair --all" runs, and says what it repaired. It runs
+until the bus goes; systemd/bridgehook-firewalld.service runs it. Give it
+the --state-dir your hooks use, if not the default.
+
+Example:
+  bridgehook watch
+`},
 	"version": {usage: `bridgehook version
 
 Prints the module version and the VCS revision it was built from.
@@ -162,6 +175,7 @@ func init() {
 	commands["repair"].run = runRepair
 	commands["network"].run = runNetwork
 	commands["version"].run = runVersion
+	commands["watch"].run = runWatch
 }
 
 // env is what every command gets: the network's config, the world it
@@ -513,6 +527,21 @@ func runNetwork(e *env, args []string) error {
 		e.log.file.Info("network rm", "action", line)
 	}
 	return err
+}
+
+func runWatch(e *env, args []string) error {
+	if err := noArgs(args); err != nil {
+		return err
+	}
+	return firewalld.Watch(func(why string) {
+		report, err := hook.Repair(e.cfg, true, e.opts...)
+		for _, line := range report {
+			e.log.both.Info(why, "repaired", line)
+		}
+		if err != nil {
+			e.log.both.Error(why, "error", err.Error())
+		}
+	})
 }
 
 func runVersion(e *env, args []string) error {

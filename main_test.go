@@ -176,7 +176,7 @@ func TestEachFaceNamesSettingsInItsOwnWords(t *testing.T) {
 func refusalsOfTheCore(t *testing.T) []error {
 	sys := fake.NewSystem()
 	host, fw := fake.NewHost(sys, fake.Fails{}), fake.NewFirewall(fake.Fails{})
-	opts := []hook.Option{hook.WithHost(host), hook.WithFirewall(fw), hook.WithGuard(fake.NewGuard(fake.Fails{})), hook.WithStores(&ipam.Memories{}), hook.WithSystem(sys)}
+	opts := []hook.Option{hook.WithHost(host), hook.WithFirewall(fw), hook.WithGuard(fake.NewGuard(fake.Fails{})), hook.WithTenant(nil), hook.WithStores(&ipam.Memories{}), hook.WithSystem(sys)}
 	c := hook.Defaults()
 	c.Subnets, c.StateDir = []netip.Prefix{netip.MustParsePrefix("10.9.0.0/30")}, t.TempDir()
 	join := func(c hook.Config, id string, pid int, f func(*hook.Request)) error {

@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/bridgehook/bridgehook/bridge"
+	"github.com/bridgehook/bridgehook/firewalld"
 	"github.com/bridgehook/bridgehook/input"
 	"github.com/bridgehook/bridgehook/ipam"
 	"github.com/bridgehook/bridgehook/nat"
@@ -71,6 +72,8 @@ type Network struct {
 	host  Host
 	fw    nat.Firewall
 	guard nat.Guard // the spoof check's table
+	// tenant is firewalld, when it runs: asked for on the slow paths only.
+	tenant func() (Tenant, error)
 	// fws opens each firewall backend once per command: networks seen
 	// through on() may use either.
 	fws    *firewalls
@@ -88,6 +91,7 @@ type world struct {
 	host     func() (Host, error)
 	firewall func(name, stateDir string) nat.Firewall
 	guard    func() nat.Guard
+	tenant   func() (Tenant, error)
 	opener   ipam.Opener
 	sys      System
 	debug    *slog.Logger
@@ -101,6 +105,33 @@ func WithHost(h Host) Option {
 // WithFirewall puts every backend's rules into fw.
 func WithFirewall(fw nat.Firewall) Option {
 	return func(w *world) { w.firewall = func(string, string) nat.Firewall { return fw } }
+}
+
+// Tenant is the firewall daemon bridgehook shares the host with, firewalld
+// over D-Bus, or a fake in unit tests: it puts a network's bridge in a
+// zone of bridgehook's, and takes it out.
+type Tenant interface {
+	Join(bridge string) (reloaded bool, err error)
+	Leave(bridge string) (reloaded bool, err error)
+	Close()
+}
+
+// WithTenant makes t the firewall daemon, nil for none.
+func WithTenant(t Tenant) Option {
+	return func(w *world) { w.tenant = func() (Tenant, error) { return t, nil } }
+}
+
+// realTenant is firewalld where it runs; nil, and no D-Bus connection,
+// where it does not.
+func realTenant() (Tenant, error) {
+	if !firewalld.Running() {
+		return nil, nil
+	}
+	c, err := firewalld.Dial()
+	if errors.Is(err, firewalld.ErrNotRunning) {
+		return nil, nil
+	}
+	return c, err
 }
 
 // WithGuard keeps the spoof check in g.
@@ -120,6 +151,7 @@ func worldOf(opts []Option) world {
 		host:     func() (Host, error) { return bridge.OpenHost() },
 		firewall: realFirewall,
 		guard:    func() nat.Guard { return nat.NewGuard() },
+		tenant:   realTenant,
 		opener:   ipam.OnDisk{},
 		sys:      procs{},
 	}
@@ -160,6 +192,7 @@ func Open(c Config, opts ...Option) (*Network, error) {
 		host:   host,
 		fw:     fws.get(c.Firewall),
 		guard:  w.guard(),
+		tenant: w.tenant,
 		fws:    fws,
 		sys:    w.sys,
 		opener: w.opener,
@@ -436,6 +469,30 @@ func (n *Network) installFirewall(tx ipam.Tx) error {
 	return n.fw.Install(n.natNetwork(), pubs)
 }
 
+// joinTenant puts the network's bridge in firewalld's zone of ours, where
+// firewalld runs. A reload that made the zone flushed the firewall: the
+// caller installs the rules after this.
+func (n *Network) joinTenant() error {
+	t, err := n.tenant()
+	if err != nil || t == nil {
+		return err
+	}
+	defer t.Close()
+	_, err = t.Join(n.Bridge)
+	return err
+}
+
+// leaveTenant takes the network's bridge out of firewalld's zone.
+func (n *Network) leaveTenant() error {
+	t, err := n.tenant()
+	if err != nil || t == nil {
+		return err
+	}
+	defer t.Close()
+	_, err = t.Leave(n.Bridge)
+	return err
+}
+
 // installGuard installs the network's spoof check with what every lease
 // in tx may send as, or with the check off takes it away.
 func (n *Network) installGuard(tx ipam.Tx) error {
@@ -482,6 +539,9 @@ func (n *Network) removeIfUnused(tx ipam.Tx) error {
 // leaves a network that the next setup verifies rather than trusts.
 func (n *Network) removeNetwork(tx ipam.Tx) error {
 	if err := tx.ClearRecord(); err != nil {
+		return err
+	}
+	if err := n.leaveTenant(); err != nil {
 		return err
 	}
 	if err := n.fw.Uninstall(n.natNetwork()); err != nil {

@@ -4,8 +4,10 @@ package hook
 // network rm.
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"slices"
 	"sort"
 	"strconv"
@@ -211,6 +213,9 @@ func eachNetwork(c Config, all, adopt bool, verb string, fn func(*Network, ipam.
 			report = append(report, r...)
 			return err
 		})
+		if all && errors.Is(err, os.ErrNotExist) {
+			continue // removed meanwhile (network rm)
+		}
 		if err != nil {
 			return report, fmt.Errorf("%s %s: %w", verb, s.Bridge(), err)
 		}
@@ -512,11 +517,26 @@ func (n *Network) Remove() ([]string, error) {
 // them, which warm setups do not check.
 func Repair(c Config, all bool, opts ...Option) ([]string, error) {
 	return eachNetwork(c, all, false, "repair", func(n *Network, tx ipam.Tx) ([]string, error) {
+		if all && !n.inUse(tx) {
+			// Never set up, or being removed (network rm clears the
+			// record first): --all does not make it again.
+			return nil, nil
+		}
 		if err := n.repair(tx); err != nil {
 			return nil, err
 		}
 		return []string{fmt.Sprintf("%s: bridge and rules in place (%s)", n.Bridge, subnetList(n.Subnets))}, nil
 	}, opts)
+}
+
+// inUse reports whether the network was set up (it has a record) or
+// holds leases.
+func (n *Network) inUse(tx ipam.Tx) bool {
+	if _, known := readRecord(tx); known {
+		return true
+	}
+	leases, bad, err := tx.List()
+	return err != nil && !errors.Is(err, os.ErrNotExist) || len(leases)+len(bad) > 0
 }
 
 // repair makes the bridge if it is missing, installs the network's rules
@@ -539,6 +559,9 @@ func (n *Network) repair(tx ipam.Tx) error {
 		known = false
 	}
 	if err := n.pickFirewall(rec, known); err != nil {
+		return err
+	}
+	if err := n.joinTenant(); err != nil {
 		return err
 	}
 	if err := n.installFirewall(tx); err != nil {

@@ -42,11 +42,8 @@ func (n *Network) Setup(req Request) (res Result, err error) {
 	tm.step("open netns")
 	// The container's IPv6 defaults are set while the steps below run;
 	// the veth waits for them (attach), and ns stays open until then.
-	quiet := func() error { return nil }
-	if n.has(true) {
-		quiet = n.host.Quiet6(ns)
-		defer quiet()
-	}
+	quiet := n.quiet6(ns)
+	defer quiet()
 
 	var undo undoStack
 	defer func() { err = undo.onError(err) }()
@@ -138,6 +135,11 @@ func (n *Network) ensureNetwork(tx ipam.Tx) (br bridge.Bridge, restored bool, un
 				guard, _ = n.guard.Verify(n.Bridge)
 			}
 			if !rules {
+				// What took the rules may have been firewalld: check
+				// the zone too, on this slow path only.
+				if err := n.joinTenant(); err != nil {
+					return found, true, nil, err
+				}
 				if err := n.installFirewall(tx); err != nil {
 					return found, true, nil, err
 				}
@@ -160,6 +162,9 @@ func (n *Network) ensureNetwork(tx ipam.Tx) (br bridge.Bridge, restored bool, un
 	if created {
 		undo = func() error { return n.store.Do(n.removeIfUnused) }
 	}
+	if err := n.joinTenant(); err != nil {
+		return br, false, undo, err
+	}
 	if err := n.installFirewall(tx); err != nil {
 		return br, false, undo, err
 	}
@@ -167,6 +172,15 @@ func (n *Network) ensureNetwork(tx ipam.Tx) (br bridge.Bridge, restored bool, un
 		return br, false, undo, err
 	}
 	return br, false, undo, tx.SetRecord(n.recordOf(br))
+}
+
+// quiet6 sets the IPv6 defaults of a container on an IPv6 network (see
+// Host.Quiet6); what it returns waits for that.
+func (n *Network) quiet6(ns netns.NsHandle) (wait func() error) {
+	if !n.has(true) {
+		return func() error { return nil }
+	}
+	return n.host.Quiet6(ns)
 }
 
 // allow tells the spoof check what lease l's container may send as. Its

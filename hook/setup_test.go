@@ -301,3 +301,37 @@ func TestSpoofCheck(t *testing.T) {
 		t.Error("ls says the check is on")
 	}
 }
+
+// Where firewalld runs, a network's bridge is in bridgehook's zone from
+// its first setup; warm setups do not ask firewalld, a setup that finds
+// its rules gone does, and so do repair and network rm, which takes the
+// bridge out.
+func TestFirewalldZone(t *testing.T) {
+	w := newWorld(t, "10.1.0.0/24")
+	w.mustSetup("a", w.container(10), "")
+	if !w.tenant.Zone["netns0"] || w.tenant.Joins != 1 {
+		t.Fatalf("after the first setup: zone %v, %d joins", w.tenant.Zone, w.tenant.Joins)
+	}
+	w.mustSetup("b", w.container(11), "")
+	if w.tenant.Joins != 1 {
+		t.Errorf("a warm setup asked firewalld: %d joins", w.tenant.Joins)
+	}
+	w.fw.Reload("netns0")
+	delete(w.tenant.Zone, "netns0")
+	w.mustSetup("c", w.container(12), "")
+	if !w.tenant.Zone["netns0"] {
+		t.Error("a setup that found its rules gone did not put the bridge back in the zone")
+	}
+	w.fail["join"] = true
+	if err := w.store.Do(w.n.repair); !errors.Is(err, fake.ErrInjected) {
+		t.Errorf("repair with firewalld failing: %v", err)
+	}
+	delete(w.fail, "join")
+	for _, pid := range []int{10, 11, 12} {
+		w.kill(pid, false)
+	}
+	if _, err := w.n.Remove(); err != nil {
+		t.Fatal(err)
+	}
+	w.assertEmpty()
+}

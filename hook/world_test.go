@@ -20,6 +20,7 @@ type fakes struct {
 	host   *fake.Host
 	fw     *fake.Firewall
 	guard  *fake.Guard
+	tenant *fake.Tenant
 	sys    *fake.System
 	fail   fake.Fails
 }
@@ -36,7 +37,7 @@ func newWorld(t *testing.T, subnets ...string) *fakes {
 	sys := fake.NewSystem()
 	w := &fakes{
 		t: t, fail: f, sys: sys, stores: &ipam.Memories{Fail: f.Check},
-		host: fake.NewHost(sys, f), fw: fake.NewFirewall(f), guard: fake.NewGuard(f),
+		host: fake.NewHost(sys, f), fw: fake.NewFirewall(f), guard: fake.NewGuard(f), tenant: fake.NewTenant(f),
 	}
 	n, err := Open(c, w.options()...)
 	if err != nil {
@@ -49,7 +50,7 @@ func newWorld(t *testing.T, subnets ...string) *fakes {
 
 // options put the entry points on w's fakes.
 func (w *fakes) options() []Option {
-	return []Option{WithHost(w.host), WithFirewall(w.fw), WithGuard(w.guard), WithStores(w.stores), WithSystem(w.sys)}
+	return []Option{WithHost(w.host), WithFirewall(w.fw), WithGuard(w.guard), WithTenant(w.tenant), WithStores(w.stores), WithSystem(w.sys)}
 }
 
 // other adds network bridge/subnet under the same state directory, and
@@ -135,6 +136,9 @@ func (w *fakes) assertEmpty() {
 	}
 	if len(w.fw.Installed) != 0 {
 		w.t.Errorf("rules left for %v", w.fw.Installed)
+	}
+	if len(w.tenant.Zone) != 0 {
+		w.t.Errorf("bridges left in firewalld's zone: %v", w.tenant.Zone)
 	}
 	if len(w.guard.Tables) != 0 {
 		w.t.Errorf("spoof checks left for %v", w.guard.Tables)

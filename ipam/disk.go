@@ -172,7 +172,14 @@ func (s *Disk) Recorded() bool {
 
 // Destroy removes the store's files. The caller makes sure no lease is
 // left that anyone cares about.
+// It holds the store's lock while it does: a process that waited on the
+// lock then finds the store gone (Do), rather than working in a
+// directory being removed.
 func (s *Disk) Destroy() error {
+	if err := s.lock.Lock(); err != nil {
+		return fmt.Errorf("lock lease store %s: %w", s.dir, err)
+	}
+	defer s.lock.Unlock()
 	if err := os.RemoveAll(s.dir); err != nil {
 		return fmt.Errorf("remove lease store: %w", err)
 	}
@@ -213,6 +220,11 @@ func (s *Disk) Do(fn func(Tx) error) error {
 		return fmt.Errorf("lock lease store %s: %w", s.dir, err)
 	}
 	defer s.lock.Unlock()
+	// The lock may have been the last of a store another process
+	// removed (network rm) while this one waited.
+	if _, err := os.Stat(s.dir); err != nil {
+		return fmt.Errorf("lease store %s: %w", s.dir, err)
+	}
 	return fn(&diskTx{s: s})
 }
 

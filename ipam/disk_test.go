@@ -471,3 +471,19 @@ func TestHeldFilesStayFew(t *testing.T) {
 		t.Errorf("%d lease files open after releasing the last lease", len(s.held))
 	}
 }
+
+// A store another process removed while this one waited for its lock is
+// gone, not worked in: Do says so.
+func TestDoOnADestroyedStore(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(dir, "br0", netip.MustParsePrefix("10.0.0.0/24"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Destroy(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Do(func(Tx) error { return nil }); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("Do on a destroyed store: %v", err)
+	}
+}

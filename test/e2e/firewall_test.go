@@ -307,7 +307,7 @@ func TestRepairAllAfterFirewallFlush(t *testing.T) {
 	}
 	// The command the systemd units run, which names no backend: each
 	// network goes back where it was.
-	stdout, stderr, code := sb.run("", unitCommand(t)...)
+	stdout, stderr, code := sb.run("", unitCommand(t, "bridgehook-repair.service")...)
 	if code != 0 || strings.Count(stdout, "bridge and rules in place") != 3 {
 		t.Fatalf("repair --all: exit %d %q %q", code, stdout, stderr)
 	}

@@ -125,8 +125,16 @@ func udpServer(t *testing.T, pid int, answer string) {
 		t.Fatal(err)
 	}
 	defer ns.Close()
+	udpServerIn(t, ns, 9000, answer)
+}
+
+// udpServerIn answers every datagram to port in namespace ns with answer,
+// until the test ends.
+func udpServerIn(t *testing.T, ns netns.NsHandle, port int, answer string) {
+	t.Helper()
 	var conn net.PacketConn
-	inNetns(t, ns, func() { conn, err = net.ListenPacket("udp", ":9000") })
+	var err error
+	inNetns(t, ns, func() { conn, err = net.ListenPacket("udp", fmt.Sprintf(":%d", port)) })
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,32 +8,29 @@ import (
 	"testing"
 )
 
-// unitCommand returns the arguments the units in systemd/ run bridgehook
-// with, checking that every ExecStart and ExecReload runs the same.
-func unitCommand(t *testing.T) []string {
+// unitCommand returns the arguments unit (a file of systemd/) runs
+// bridgehook with, checking that its ExecStart and ExecReload agree.
+func unitCommand(t *testing.T, unit string) []string {
 	t.Helper()
-	units, _ := filepath.Glob(repo("systemd/*.service"))
+	b, err := os.ReadFile(repo("systemd/" + unit))
+	if err != nil {
+		t.Fatal(err)
+	}
 	var cmd string
-	for _, u := range units {
-		b, err := os.ReadFile(u)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, line := range strings.Split(string(b), "\n") {
-			if v, ok := strings.CutPrefix(line, "ExecStart="); ok || strings.HasPrefix(line, "ExecReload=") {
-				if !ok {
-					v = strings.TrimPrefix(line, "ExecReload=")
-				}
-				if cmd != "" && v != cmd {
-					t.Fatalf("%s runs %q, another unit %q", u, v, cmd)
-				}
-				cmd = v
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "ExecStart="); ok || strings.HasPrefix(line, "ExecReload=") {
+			if !ok {
+				v = strings.TrimPrefix(line, "ExecReload=")
 			}
+			if cmd != "" && v != cmd {
+				t.Fatalf("%s runs %q and %q", unit, v, cmd)
+			}
+			cmd = v
 		}
 	}
 	f := strings.Fields(cmd)
-	if len(units) != 2 || len(f) < 2 || f[0] != "/usr/local/bin/bridgehook" {
-		t.Fatalf("units %v run %q", units, cmd)
+	if len(f) < 2 || f[0] != "/usr/local/bin/bridgehook" {
+		t.Fatalf("%s runs %q", unit, cmd)
 	}
 	return f[1:]
 }
@@ -62,7 +59,10 @@ func TestSystemdUnits(t *testing.T) {
 	if out, err := exec.Command("systemd-analyze", args...).CombinedOutput(); err != nil || len(out) > 0 {
 		t.Errorf("systemd-analyze verify: %v\n%s", err, out)
 	}
-	if len(unitCommand(t)) == 0 {
-		t.Error("no command")
+	if got := strings.Join(unitCommand(t, "bridgehook-repair.service"), " "); got != "repair --all" {
+		t.Errorf("bridgehook-repair.service runs %q", got)
+	}
+	if got := strings.Join(unitCommand(t, "bridgehook-firewalld.service"), " "); got != "watch" {
+		t.Errorf("bridgehook-firewalld.service runs %q", got)
 	}
 }
