@@ -309,8 +309,7 @@ func (g *GuardTable) Forbid(bridge string, s Sender) error {
 	}
 	for name, els := range s.elements() {
 		for _, el := range els {
-			one := Sender{Veth: s.Veth}
-			if err := g.apply(bridge, map[string][]nftables.SetElement{name: {el}}, (*nftables.Conn).SetDeleteElements, "forbid", one); err != nil && !missing(err) {
+			if err := g.apply(bridge, s.Veth, map[string][]nftables.SetElement{name: {el}}, (*nftables.Conn).SetDeleteElements, "forbid"); err != nil && !missing(err) {
 				return err
 			}
 		}
@@ -319,12 +318,12 @@ func (g *GuardTable) Forbid(bridge string, s Sender) error {
 }
 
 func (g *GuardTable) elements(bridge string, s Sender, op func(*nftables.Conn, *nftables.Set, []nftables.SetElement) error, verb string) error {
-	return g.apply(bridge, s.elements(), op, verb, s)
+	return g.apply(bridge, s.Veth, s.elements(), op, verb)
 }
 
 // apply runs op on the elements of each set named in els, in one
 // transaction.
-func (g *GuardTable) apply(bridge string, els map[string][]nftables.SetElement, op func(*nftables.Conn, *nftables.Set, []nftables.SetElement) error, verb string, s Sender) error {
+func (g *GuardTable) apply(bridge, veth string, els map[string][]nftables.SetElement, op func(*nftables.Conn, *nftables.Set, []nftables.SetElement) error, verb string) error {
 	c, err := g.c.get()
 	if err != nil {
 		return err
@@ -332,12 +331,12 @@ func (g *GuardTable) apply(bridge string, els map[string][]nftables.SetElement, 
 	sets := guardSets(guardTable(bridge))
 	for name, els := range els {
 		if err := op(c, sets[name], els); err != nil {
-			return fmt.Errorf("spoof check of %s: %s %s: %w", bridge, verb, s.Veth, err)
+			return fmt.Errorf("spoof check of %s: %s %s: %w", bridge, verb, veth, err)
 		}
 	}
 	if err := c.Flush(); err != nil {
 		g.c.close()
-		return fmt.Errorf("spoof check of %s: %s %s: nftables: %w", bridge, verb, s.Veth, err)
+		return fmt.Errorf("spoof check of %s: %s %s: nftables: %w", bridge, verb, veth, err)
 	}
 	return nil
 }
