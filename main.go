@@ -5,6 +5,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -13,6 +14,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"os/signal"
 	"runtime/debug"
 	"strings"
 	"text/tabwriter"
@@ -22,7 +24,9 @@ import (
 	"github.com/bridgehook/bridgehook/firewalld"
 	"github.com/bridgehook/bridgehook/hook"
 	"github.com/bridgehook/bridgehook/input"
+	"github.com/bridgehook/bridgehook/names"
 	"github.com/bridgehook/bridgehook/oci"
+	"golang.org/x/sys/unix"
 )
 
 // Exit codes: 1 when the host failed us, 2 when the input was wrong.
@@ -46,6 +50,7 @@ Commands:
   repair       re-create the network's bridge and firewall rules
   network rm   remove the network's bridge, rules and store when unused
   watch        repair every network each time firewalld reloads or restarts
+  dns          serve the names of the networks that have --names
   version      print the version
   help CMD     explain a command
 
@@ -160,6 +165,18 @@ the --state-dir your hooks use, if not the default.
 Example:
   bridgehook watch
 `},
+	"dns": {root: true, usage: `bridgehook [flags] dns
+
+The name server of the networks under --state-dir that have --names: on
+each one's gateway addresses, port 53, UDP and TCP, it answers the names
+of that network's containers (id, hostname, name, aliases; A, AAAA and
+PTR) and forwards other names to the --dns servers, then the host's. The
+first setup that needs it starts it; it ends when no network with names
+has a container. systemd/bridgehook-dns.service runs it at boot.
+
+Example:
+  bridgehook dns --debug
+`},
 	"version": {usage: `bridgehook version
 
 Prints the module version and the VCS revision it was built from.
@@ -176,6 +193,7 @@ func init() {
 	commands["network"].run = runNetwork
 	commands["version"].run = runVersion
 	commands["watch"].run = runWatch
+	commands["dns"].run = runDNS
 }
 
 // env is what every command gets: the network's config, the world it
@@ -285,6 +303,7 @@ func (e *env) flags() *flag.FlagSet {
 		}
 		return nil
 	})
+	fs.BoolVar(&cfg.Names, "names", false, "give the network a name server on its gateways, where containers find each other by id, hostname, name and alias; --dns servers become its upstreams, before the host's")
 	fs.BoolVar(&cfg.HostDNS, "resolv-conf", false, "write the host's name servers (loopback ones skipped) to the container's /etc/resolv.conf")
 	fs.BoolVar(&e.debug, "debug", false, "report how long each step takes, on stderr")
 	fs.BoolVar(&e.json, "json", false, "ls: print JSON")
@@ -542,6 +561,19 @@ func runWatch(e *env, args []string) error {
 			e.log.both.Error(why, "error", err.Error())
 		}
 	})
+}
+
+func runDNS(e *env, args []string) error {
+	if err := noArgs(args); err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), unix.SIGTERM, unix.SIGINT)
+	defer stop()
+	log := e.log.both
+	if e.debug {
+		log = slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return names.Serve(ctx, e.cfg.StateDir, log)
 }
 
 func runVersion(e *env, args []string) error {

@@ -168,7 +168,7 @@ func (p plugin) add(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	req, err := c.conf.request(c.id(), args.Netns)
+	req, err := c.conf.request(c.id(), args.Netns, args.Args)
 	if err != nil {
 		return c.done("add", err)
 	}

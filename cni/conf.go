@@ -11,6 +11,7 @@ import (
 
 	"github.com/bridgehook/bridgehook/hook"
 	"github.com/bridgehook/bridgehook/input"
+	"github.com/bridgehook/bridgehook/names"
 	"github.com/bridgehook/bridgehook/port"
 )
 
@@ -28,8 +29,12 @@ type netConf struct {
 	NonMasquerade []string `json:"nonMasqueradeCIDRs"`
 	DefaultRoute  *bool    `json:"defaultRoute"`
 	SpoofCheck    *bool    `json:"spoofCheck"`
+	// Names mirrors --names.
+	Names bool `json:"names"`
 	// DNS goes into the result as it is, for the runtime to write; it is
-	// CNI's own object (libcni parses it too).
+	// CNI's own object (libcni parses it too). On a network with names,
+	// the result names the network's server, and these nameservers are
+	// its upstreams.
 	DNS      types.DNS `json:"dns"`
 	Firewall string    `json:"firewall"`
 	StateDir string    `json:"stateDir"`
@@ -39,6 +44,9 @@ type netConf struct {
 		PortMappings []portMapping `json:"portMappings"`
 		IPs          []string      `json:"ips"`
 		MAC          string        `json:"mac"`
+		// Aliases are the names of the container per network, as
+		// podman's CNI backend passes them: {"NETWORK": ["name", ...]}.
+		Aliases map[string][]string `json:"aliases"`
 	} `json:"runtimeConfig"`
 }
 
@@ -95,7 +103,12 @@ func (c *netConf) config(ifname string) (hook.Config, error) {
 			return cfg, err
 		}
 	}
-	cfg.MTU, cfg.Internal, cfg.Firewall = c.MTU, c.Internal, c.Firewall
+	cfg.MTU, cfg.Internal, cfg.Firewall, cfg.Names = c.MTU, c.Internal, c.Firewall, c.Names
+	if c.Names {
+		for _, s := range c.DNS.Nameservers {
+			cfg.DNS = append(cfg.DNS, netip.MustParseAddr(s)) // checked by parse
+		}
+	}
 	for _, s := range c.NonMasquerade {
 		p, err := netip.ParsePrefix(s)
 		if err != nil {
@@ -132,6 +145,7 @@ var keys = map[input.Field]string{
 	input.IP:            "runtimeConfig.ips",
 	input.IP6:           "runtimeConfig.ips",
 	input.MAC:           "runtimeConfig.mac",
+	input.Aliases:       "runtimeConfig.aliases",
 	input.HostDNS:       "", // the runtime writes resolv.conf from "dns"
 }
 
@@ -145,10 +159,15 @@ func Spell(f input.Field) string {
 }
 
 // request is what the runtime asks for the container: its ports, static
-// addresses and MAC.
-func (c *netConf) request(id, netns string) (hook.Request, error) {
+// addresses and MAC, and on a network with names its names: the pod's
+// name, which CRI-O, containerd and podman pass in CNI_ARGS as
+// K8S_POD_NAME (podman's container name), and the aliases capability.
+func (c *netConf) request(id, netns, args string) (hook.Request, error) {
 	req := hook.Request{ID: id, Netns: hook.Netns{Path: netns}}
 	rc := c.RuntimeConfig
+	if c.Names {
+		req.Names = append(podName(args), rc.Aliases[c.Name]...)
+	}
 	if len(rc.PortMappings) > 0 {
 		var specs []string
 		for _, m := range rc.PortMappings {
@@ -196,6 +215,19 @@ func (c *netConf) request(id, netns string) (hook.Request, error) {
 		req.MAC = mac
 	}
 	return req, nil
+}
+
+// podName is K8S_POD_NAME of CNI_ARGS ("K1=V1;K2=V2"), when it can be a
+// name.
+func podName(args string) []string {
+	for _, kv := range strings.Split(args, ";") {
+		if v, ok := strings.CutPrefix(kv, "K8S_POD_NAME="); ok {
+			if _, ok := names.Canonical(v); ok {
+				return []string{v}
+			}
+		}
+	}
+	return nil
 }
 
 func invalid(format string, a ...any) *types.Error {

@@ -69,7 +69,7 @@ func TestRequestFromRuntimeConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	req, err := conf.request("c/eth0", "/run/netns/p")
+	req, err := conf.request("c/eth0", "/run/netns/p", "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -90,7 +90,7 @@ func TestRequestFromRuntimeConfig(t *testing.T) {
 		`{"runtimeConfig":{"mac":"zz"}}`:                                                     "mac",
 	} {
 		conf, _ := parse([]byte(stdin))
-		if _, err := conf.request("c/eth0", "/p"); err == nil || !strings.Contains(err.Error(), want) {
+		if _, err := conf.request("c/eth0", "/p", ""); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%s: %v, want %q", stdin, err, want)
 		}
 	}

@@ -24,6 +24,12 @@ func (c *call) result(l ipam.Lease, mac net.HardwareAddr) *types100.Result {
 		},
 		DNS: c.conf.DNS,
 	}
+	if c.cfg.Names {
+		r.DNS.Nameservers = nil
+		for _, ip := range c.cfg.NameServers() {
+			r.DNS.Nameservers = append(r.DNS.Nameservers, ip.String())
+		}
+	}
 	for _, p := range c.cfg.Subnets {
 		ip := l.Addr(p.Addr().Is6())
 		if !ip.IsValid() {

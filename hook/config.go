@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/bridgehook/bridgehook/input"
+	"github.com/bridgehook/bridgehook/names"
 	"github.com/bridgehook/bridgehook/nat"
 )
 
@@ -36,9 +37,14 @@ type Config struct {
 	// container has one already from an earlier network.
 	DefaultRoute bool
 	// DNS servers to write into the container's /etc/resolv.conf; with
-	// HostDNS, the host's.
+	// HostDNS, the host's. With Names, they are the name server's
+	// upstreams, asked before the host's.
 	DNS     []netip.Addr
 	HostDNS bool
+	// Names gives the network a name server on its gateways (package
+	// names), where its containers find each other by name; their
+	// resolv.conf names it.
+	Names bool
 	// SpoofCheck drops what a container sends as another: another MAC
 	// or address, ARP and neighbour advertisements for others, router
 	// advertisements, DHCP servers' replies (--spoof-check).
@@ -214,6 +220,24 @@ func (c Config) gateways() []netip.Prefix {
 		gws[i] = netip.PrefixFrom(p.Addr().Next(), p.Bits())
 	}
 	return gws
+}
+
+// NameServers are the addresses of the network's name server, which its
+// containers' resolv.conf name: none for a network without names.
+func (c Config) NameServers() []netip.Addr {
+	if !c.Names {
+		return nil
+	}
+	return c.namesNetwork().Servers()
+}
+
+// namesNetwork is what the name server keeps of the network: nil for a
+// network without names.
+func (c Config) namesNetwork() *names.Network {
+	if !c.Names {
+		return nil
+	}
+	return &names.Network{Gateways: c.gateways(), Upstreams: c.DNS, Internal: c.Internal}
 }
 
 func (c Config) natNetwork() nat.Network {

@@ -1,7 +1,6 @@
 package hook
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -11,22 +10,29 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/bridgehook/bridgehook/input"
+	"github.com/bridgehook/bridgehook/names"
 )
 
-// Where the host's own resolvers are listed. systemd-resolved's upstream
-// file comes first: /etc/resolv.conf there names 127.0.0.53, which is the
-// host's loopback, not the container's.
-var hostResolvConfs = []string{"/run/systemd/resolve/resolv.conf", "/etc/resolv.conf"}
+// writesResolvConf reports whether the network gives its containers name
+// servers, and so a resolv.conf.
+func (c Config) writesResolvConf() bool { return len(c.DNS) > 0 || c.HostDNS || c.Names }
 
-// resolvConf renders the file the container gets.
+// resolvConf renders the file the container gets: the network's name
+// server (Names), or the servers given, or the host's; with HostDNS, the
+// host's search domains.
 func (c Config) resolvConf() ([]byte, error) {
 	servers := c.DNS
 	var search []string
 	if c.HostDNS {
-		var err error
-		if servers, search, err = hostResolvers(); err != nil {
-			return nil, err
+		var hosts []netip.Addr
+		hosts, search = names.HostResolvers(hostResolvConfs)
+		if len(hosts) == 0 && !c.Names {
+			return nil, input.Errorf(input.HostDNS, ": the host has no name server but loopback ones; give {dns} servers instead")
 		}
+		servers = hosts
+	}
+	if c.Names {
+		servers = c.NameServers()
 	}
 	var b strings.Builder
 	b.WriteString("# written by bridgehook\n")
@@ -39,36 +45,9 @@ func (c Config) resolvConf() ([]byte, error) {
 	return []byte(b.String()), nil
 }
 
-// hostResolvers reads the host's name servers, skipping loopback ones,
-// which would point into the container itself.
-func hostResolvers() (servers []netip.Addr, search []string, err error) {
-	for _, path := range hostResolvConfs {
-		f, err := os.Open(path)
-		if err != nil {
-			continue
-		}
-		sc := bufio.NewScanner(f)
-		for sc.Scan() {
-			fields := strings.Fields(sc.Text())
-			if len(fields) < 2 {
-				continue
-			}
-			switch fields[0] {
-			case "nameserver":
-				if ip, err := netip.ParseAddr(fields[1]); err == nil && !ip.IsLoopback() {
-					servers = append(servers, ip)
-				}
-			case "search":
-				search = fields[1:]
-			}
-		}
-		f.Close()
-		if len(servers) > 0 {
-			return servers, search, nil
-		}
-	}
-	return nil, nil, input.Errorf(input.HostDNS, ": the host has no name server but loopback ones; give {dns} servers instead")
-}
+// Where the host's own resolvers are listed (names.HostResolvConfs); a
+// variable, for tests.
+var hostResolvConfs = names.HostResolvConfs
 
 // writeResolvConf writes /etc/resolv.conf into the container's root
 // filesystem. Every path is resolved inside rootfs (openat2 with

@@ -46,20 +46,33 @@ func TestResolvConfStaysInsideTheRootfs(t *testing.T) {
 	}
 }
 
-func TestHostResolversSkipLoopback(t *testing.T) {
+func TestResolvConfNamesTheHostsOrTheNetworksServers(t *testing.T) {
 	dir := t.TempDir()
 	stub, up := filepath.Join(dir, "stub"), filepath.Join(dir, "up")
 	os.WriteFile(stub, []byte("nameserver 127.0.0.53\nsearch lan\n"), 0o644)
 	os.WriteFile(up, []byte("nameserver 127.0.0.1\nnameserver 192.0.2.53\nsearch corp.example\n"), 0o644)
 	defer func(old []string) { hostResolvConfs = old }(hostResolvConfs)
 
+	c := Defaults()
+	c.HostDNS = true
 	hostResolvConfs = []string{filepath.Join(dir, "missing"), stub, up}
-	servers, search, err := hostResolvers()
-	if err != nil || len(servers) != 1 || servers[0].String() != "192.0.2.53" || strings.Join(search, " ") != "corp.example" {
-		t.Errorf("got %v %v %v", servers, search, err)
+	b, err := c.resolvConf()
+	if want := "# written by bridgehook\nnameserver 192.0.2.53\nsearch corp.example\n"; err != nil || string(b) != want {
+		t.Errorf("host's: got %q %v, want %q", b, err, want)
 	}
+
+	// A network with names gives its own server, on each gateway, and
+	// keeps the host's search domains.
+	c.Names = true
+	c.Subnets = []netip.Prefix{netip.MustParsePrefix("10.5.0.0/24"), netip.MustParsePrefix("fd05::/64")}
+	b, err = c.resolvConf()
+	if want := "# written by bridgehook\nnameserver 10.5.0.1\nnameserver fd05::1\nsearch corp.example\n"; err != nil || string(b) != want {
+		t.Errorf("names: got %q %v, want %q", b, err, want)
+	}
+
+	c.Names = false
 	hostResolvConfs = []string{stub}
-	if _, _, err := hostResolvers(); err == nil || !strings.Contains(input.Render(err, marked), "<dns>") {
+	if _, err := c.resolvConf(); err == nil || !strings.Contains(input.Render(err, marked), "<dns>") {
 		t.Errorf("only loopback: %v", err)
 	}
 }

@@ -52,6 +52,7 @@ func (n *Network) claim(tx ipam.Tx, req Request, ns netns.NsHandle, ino uint64) 
 	l, err := n.allocate(tx, ipam.Lease{
 		ID: req.ID, IP: req.IP, IP6: req.IP6, PID: req.Netns.PID, Netns: req.Netns.Path, NetnsInode: ino,
 		Veth: n.vethFor(req), Iface: n.Iface, Ports: req.Ports, MAC: req.MAC,
+		Names: req.Names,
 	})
 	if err != nil {
 		return Result{}, nil, err

@@ -21,6 +21,7 @@ import (
 	"github.com/bridgehook/bridgehook/firewalld"
 	"github.com/bridgehook/bridgehook/input"
 	"github.com/bridgehook/bridgehook/ipam"
+	"github.com/bridgehook/bridgehook/names"
 	"github.com/bridgehook/bridgehook/nat"
 	"github.com/bridgehook/bridgehook/port"
 )
@@ -79,6 +80,8 @@ type Network struct {
 	fws    *firewalls
 	sys    System
 	opener ipam.Opener
+	// namer makes sure the name server serves the network (names.Ensure).
+	namer func(stateDir, store string) error
 }
 
 // Option replaces a part of the world a Network drives: the kernel's
@@ -94,6 +97,7 @@ type world struct {
 	tenant   func() (Tenant, error)
 	opener   ipam.Opener
 	sys      System
+	namer    func(stateDir, store string) error
 	debug    *slog.Logger
 }
 
@@ -143,6 +147,12 @@ func WithStores(o ipam.Opener) Option { return func(w *world) { w.opener = o } }
 // WithSystem asks s, in place of /proc, about processes and namespaces.
 func WithSystem(s System) Option { return func(w *world) { w.sys = s } }
 
+// WithNamer makes ensure the name server of networks with names, in place
+// of names.Ensure.
+func WithNamer(ensure func(stateDir, store string) error) Option {
+	return func(w *world) { w.namer = ensure }
+}
+
 // WithDebug tells debug how long each step took.
 func WithDebug(debug *slog.Logger) Option { return func(w *world) { w.debug = debug } }
 
@@ -154,6 +164,7 @@ func worldOf(opts []Option) world {
 		tenant:   realTenant,
 		opener:   ipam.OnDisk{},
 		sys:      procs{},
+		namer:    names.Ensure,
 	}
 	for _, o := range opts {
 		o(&w)
@@ -196,6 +207,7 @@ func Open(c Config, opts ...Option) (*Network, error) {
 		fws:    fws,
 		sys:    w.sys,
 		opener: w.opener,
+		namer:  w.namer,
 	}, nil
 }
 

@@ -6,6 +6,7 @@ import (
 
 	"github.com/bridgehook/bridgehook/bridge"
 	"github.com/bridgehook/bridgehook/ipam"
+	"github.com/bridgehook/bridgehook/names"
 )
 
 // record is what a setup last verified about the network's bridge and
@@ -26,6 +27,9 @@ type record struct {
 	// NoSpoofCheck is set for a network whose spoof check is off; records
 	// older than the check have none, and their networks get it.
 	NoSpoofCheck bool `json:"no_spoof_check,omitempty"`
+	// Names is what the name server serves of the network (it reads it
+	// from here); none for a network without names.
+	Names *names.Network `json:"names,omitempty"`
 	// The backend that holds them; records older than the choice have
 	// none, and theirs is iptables.
 	Firewall string `json:"firewall,omitempty"`
@@ -50,12 +54,16 @@ func (n *Network) recordOf(br bridge.Bridge) record {
 	return record{
 		Bridge: n.Bridge, Subnets: n.Subnets,
 		MTU: br.MTU, BridgeIndex: br.Index, ICC: n.ICC, Internal: n.Internal, NonMasquerade: n.NonMasquerade,
-		NoSpoofCheck: !n.SpoofCheck, Firewall: n.Firewall,
+		NoSpoofCheck: !n.SpoofCheck, Firewall: n.Firewall, Names: n.namesNetwork(),
 	}
 }
 
 // trusts reports whether rec vouches for network n's bridge br.
 func (n *Network) trusts(rec record, br bridge.Bridge) bool {
 	return rec.ICC == n.ICC && rec.Internal == n.Internal && slices.Equal(rec.NonMasquerade, n.NonMasquerade) &&
-		rec.NoSpoofCheck == !n.SpoofCheck && rec.BridgeIndex == br.Index
+		rec.NoSpoofCheck == !n.SpoofCheck && rec.BridgeIndex == br.Index && sameNames(rec.Names, n.namesNetwork())
+}
+
+func sameNames(a, b *names.Network) bool {
+	return a == nil && b == nil || a != nil && b != nil && a.Equal(*b)
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/bridgehook/bridgehook/input"
 	"github.com/bridgehook/bridgehook/ipam"
+	"github.com/bridgehook/bridgehook/names"
 	"github.com/bridgehook/bridgehook/port"
 )
 
@@ -32,6 +33,9 @@ type Request struct {
 	// Rootfs is the container's root, where resolv.conf is written when
 	// the network has name servers to give.
 	Rootfs string
+	// Names are what the container answers to on a network with names,
+	// besides its id: its hostname, its name, its aliases.
+	Names []string
 }
 
 // Check refuses what network c cannot give req: ports on an internal
@@ -64,6 +68,11 @@ func (req Request) Check(c Config) error {
 			return input.Errorf(a.field, "%q is not an %s address", a.ip, familyName(a.v6))
 		case !c.has(a.v6):
 			return input.Errorf(a.field, ": network %s has no %s subnet ({subnet} %v)", c.Bridge, familyName(a.v6), c.Subnets)
+		}
+	}
+	for _, s := range req.Names {
+		if _, ok := names.Canonical(s); !ok {
+			return input.Errorf(input.Aliases, "%q is not a name: want letters, digits, '-' and '_', in labels of up to 63 separated by dots", s)
 		}
 	}
 	if req.MAC != nil && (len(req.MAC) != 6 || req.MAC[0]&1 != 0) {

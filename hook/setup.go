@@ -48,14 +48,50 @@ func (n *Network) Setup(req Request) (res Result, err error) {
 	var undo undoStack
 	defer func() { err = undo.onError(err) }()
 
-	// Steps 1 and 2 hold the store's lock together: a container has its
-	// lease by the time another hook can find the network without one
-	// and take it down (the undo of a failed cold setup, network rm).
-	unlockPorts, err := lockPorts(n.StateDir, req.Ports)
+	br, res, err := n.admit(req, ns, ino, &undo, tm)
+	if err != nil || res.Reused {
+		return res, err
+	}
+	failpoint("leased")
+
+	// 4. The spoof check knows the veth before the veth exists, so its
+	// first frame is checked.
+	u, err := n.allow(res.Lease)
+	undo.push(u)
 	if err != nil {
 		return res, err
 	}
-	var br bridge.Bridge
+	tm.step("spoof check")
+
+	// 5. The veth pair, and the container's side of it.
+	if err := quiet(); err != nil {
+		return res, err
+	}
+	u, err = n.attach(br, ns, res.Lease, req.MAC, len(req.Ports) > 0)
+	undo.push(u)
+	if err != nil {
+		return res, err
+	}
+	tm.step("attach veth")
+
+	// 6. resolv.conf, if the network gives name servers.
+	if n.writesResolvConf() {
+		err = n.writeResolvConf(req.Rootfs)
+		tm.step("write resolv.conf")
+	}
+	return res, err
+}
+
+// admit runs the steps that hold the store's lock together: a container
+// has its lease by the time another hook can find the network without one
+// and take it down (the undo of a failed cold setup, network rm), or the
+// name server can find it with no container and end.
+func (n *Network) admit(req Request, ns netns.NsHandle, ino uint64, undo *undoStack, tm *timer) (br bridge.Bridge, res Result, err error) {
+	unlockPorts, err := lockPorts(n.StateDir, req.Ports)
+	if err != nil {
+		return br, res, err
+	}
+	defer unlockPorts()
 	var restored bool
 	err = n.store.Do(func(tx ipam.Tx) error {
 		// 1. The bridge and its firewall rules, unless recorded as in place.
@@ -70,42 +106,21 @@ func (n *Network) Setup(req Request) (res Result, err error) {
 		// 2. The lease, and the host ports it claims.
 		res, u, err = n.claim(tx, req, ns, ino)
 		undo.push(u)
+		if err != nil || !n.Names {
+			return err
+		}
+		tm.step("lease " + res.Lease.IP.String())
+
+		// 3. The name server, which finds the lease by itself.
+		err = n.namer(n.StateDir, ipam.StoreDir(n.StateDir, n.Bridge, n.Subnets...))
+		tm.step("name server")
 		return err
 	})
-	unlockPorts()
 	res.RulesRestored = restored
-	if err != nil || res.Reused {
-		return res, err
+	if err == nil && !n.Names {
+		tm.step("lease " + res.Lease.IP.String())
 	}
-	tm.step("lease " + res.Lease.IP.String())
-	failpoint("leased")
-
-	// 3. The spoof check knows the veth before the veth exists, so its
-	// first frame is checked.
-	u, err := n.allow(res.Lease)
-	undo.push(u)
-	if err != nil {
-		return res, err
-	}
-	tm.step("spoof check")
-
-	// 4. The veth pair, and the container's side of it.
-	if err := quiet(); err != nil {
-		return res, err
-	}
-	u, err = n.attach(br, ns, res.Lease, req.MAC, len(req.Ports) > 0)
-	undo.push(u)
-	if err != nil {
-		return res, err
-	}
-	tm.step("attach veth")
-
-	// 5. resolv.conf, if the network gives name servers.
-	if len(n.DNS) > 0 || n.HostDNS {
-		err = n.writeResolvConf(req.Rootfs)
-		tm.step("write resolv.conf")
-	}
-	return res, err
+	return br, res, err
 }
 
 // ensureNetwork makes sure the bridge exists with its address and its

@@ -33,6 +33,7 @@ const (
 	Firewall      Field = "firewall"
 	DNS           Field = "dns"
 	HostDNS       Field = "resolv-conf"
+	Names         Field = "names"
 	DefaultRoute  Field = "default-route"
 	SpoofCheck    Field = "spoof-check"
 	// Ports, IP, IP6 and MAC are what one container asks for.
@@ -40,6 +41,8 @@ const (
 	IP    Field = "ip"
 	IP6   Field = "ip6"
 	MAC   Field = "mac"
+	// Aliases are names a container answers to besides its own.
+	Aliases Field = "aliases"
 	// ID and Netns name the container: its id, and its network namespace
 	// (by process or by path).
 	ID    Field = "id"
@@ -48,7 +51,7 @@ const (
 
 // Fields are every Field, for the faces' tables and their tests.
 var Fields = []Field{Bridge, Subnet, MTU, Iface, StateDir, ICC, Internal, NonMasquerade, Firewall, DNS, HostDNS,
-	DefaultRoute, SpoofCheck, Ports, IP, IP6, MAC, ID, Netns}
+	Names, DefaultRoute, SpoofCheck, Ports, IP, IP6, MAC, Aliases, ID, Netns}
 
 // Error is bad input. Msg may name other settings as {field}, e.g.
 // "choose another {subnet}", which Render spells too. Run, when set, is

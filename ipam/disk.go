@@ -760,3 +760,67 @@ func (OnDisk) Exists(stateDir, bridge string, subnets ...netip.Prefix) bool {
 }
 
 func (OnDisk) All(stateDir string) ([]Store, error) { return Stores(stateDir) }
+
+// Watching stores from outside. The name server follows the leases of
+// the networks it serves as they change, with inotify, and reads them
+// without the lock; these are what it may rely on of the layout.
+
+// StoreDir is the directory of the store of network bridge/subnets under
+// stateDir.
+func StoreDir(stateDir, bridge string, subnets ...netip.Prefix) string {
+	return dirOf(stateDir, bridge, subnets)
+}
+
+// IsStoreDir reports whether name, an entry of a state directory, names
+// a store.
+func IsStoreDir(name string) bool {
+	bridge, _, ok := parseDir(name)
+	return ok && bridge != ""
+}
+
+// RecordFile is the name of the record's file in a store's directory; it
+// is replaced by a rename, and removed when the network is taken down.
+const RecordFile = "network.json"
+
+// LeasesDir is the directory, in store dir, of the leases: one file per
+// lease, named for its address, that appears by a rename and leaves by a
+// rename or an unlink.
+func LeasesDir(dir string) string { return filepath.Join(dir, "leases") }
+
+// ReadRecord reads the record of the store in dir into v, without the
+// lock.
+func ReadRecord(dir string, v any) (bool, error) {
+	return (&diskTx{s: &Disk{dir: dir}}).Record(v)
+}
+
+// ReadLease reads the lease of the file name in dir's leases, without the
+// lock. A name that is no address (a temp file) is no lease.
+func ReadLease(dir, name string) (Lease, bool, error) {
+	ip, err := netip.ParseAddr(name)
+	if err != nil {
+		return Lease{}, false, nil
+	}
+	return (&diskTx{s: &Disk{dir: dir}}).read(ip)
+}
+
+// TryDo is Do if the lock is free, and else reports false at once.
+func (s *Disk) TryDo(fn func(Tx) error) (bool, error) {
+	ok, err := s.lock.TryLock()
+	if err != nil || !ok {
+		return false, err
+	}
+	defer s.lock.Unlock()
+	if _, err := os.Stat(s.dir); err != nil {
+		return true, fmt.Errorf("lease store %s: %w", s.dir, err)
+	}
+	return true, fn(&diskTx{s: s})
+}
+
+// OpenDir opens the store in dir, as StoreDir names it.
+func OpenDir(dir string) (*Disk, error) {
+	bridge, subnets, ok := parseDir(filepath.Base(dir))
+	if !ok || bridge == "" {
+		return nil, fmt.Errorf("%s is no lease store", dir)
+	}
+	return Open(filepath.Dir(dir), bridge, subnets...)
+}

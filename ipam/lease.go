@@ -68,8 +68,11 @@ type Lease struct {
 	Ports      []port.Mapping `json:"ports,omitempty"`
 	// MAC is the container interface's, when it asked for one; none: the
 	// one derived from IP.
-	MAC     net.HardwareAddr `json:"mac,omitempty"`
-	Created time.Time        `json:"created"`
+	MAC net.HardwareAddr `json:"mac,omitempty"`
+	// Names are what the network's name server answers for the lease's
+	// addresses, besides its id (see package names).
+	Names   []string  `json:"names,omitempty"`
+	Created time.Time `json:"created"`
 }
 
 // Addrs returns the lease's addresses, IPv4 first.

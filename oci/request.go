@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
@@ -25,6 +26,9 @@ const (
 	AnnotationIP = "bridgehook.ip"
 	// AnnotationIP6 asks for a static address in the IPv6 subnet.
 	AnnotationIP6 = "bridgehook.ip6"
+	// AnnotationAliases are names, comma-separated, the container answers
+	// to on a network with names.
+	AnnotationAliases = "bridgehook.aliases"
 )
 
 // maxSpec caps the config.json read for annotations.
@@ -32,12 +36,13 @@ const maxSpec = 16 << 20
 
 // Request reads what the container of state st asks of network c: its
 // annotations from the state, or from the bundle's config.json when the
-// runtime sent none, and its root when DNS is to be written. It parses
-// them; hook.Request.Check checks them against the network.
+// runtime sent none, its root when DNS is to be written, and its names on
+// a network with names. It parses them; hook.Request.Check checks them
+// against the network.
 func Request(c hook.Config, st specs.State) (hook.Request, error) {
 	req := hook.Request{ID: st.ID, Netns: hook.Netns{PID: st.Pid}}
 	ann := st.Annotations
-	wantDNS := len(c.DNS) > 0 || c.HostDNS
+	wantDNS := len(c.DNS) > 0 || c.HostDNS || c.Names
 	if (ann == nil || wantDNS) && st.Bundle != "" {
 		spec, err := readSpec(st.Bundle, wantDNS)
 		if err != nil {
@@ -51,6 +56,14 @@ func Request(c hook.Config, st specs.State) (hook.Request, error) {
 			if !filepath.IsAbs(req.Rootfs) {
 				req.Rootfs = filepath.Join(st.Bundle, req.Rootfs)
 			}
+		}
+		if c.Names {
+			req.Names = namesOf(st, spec)
+		}
+	}
+	if s := ann[AnnotationAliases]; c.Names && s != "" {
+		for _, a := range strings.Split(s, ",") {
+			req.Names = append(req.Names, strings.TrimSpace(a))
 		}
 	}
 	if wantDNS && req.Rootfs == "" {

@@ -95,7 +95,7 @@ func rootfs(t *testing.T) string {
 	if err := os.WriteFile(filepath.Join(dir, "bin", "busybox"), data, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	for _, app := range []string{"sh", "sleep", "ping", "ip", "cat", "true", "httpd", "wget", "nc", "echo"} {
+	for _, app := range []string{"sh", "sleep", "ping", "ip", "cat", "true", "httpd", "wget", "nc", "echo", "nslookup"} {
 		if err := os.Symlink("busybox", filepath.Join(dir, "bin", app)); err != nil {
 			t.Fatal(err)
 		}

@@ -24,6 +24,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/bridgehook/bridgehook/ipam"
+	"github.com/bridgehook/bridgehook/names"
 )
 
 var binary string // the bridgehook binary under test
@@ -116,6 +117,10 @@ func newSandbox(t *testing.T, flags ...string) *sandbox {
 			s.nl.Close()
 		}
 		s.ns.Close()
+		// A name server a setup started would keep the sandbox alive.
+		if pid, ok := names.Running(stateDir); ok {
+			unix.Kill(pid, unix.SIGKILL)
+		}
 		os.RemoveAll(stateDir)
 		// Everything the hook made lives in the sandbox: bridge, veths and
 		// rules go with it.
