@@ -2,13 +2,13 @@ package names
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
-	"os"
-	"strconv"
 	"sync"
 	"time"
 
 	"github.com/miekg/dns"
+	"golang.org/x/sys/unix"
 )
 
 // Forwarding bounds. A client (glibc, musl) waits 5 s for a server before
@@ -29,16 +29,17 @@ const (
 type forwarder struct {
 	slots chan struct{}
 	host  *hostResolvers
-	// budget and per are forwardBudget and perUpstream; tests shorten
-	// them.
+	// budget and per are forwardBudget and perUpstream, and port 53;
+	// tests change them.
 	budget, per time.Duration
+	port        uint16
 }
 
 func newForwarder(paths []string) *forwarder {
 	return &forwarder{
 		slots:  make(chan struct{}, maxForwards),
 		host:   &hostResolvers{paths: paths},
-		budget: forwardBudget, per: perUpstream,
+		budget: forwardBudget, per: perUpstream, port: 53,
 	}
 }
 
@@ -62,7 +63,7 @@ func (f *forwarder) forward(r *dns.Msg, tcp bool, first []netip.Addr) *dns.Msg {
 		}
 		q.Id = dns.Id() // not the client's: a reply must answer us
 		try, cancel := context.WithTimeout(ctx, f.per)
-		m, _, err := c.ExchangeContext(try, q, netip.AddrPortFrom(up, 53).String())
+		m, _, err := c.ExchangeContext(try, q, netip.AddrPortFrom(up, f.port).String())
 		cancel()
 		if err == nil && m != nil {
 			m.Id = r.Id
@@ -93,8 +94,11 @@ type hostResolvers struct {
 func (h *hostResolvers) get() []netip.Addr {
 	var key string
 	for _, p := range h.paths {
-		if fi, err := os.Stat(p); err == nil {
-			key += p + strconv.FormatInt(fi.ModTime().UnixNano(), 10) + strconv.FormatInt(fi.Size(), 10) + ";"
+		var st unix.Stat_t
+		if unix.Stat(p, &st) == nil {
+			// resolvconf and systemd-resolved replace the file by a rename:
+			// a new inode, whatever its time and size.
+			key += fmt.Sprintf("%s %d %d %d %d;", p, st.Ino, st.Mtim.Nano(), st.Ctim.Nano(), st.Size)
 		}
 	}
 	h.mu.Lock()

@@ -1,0 +1,80 @@
+package names
+
+import (
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+// deadAndLive binds a resolver that never answers and one that does, on
+// two loopback addresses and the same port.
+func deadAndLive(t *testing.T) (dead, live netip.Addr, port uint16) {
+	pc, err := net.ListenPacket("udp", "127.0.0.2:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	port = uint16(pc.LocalAddr().(*net.UDPAddr).Port)
+	lc, err := net.ListenPacket("udp", netip.AddrPortFrom(netip.MustParseAddr("127.0.0.3"), port).String())
+	if err != nil {
+		t.Skipf("no second loopback address free on port %d: %v", port, err)
+	}
+	srv := &dns.Server{PacketConn: lc, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
+		m := reply(r, dns.RcodeSuccess)
+		m.Answer = append(m.Answer, &dns.A{Hdr: header(r.Question[0].Name, dns.TypeA), A: net.IPv4(192, 0, 2, 7)})
+		w.WriteMsg(m)
+	})}
+	go srv.ActivateAndServe()
+	t.Cleanup(func() { srv.Shutdown() })
+	return netip.MustParseAddr("127.0.0.2"), netip.MustParseAddr("127.0.0.3"), port
+}
+
+func TestADeadUpstreamCostsAServfailNotTheClientsTimeout(t *testing.T) {
+	dead, live, port := deadAndLive(t)
+	f := newForwarder(nil)
+	f.per, f.budget, f.port = 100*time.Millisecond, 300*time.Millisecond, port
+
+	start := time.Now()
+	m := f.forward(query("example.com.", dns.TypeA), false, []netip.Addr{dead, dead, dead, dead})
+	if took := time.Since(start); m.Rcode != dns.RcodeServerFailure || took > f.budget+100*time.Millisecond {
+		t.Errorf("dead upstreams: %v after %v; want SERVFAIL within %v", dns.RcodeToString[m.Rcode], took, f.budget)
+	}
+	// The next upstream is asked once the dead one's time is up.
+	q := query("example.com.", dns.TypeA)
+	m = f.forward(q, false, []netip.Addr{dead, live})
+	if m.Rcode != dns.RcodeSuccess || len(m.Answer) != 1 || m.Id != q.Id {
+		t.Errorf("dead then live: %v", m)
+	}
+}
+
+func TestForwardsAreBounded(t *testing.T) {
+	f := newForwarder(nil)
+	for range maxForwards {
+		f.slots <- struct{}{}
+	}
+	start := time.Now()
+	if m := f.forward(query("example.com.", dns.TypeA), false, addrs("127.0.0.2")); m.Rcode != dns.RcodeServerFailure || time.Since(start) > 50*time.Millisecond {
+		t.Errorf("with every slot taken: %v after %v", m, time.Since(start))
+	}
+}
+
+func TestHostResolversAreReadAgainWhenTheyChange(t *testing.T) {
+	dir := t.TempDir()
+	stub, up := filepath.Join(dir, "stub"), filepath.Join(dir, "up")
+	os.WriteFile(stub, []byte("nameserver 127.0.0.53\nsearch lan\n"), 0o644)
+	os.WriteFile(up, []byte("nameserver 127.0.0.1\nnameserver 192.0.2.53\n"), 0o644)
+	h := &hostResolvers{paths: []string{filepath.Join(dir, "missing"), stub, up}}
+	if got := h.get(); !slices.Equal(got, addrs("192.0.2.53")) {
+		t.Errorf("got %v", got)
+	}
+	os.WriteFile(up, []byte("nameserver 192.0.2.54\nnameserver 192.0.2.55\n"), 0o644)
+	if got := h.get(); !slices.Equal(got, addrs("192.0.2.54", "192.0.2.55")) {
+		t.Errorf("after a change: %v", got)
+	}
+}
