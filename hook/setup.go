@@ -74,8 +74,9 @@ func (n *Network) Setup(req Request) (res Result, err error) {
 	}
 	tm.step("attach veth")
 
-	// 6. resolv.conf, if the network gives name servers.
-	if n.writesResolvConf() {
+	// 6. resolv.conf, if the network gives name servers and the face a
+	// root to write it in (a CNI runtime writes it from the result).
+	if n.writesResolvConf() && req.Rootfs != "" {
 		err = n.writeResolvConf(req.Rootfs)
 		tm.step("write resolv.conf")
 	}

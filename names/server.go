@@ -54,6 +54,9 @@ type server struct {
 	mu   sync.RWMutex
 	w    *watcher
 	nets map[string]*network // by store directory
+	// busy says the last try to end found a store locked: a setup or a
+	// teardown under way, soon over.
+	busy bool
 }
 
 // network is one store under the state directory, and what the server
@@ -111,7 +114,7 @@ func newServer(stateDir string, log *slog.Logger) (*server, error) {
 func (s *server) run(ctx context.Context) error {
 	for ctx.Err() == nil {
 		wait := time.Second
-		if s.pending() {
+		if s.pending() || s.busy {
 			wait = 50 * time.Millisecond
 		}
 		if err := s.w.wait(wait); err != nil {
@@ -401,6 +404,7 @@ func (s *server) release(dirs []string) bool {
 		}
 		return err
 	})
+	s.busy = !ok
 	return ok && err == nil && released
 }
 

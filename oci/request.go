@@ -66,7 +66,7 @@ func Request(c hook.Config, st specs.State) (hook.Request, error) {
 			req.Names = append(req.Names, strings.TrimSpace(a))
 		}
 	}
-	if wantDNS && req.Rootfs == "" {
+	if wantDNS && !c.Names && req.Rootfs == "" {
 		return req, input.Errorf(input.DNS, ": no root filesystem: the state has no \"bundle\", or its config.json no \"root\"")
 	}
 	if s, ok := ann[AnnotationPorts]; ok {

@@ -53,7 +53,7 @@ func newCNIWorld(t *testing.T, sb *sandbox) *cniWorld {
 // the sandbox's state directory and the keys in extra, then plugins.
 func (w *cniWorld) conflist(t *testing.T, v string, extra string, plugins ...string) *libcni.NetworkConfigList {
 	t.Helper()
-	bh := fmt.Sprintf(`{"type":"bridgehook","stateDir":%q,"logFile":%q,"capabilities":{"portMappings":true,"ips":true,"mac":true}%s}`,
+	bh := fmt.Sprintf(`{"type":"bridgehook","stateDir":%q,"logFile":%q,"capabilities":{"portMappings":true,"ips":true,"mac":true,"aliases":true}%s}`,
 		w.sb.stateDir, filepath.Join(w.sb.stateDir, "log"), extra)
 	list, err := libcni.ConfListFromBytes([]byte(fmt.Sprintf(`{"cniVersion":%q,"name":"bhnet","plugins":[%s]}`, v, strings.Join(append([]string{bh}, plugins...), ","))))
 	if err != nil {

@@ -2,16 +2,22 @@ package e2e
 
 import (
 	"encoding/json"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/containernetworking/cni/libcni"
 	"github.com/miekg/dns"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 
 	"github.com/bridgehook/bridgehook/names"
 )
@@ -158,4 +164,172 @@ func TestContainersFindEachOtherByName(t *testing.T) {
 	if *queries == before {
 		t.Errorf("outside.example was not forwarded to the upstream")
 	}
+}
+
+// ask sends a query for name from the network namespace at nsPath to
+// server, port 53, and returns the reply, or the error and how long it
+// took to come.
+func ask(t *testing.T, nsPath, server, name string, qtype uint16) (m *dns.Msg, took time.Duration, err error) {
+	t.Helper()
+	ns, err := netns.GetFromPath(nsPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	q := new(dns.Msg)
+	q.SetQuestion(dns.Fqdn(name), qtype)
+	c := &dns.Client{Timeout: 3 * time.Second}
+	inNetns(t, ns, func() {
+		start := time.Now()
+		m, _, err = c.Exchange(q, net.JoinHostPort(server, "53"))
+		took = time.Since(start)
+	})
+	return m, took, err
+}
+
+// answers are the addresses of m's answer.
+func answers(m *dns.Msg) []string {
+	var a []string
+	for _, rr := range m.Answer {
+		switch rr := rr.(type) {
+		case *dns.A:
+			a = append(a, rr.A.String())
+		case *dns.AAAA:
+			a = append(a, rr.AAAA.String())
+		}
+	}
+	return a
+}
+
+func pidNetns(pid int) string { return fmt.Sprintf("/proc/%d/ns/net", pid) }
+
+func TestANetworkIsABoundaryForNames(t *testing.T) {
+	sb := newSandbox(t)
+	a := []string{"--names", "--subnet", "10.61.0.0/24"}
+	b := []string{"--names", "--bridge", "br-other", "--subnet", "10.62.0.0/24"}
+	pa, pb := sb.container(), sb.container()
+	sb.mustHook(setupState("a", pa), a...)
+	sb.mustHook(setupState("b", pb), b...)
+
+	if m, _, err := ask(t, pidNetns(pa), "10.61.0.1", "a", dns.TypeA); err != nil || len(answers(m)) != 1 {
+		t.Fatalf("a's own network: %v %v", m, err)
+	}
+	// b asks its own server for a: that network does not know it.
+	if m, _, err := ask(t, pidNetns(pb), "10.62.0.1", "a", dns.TypeA); err != nil || len(answers(m)) != 0 {
+		t.Errorf("b's server answered a name of a's network: %v %v", m, err)
+	}
+	// b asks a's server: it is refused, as is recursion.
+	for _, name := range []string{"a", "outside.example"} {
+		if m, _, err := ask(t, pidNetns(pb), "10.61.0.1", name, dns.TypeA); err != nil || m.Rcode != dns.RcodeRefused || len(m.Answer) != 0 {
+			t.Errorf("b asked a's server for %s: %v %v", name, m, err)
+		}
+	}
+}
+
+func TestAKilledNameServerIsHealedByTheNextSetup(t *testing.T) {
+	sb := newSandbox(t, "--names", "--subnet", "10.63.0.0/24", "--dns", upstreamAddr)
+	sb.upstream(t)
+	pids := sb.containers(3)
+	sb.mustHook(setupState("a", pids[0]))
+	sb.mustHook(setupState("b", pids[1]))
+	first := sb.nameServer()
+	if first == 0 {
+		t.Fatal("no name server after a setup of a network with names")
+	}
+	if err := unix.Kill(first, unix.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the server's lock let go", func() bool { return sb.nameServer() == 0 })
+	// Meanwhile an outside name fails at once: nothing listens, and the
+	// kernel says so; the client does not wait out its timeout.
+	if m, took, err := ask(t, pidNetns(pids[0]), "10.63.0.1", "outside.example", dns.TypeA); err == nil || took > time.Second {
+		t.Errorf("with the server killed: %v %v after %v; want an error at once", m, err, took)
+	}
+
+	sb.mustHook(setupState("c", pids[2]))
+	if pid := sb.nameServer(); pid == 0 || pid == first {
+		t.Fatalf("after the next setup the server is %d (killed: %d)", pid, first)
+	}
+	for _, name := range []string{"a", "b", "c", "outside.example"} {
+		if m, _, err := ask(t, pidNetns(pids[0]), "10.63.0.1", name, dns.TypeA); err != nil || len(answers(m)) != 1 {
+			t.Errorf("%s after the heal: %v %v", name, m, err)
+		}
+	}
+}
+
+func TestTheServerEndsWithTheLastContainerOfItsNetworks(t *testing.T) {
+	sb := newSandbox(t, "--names")
+	a, b := []string{"--subnet", "10.64.0.0/24"}, []string{"--bridge", "br-b", "--subnet", "10.65.0.0/24"}
+	pids := sb.containers(2)
+	sb.mustHook(setupState("a", pids[0]), a...)
+	sb.mustHook(setupState("b", pids[1]), b...)
+	server := sb.nameServer()
+	sb.mustHook(stopState("a"), a...)
+	// One network with names still has a container: it goes on.
+	if m, _, err := ask(t, pidNetns(pids[1]), "10.65.0.1", "b", dns.TypeA); err != nil || len(answers(m)) != 1 || sb.nameServer() != server {
+		t.Fatalf("b with a gone: %v %v (server %d, was %d)", m, err, sb.nameServer(), server)
+	}
+	sb.mustHook(stopState("b"), b...)
+	waitFor(t, "the name server to end", func() bool {
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", server))
+		return sb.nameServer() == 0 && (len(b) == 0 || strings.Contains(string(b), ") Z "))
+	})
+}
+
+func TestAHundredSetupsAtOnceAllResolve(t *testing.T) {
+	sb := newSandbox(t, "--names", "--subnet", "10.66.0.0/24")
+	const n = 100
+	pids := sb.containers(n)
+	errs := make(chan error, n)
+	for i, pid := range pids {
+		go func() {
+			out, err := sb.hook(setupState(fmt.Sprint("c", i), pid))
+			if err != nil {
+				err = fmt.Errorf("c%d: %v: %s", i, err, out)
+			}
+			errs <- err
+		}()
+	}
+	for range pids {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	for i := range pids {
+		l, _ := sb.lease(fmt.Sprint("c", i), "10.66.0.0/24")
+		m, _, err := ask(t, pidNetns(pids[0]), "10.66.0.1", fmt.Sprint("c", i), dns.TypeA)
+		if err != nil || !slices.Equal(answers(m), []string{l.IP.String()}) {
+			t.Errorf("c%d: %v %v, want %s", i, m, err, l.IP)
+		}
+	}
+}
+
+// TestCNIPodsFindEachOtherByName: through libcni, as podman's CNI backend
+// and CRI runtimes call it, a pod answers to its container id, to
+// K8S_POD_NAME and to its aliases, and ADD's result names the server.
+func TestCNIPodsFindEachOtherByName(t *testing.T) {
+	sb := newSandbox(t)
+	w := newCNIWorld(t, sb)
+	list := w.conflist(t, "1.0.0", `,"names":true,"subnet":"10.68.0.0/24"`)
+	p1, p2 := w.netns(t), w.netns(t)
+	rt1 := &libcni.RuntimeConf{ContainerID: "pod1", NetNS: p1, IfName: "eth0",
+		Args:           [][2]string{{"IgnoreUnknown", "1"}, {"K8S_POD_NAME", "web"}},
+		CapabilityArgs: map[string]any{"aliases": map[string][]string{"bhnet": {"www"}}}}
+	r1 := w.mustAdd(t, list, rt1)
+	if !slices.Equal(r1.DNS.Nameservers, []string{"10.68.0.1"}) {
+		t.Errorf("result's dns: %+v", r1.DNS)
+	}
+	rt2 := &libcni.RuntimeConf{ContainerID: "pod2", NetNS: p2, IfName: "eth0", Args: [][2]string{{"K8S_POD_NAME", "db"}}}
+	w.mustAdd(t, list, rt2)
+	for _, name := range []string{"pod1", "web", "www"} {
+		if m, _, err := ask(t, p2, "10.68.0.1", name, dns.TypeA); err != nil || !slices.Equal(answers(m), []string{"10.68.0.2"}) {
+			t.Errorf("%s from pod2: %v %v", name, m, err)
+		}
+	}
+	for _, rt := range []*libcni.RuntimeConf{rt1, rt2} {
+		if err := w.del(t, list, rt); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "the name server to end", func() bool { return sb.nameServer() == 0 })
 }
