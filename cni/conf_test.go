@@ -3,10 +3,14 @@ package cni
 import (
 	"errors"
 	"fmt"
+	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 
 	"github.com/bridgehook/bridgehook/hook"
+	"github.com/bridgehook/bridgehook/ipam"
+	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 )
 
@@ -93,5 +97,32 @@ func TestRequestFromRuntimeConfig(t *testing.T) {
 		if _, err := conf.request("c/eth0", "/p", ""); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%s: %v, want %q", stdin, err, want)
 		}
+	}
+}
+
+func TestNamesOfAPod(t *testing.T) {
+	conf, err := parse([]byte(`{"name":"bhnet","names":true,"dns":{"nameservers":["192.0.2.53"],"search":["corp"]},
+		"runtimeConfig":{"aliases":{"bhnet":["www","web2"],"other":["not-ours"]}}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, err := conf.request("c/eth0", "/p", "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web")
+	if err != nil || !slices.Equal(req.Names, []string{"web", "www", "web2"}) {
+		t.Errorf("names %v %v", req.Names, err)
+	}
+	cfg, err := conf.config("eth0")
+	if err != nil || !cfg.Names || len(cfg.DNS) != 1 || cfg.DNS[0].String() != "192.0.2.53" {
+		t.Errorf("config %+v %v", cfg, err)
+	}
+	// The result names the network's server, and keeps the search list.
+	c := &call{conf: conf, cfg: cfg, args: &skel.CmdArgs{Netns: "/p"}}
+	r := c.result(ipam.Lease{IP: netip.MustParseAddr("172.19.0.2"), Veth: "v", Iface: "eth0"}, nil)
+	if !slices.Equal(r.DNS.Nameservers, []string{"172.19.0.1"}) || !slices.Equal(r.DNS.Search, []string{"corp"}) {
+		t.Errorf("result dns %+v", r.DNS)
+	}
+	// Without names, no name is read.
+	conf.Names = false
+	if req, _ := conf.request("c/eth0", "/p", "K8S_POD_NAME=web"); req.Names != nil {
+		t.Errorf("names without names: %v", req.Names)
 	}
 }

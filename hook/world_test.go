@@ -23,6 +23,17 @@ type fakes struct {
 	tenant *fake.Tenant
 	sys    *fake.System
 	fail   fake.Fails
+	// served are the stores the name server was asked to serve, in turn.
+	served []string
+}
+
+// namer stands for names.Ensure; fail "names" makes it fail.
+func (w *fakes) namer(stateDir, store string) error {
+	if err := w.fail.Check("names"); err != nil {
+		return err
+	}
+	w.served = append(w.served, store)
+	return nil
 }
 
 func newWorld(t *testing.T, subnets ...string) *fakes {
@@ -50,7 +61,7 @@ func newWorld(t *testing.T, subnets ...string) *fakes {
 
 // options put the entry points on w's fakes.
 func (w *fakes) options() []Option {
-	return []Option{WithHost(w.host), WithFirewall(w.fw), WithGuard(w.guard), WithTenant(w.tenant), WithStores(w.stores), WithSystem(w.sys)}
+	return []Option{WithHost(w.host), WithFirewall(w.fw), WithGuard(w.guard), WithTenant(w.tenant), WithStores(w.stores), WithSystem(w.sys), WithNamer(w.namer)}
 }
 
 // other adds network bridge/subnet under the same state directory, and

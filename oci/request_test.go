@@ -57,3 +57,25 @@ func TestRequestFromStateOrBundle(t *testing.T) {
 		t.Errorf("ports on an internal network: %v", err)
 	}
 }
+
+func TestNamesFromTheBundle(t *testing.T) {
+	// As podman lays a container out: GRAPHROOT/vfs-containers/ID/userdata,
+	// with containers.json beside the containers' directories.
+	root := t.TempDir()
+	bundle := filepath.Join(root, "vfs-containers", "c1", "userdata")
+	os.MkdirAll(bundle, 0o755)
+	os.WriteFile(filepath.Join(bundle, "config.json"), []byte(`{"ociVersion":"1.0.2","hostname":"c1short","root":{"path":"rootfs"}}`), 0o644)
+	os.WriteFile(filepath.Join(root, "vfs-containers", "containers.json"), []byte(`[{"id":"c0","names":["other"]},{"id":"c1","names":["db"]}]`), 0o644)
+	c := hook.Defaults()
+	c.Names = true
+	st := specs.State{ID: "c1", Bundle: bundle, Annotations: map[string]string{"io.container.manager": "libpod", "bridgehook.aliases": "database, pg"}}
+	req, err := Request(c, st)
+	if err != nil || strings.Join(req.Names, " ") != "c1short db database pg" || req.Rootfs != filepath.Join(bundle, "rootfs") {
+		t.Errorf("names %v, rootfs %s, %v", req.Names, req.Rootfs, err)
+	}
+	// Without names, none is read.
+	c.Names = false
+	if req, _ := Request(c, st); req.Names != nil {
+		t.Errorf("names without names: %v", req.Names)
+	}
+}
