@@ -25,13 +25,13 @@ build:
 # namespaces and fail if anything they need is missing; as another user
 # only the unit tests run.
 test: lint
-	$(GO) test -count=1 -race ./input ./port ./ipam ./hook ./nat ./oci ./cni
+	$(GO) test -count=1 -race ./input ./port ./ipam ./hook ./nat ./oci ./cni ./names
 	$(GO) test -count=1 -timeout 30m ./...
 
 # Coverage of the tests that need no root: the packages' own, with hook's
 # decisions tested against fakes of the kernel, the firewall and the store.
 cover:
-	$(GO) test -count=1 -cover ./input ./port ./ipam ./hook ./nat ./oci ./cni ./bridge
+	$(GO) test -count=1 -cover ./input ./port ./ipam ./hook ./nat ./oci ./cni ./names ./bridge
 
 # go vet and staticcheck; any finding fails the build.
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
@@ -59,6 +59,7 @@ FUZZTIME ?= 30s
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzReadState$$' -fuzztime $(FUZZTIME) ./oci
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./port
+	$(GO) test -run '^$$' -fuzz '^FuzzHandler$$' -fuzztime $(FUZZTIME) ./names
 
 # The long versions of the concurrency and crash tests.
 stress:

@@ -333,3 +333,36 @@ func TestCNIPodsFindEachOtherByName(t *testing.T) {
 	}
 	waitFor(t, "the name server to end", func() bool { return sb.nameServer() == 0 })
 }
+
+// TestTheUnitServesWhatIsThereAtBoot runs the dns unit's command where a
+// network with names has a container but no server runs, as after a
+// reboot with the state kept: it serves the names at once, and ends by
+// itself with the last container.
+func TestTheUnitServesWhatIsThereAtBoot(t *testing.T) {
+	sb := newSandbox(t, "--names", "--subnet", "10.69.0.0/24")
+	pid := sb.container()
+	sb.mustHook(setupState("a", pid))
+	unix.Kill(sb.nameServer(), unix.SIGKILL)
+	waitFor(t, "the server's lock let go", func() bool { return sb.nameServer() == 0 })
+
+	unit := sb.bridgehook("", unitCommand(t, "bridgehook-dns.service")...)
+	if err := unit.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- unit.Wait() }()
+	waitFor(t, "the unit's server to serve", func() bool {
+		m, _, err := ask(t, pidNetns(pid), "10.69.0.1", "a", dns.TypeA)
+		return err == nil && len(answers(m)) == 1
+	})
+	sb.mustHook(stopState("a"))
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Errorf("the unit's server ended with %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		unit.Process.Kill()
+		t.Fatal("the unit's server did not end with the last container")
+	}
+}

@@ -65,4 +65,7 @@ func TestSystemdUnits(t *testing.T) {
 	if got := strings.Join(unitCommand(t, "bridgehook-firewalld.service"), " "); got != "watch" {
 		t.Errorf("bridgehook-firewalld.service runs %q", got)
 	}
+	if got := strings.Join(unitCommand(t, "bridgehook-dns.service"), " "); got != "dns" {
+		t.Errorf("bridgehook-dns.service runs %q", got)
+	}
 }
