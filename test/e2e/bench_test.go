@@ -17,10 +17,12 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/miekg/dns"
 	"github.com/vishvananda/netns"
 
 	"github.com/bridgehook/bridgehook/ipam"
@@ -143,9 +145,12 @@ func TestBenchTable(t *testing.T) {
 		ported := sb.containers(runs)
 		// The same, on a network of the nftables backend in the same
 		// sandbox, timed in turn with the iptables one.
-		var nft, dual, unchecked []string
-		var nftPids, nftPorted, dualPids, uncheckedPids []int
+		var nft, dual, unchecked, named []string
+		var nftPids, nftPorted, dualPids, uncheckedPids, namedPids []int
 		if name == "" {
+			// A network with names, timed in turn.
+			named = []string{"--state-dir", sb.stateDir, "--bridge", "names0", "--subnet", "10.76.0.0/16", "--names"}
+			namedPids = sb.containers(runs)
 			// A dual-stack network beside the IPv4 one, timed in turn.
 			dual = []string{"--state-dir", sb.stateDir, "--bridge", "dual0", "--subnet", "10.78.0.0/16", "--subnet", "fd78::/64"}
 			dualPids = sb.containers(runs)
@@ -165,7 +170,7 @@ func TestBenchTable(t *testing.T) {
 			basePids = sb.containers(runs)
 		}
 		var emptyF, startup, warm, down, downLive, ports, portsDown figures
-		var nftWarm, nftPorts, nftPortsDown, dualWarm, uncheckedWarm figures
+		var nftWarm, nftPorts, nftPortsDown, dualWarm, uncheckedWarm, namedWarm figures
 		var baseStartup, baseWarm, baseDown figures
 		portsState := func(id string, pid, i int) string {
 			return fmt.Sprintf(`{"id":"%s","pid":%d,"status":"creating","annotations":{"bridgehook.ports":"%d:80,%d:81/udp"}}`, id, pid, 10000+i, 20000+i)
@@ -188,6 +193,7 @@ func TestBenchTable(t *testing.T) {
 				hook(setupState("first", sb.container()), nft...)
 				hook(setupState("first", sb.container()), dual...)
 				hook(setupState("first", sb.container()), unchecked...)
+				hook(setupState("first", sb.container()), named...)
 			}
 			for i := range runs {
 				emptyF = append(emptyF, timeRun(t, setupState("x", 1), empty))
@@ -198,6 +204,10 @@ func TestBenchTable(t *testing.T) {
 				if dualPids != nil {
 					timeRun(t, setupState("x", 1), binary, "version") // light, as before warm
 					dualWarm = append(dualWarm, hook(setupState(fmt.Sprint("c", i), dualPids[i]), dual...))
+				}
+				if namedPids != nil {
+					timeRun(t, setupState("x", 1), binary, "version") // light, as before warm
+					namedWarm = append(namedWarm, hook(setupState(fmt.Sprint("c", i), namedPids[i]), named...))
 				}
 				if nftPids != nil {
 					nftWarm = append(nftWarm, hook(setupState(fmt.Sprint("c", i), nftPids[i]), nft...))
@@ -239,6 +249,8 @@ func TestBenchTable(t *testing.T) {
 			add("warm setup", warm, true, "<= 3 ms above")
 			add("warm setup, spoof check off", uncheckedWarm, true, "(check on <= 1.05x this)")
 			add("dual-stack (IPv4 + IPv6 /64): warm setup", dualWarm, true, "<= 0.5 ms above IPv4's")
+			add(fmt.Sprintf("warm setup, network with names (%+.1f%%)", 100*(float64(namedWarm.pct(0.5)-emptyF.pct(0.5))/float64(warm.pct(0.5)-emptyF.pct(0.5))-1)),
+				namedWarm, true, "<= 5 % above warm setup")
 			add("teardown (container exited, as at poststop)", down, true, "<= 3 ms above")
 			add("teardown (namespace alive: veth deleted)", downLive, true, "(no target)")
 			add("setup with 2 published ports", ports, true, "<= 15 ms above")
@@ -316,6 +328,11 @@ func TestBenchTable(t *testing.T) {
 	alloc, rel = leaseBench(t, 60000, 200, netip.MustParsePrefix("fd21::/64"))
 	add("IPv6-only lease allocate, 60,000 held (/64)", alloc, false, "flat, as IPv4")
 	add("IPv6-only lease release, 60,000 held (/64)", rel, false, "flat, as IPv4")
+
+	local, forwarded, ready, qps := namesBench(t, runs)
+	add(fmt.Sprintf("name server: local name, one query; 8 clients: %d/s", qps[0]), local, false, "(no target)")
+	add(fmt.Sprintf("name server: forwarded, one query; 8 clients: %d/s", qps[1]), forwarded, false, "(no target)")
+	add("name server: setup's return to its name answering", ready, false, "one query, no wait")
 
 	bh, deb := cniBench(t, runs)
 	add("CNI ADD: bridgehook (warm)", bh, false, "")
@@ -542,4 +559,72 @@ func newStream(t *testing.T, check bool) func() time.Duration {
 		})
 		return d
 	}
+}
+
+// namesBench times the name server of a network with names from the
+// sandbox's host: queries one at a time for a container's name and for an
+// outside name (forwarded to the sandbox's upstream), the queries per
+// second of each, and the time from a setup's return until its name
+// answers.
+func namesBench(t *testing.T, runs int) (local, forwarded, ready figures, qps [2]int) {
+	sb := newSandbox(t, "--names", "--subnet", "10.75.0.0/16", "--dns", upstreamAddr)
+	onTmpfs(t, sb)
+	sb.upstream(t)
+	pids := sb.containers(runs)
+	c := &dns.Client{Timeout: 2 * time.Second}
+	query := func(name string) (bool, time.Duration) {
+		q := new(dns.Msg)
+		q.SetQuestion(name, dns.TypeA)
+		start := time.Now()
+		m, _, err := c.Exchange(q, "10.75.0.1:53")
+		return err == nil && len(m.Answer) == 1, time.Since(start)
+	}
+	inNetns(t, sb.ns, func() {
+		for i, pid := range pids {
+			timeRun(t, setupState(fmt.Sprint("c", i), pid), binary, sb.flags...)
+			ok, d := query(fmt.Sprintf("c%d.", i))
+			if !ok {
+				t.Fatalf("c%d does not answer right after its setup", i)
+			}
+			ready = append(ready, d)
+		}
+		for i, name := range []string{"c0.", "outside.example."} {
+			for range 2000 {
+				ok, d := query(name)
+				if !ok {
+					t.Fatalf("%s: no answer", name)
+				}
+				if i == 0 {
+					local = append(local, d)
+				} else {
+					forwarded = append(forwarded, d)
+				}
+			}
+		}
+	})
+	// Throughput: 8 clients at once, each on a thread of its own in the
+	// sandbox.
+	for i, name := range []string{"c0.", "outside.example."} {
+		const clients, each = 8, 1000
+		var wg sync.WaitGroup
+		var failed atomic.Int64
+		start := time.Now()
+		for range clients {
+			wg.Go(func() {
+				inNetns(t, sb.ns, func() {
+					for range each {
+						if ok, _ := query(name); !ok {
+							failed.Add(1)
+						}
+					}
+				})
+			})
+		}
+		wg.Wait()
+		if failed.Load() > 0 {
+			t.Errorf("%s: %d of %d queries failed", name, failed.Load(), clients*each)
+		}
+		qps[i] = int(clients * each / time.Since(start).Seconds())
+	}
+	return local, forwarded, ready, qps
 }
