@@ -1,6 +1,6 @@
 // Package hook wires containers to networks: it is the only package that
-// orchestrates the lease store (ipam), the bridge (bridge) and the
-// firewall (nat). The faces over it, the OCI hook (package oci) and the
+// orchestrates the lease store (ipam), the bridge (bridge), the
+// firewall (nat) and the name server (names). The faces over it, the OCI hook (package oci) and the
 // CNI plugin (package cni), each hand it one Request and show its Result
 // and errors in their own words (package input).
 //
@@ -18,5 +18,6 @@
 //   - request.go: what a face asks (Request, Netns), checked; what it
 //     gets back is setup.go's Result;
 //   - config.go: a network as plain data, checked; record.go: what a
-//     setup trusts on the warm path; dns.go: the container's resolv.conf.
+//     setup trusts on the warm path (and what the name server reads of the
+//     network); dns.go: the container's resolv.conf.
 package hook
