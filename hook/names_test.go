@@ -74,3 +74,21 @@ func TestNamesMustBeNames(t *testing.T) {
 		t.Errorf("a name with a space: %v", err)
 	}
 }
+
+// repair --all keeps a network's names: it takes them from the record,
+// as the other options.
+func TestRepairAllKeepsNames(t *testing.T) {
+	w := newWorld(t, "10.1.0.0/24")
+	w.n.Names = true
+	w.mustSetup("a", w.container(10), "")
+	c := Defaults()
+	c.StateDir = w.n.StateDir
+	if _, err := Repair(c, true, w.options()...); err != nil {
+		t.Fatal(err)
+	}
+	var rec record
+	w.store.Do(func(tx ipam.Tx) error { rec, _ = readRecord(tx); return nil })
+	if rec.Names == nil {
+		t.Error("repair --all dropped the network's names")
+	}
+}

@@ -267,6 +267,10 @@ func (n *Network) on(s ipam.Store) *Network {
 func (n *Network) adopt(tx ipam.Tx) {
 	if rec, ok := readRecord(tx); ok {
 		n.ICC, n.Internal, n.NonMasquerade, n.SpoofCheck = rec.ICC, rec.Internal, rec.NonMasquerade, !rec.NoSpoofCheck
+		n.Names = rec.Names != nil
+		if n.Names {
+			n.DNS = rec.Names.Upstreams
+		}
 	}
 	n.adoptFirewall(tx)
 }
