@@ -459,8 +459,12 @@ func runLs(e *env, args []string) error {
 		if i > 0 {
 			fmt.Fprintln(e.stdout)
 		}
-		fmt.Fprintf(e.stdout, "NETWORK %s  %s  gateway %s  mtu %d  firewall %s\n", n.Bridge,
-			strings.Join(n.Subnets, " "), strings.Join(n.Gateways, " "), n.MTU, n.Firewall)
+		names := ""
+		if n.Names {
+			names = "  names"
+		}
+		fmt.Fprintf(e.stdout, "NETWORK %s  %s  gateway %s  mtu %d  firewall %s%s\n", n.Bridge,
+			strings.Join(n.Subnets, " "), strings.Join(n.Gateways, " "), n.MTU, n.Firewall, names)
 		tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
 		dual := len(n.Subnets) > 1
 		if dual {

@@ -34,6 +34,8 @@ type NetworkView struct {
 	Internal bool     `json:"internal"`
 	// SpoofCheck: what containers send as others is dropped.
 	SpoofCheck bool `json:"spoof_check"`
+	// Names: the network's name server answers its containers' names.
+	Names bool `json:"names"`
 	// NonMasquerade are the destinations reached without masquerade.
 	NonMasquerade []string   `json:"non_masquerade,omitempty"`
 	Firewall      string     `json:"firewall"`
@@ -44,16 +46,19 @@ type NetworkView struct {
 
 // Endpoint is one container on a network.
 type Endpoint struct {
-	ID         string    `json:"id"`
-	IP         string    `json:"ip"`
-	IP6        string    `json:"ip6,omitempty"`
-	MAC        string    `json:"mac"`
-	Iface      string    `json:"iface"`
-	Veth       string    `json:"veth"`
-	PID        int       `json:"pid"`
-	NetnsInode uint64    `json:"netns_inode"`
-	Ports      []string  `json:"ports"`
-	Created    time.Time `json:"created"`
+	ID         string   `json:"id"`
+	IP         string   `json:"ip"`
+	IP6        string   `json:"ip6,omitempty"`
+	MAC        string   `json:"mac"`
+	Iface      string   `json:"iface"`
+	Veth       string   `json:"veth"`
+	PID        int      `json:"pid"`
+	NetnsInode uint64   `json:"netns_inode"`
+	Ports      []string `json:"ports"`
+	// Names are what it answers to besides its id, on a network with
+	// names.
+	Names   []string  `json:"names,omitempty"`
+	Created time.Time `json:"created"`
 	// Status is "running" while the recorded namespace lives, else
 	// "stale": gc reclaims stale leases.
 	Status  string `json:"status"`
@@ -75,7 +80,7 @@ func endpoint(l ipam.Lease, bridgeName string, alive bool) Endpoint {
 	}
 	return Endpoint{
 		ID: l.ID, IP: l.IP.String(), IP6: ip6, MAC: macOf(l).String(), Iface: l.Iface, Veth: l.Veth,
-		PID: l.PID, NetnsInode: l.NetnsInode, Ports: ports, Created: l.Created, Status: status, Network: bridgeName,
+		PID: l.PID, NetnsInode: l.NetnsInode, Ports: ports, Names: l.Names, Created: l.Created, Status: status, Network: bridgeName,
 	}
 }
 
@@ -116,6 +121,7 @@ func List(c Config, all bool, opts ...Option) ([]NetworkView, error) {
 		err := s.Do(func(tx ipam.Tx) error {
 			if rec, ok := readRecord(tx); ok {
 				v.MTU, v.ICC, v.Internal, v.NAT, v.SpoofCheck = rec.MTU, rec.ICC, rec.Internal, !rec.Internal, !rec.NoSpoofCheck
+				v.Names = rec.Names != nil
 				for _, p := range rec.NonMasquerade {
 					v.NonMasquerade = append(v.NonMasquerade, p.String())
 				}

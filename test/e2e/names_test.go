@@ -137,6 +137,18 @@ func TestContainersFindEachOtherByName(t *testing.T) {
 	web, _ := sb.lease("web", "172.19.0.0/16,fd19::/64")
 	db, _ := sb.lease("db", "172.19.0.0/16,fd19::/64")
 
+	// The server listens on the IPv6 gateway: an address never tentative
+	// (no DAD), so it could bind it the moment the bridge had it.
+	br, err := sb.nl.LinkByName("netns0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gws, _ := sb.nl.AddrList(br, netlink.FAMILY_V6)
+	for _, a := range gws {
+		if a.IP.String() == "fd19::1" && (a.Flags&unix.IFA_F_TENTATIVE != 0 || a.Flags&unix.IFA_F_NODAD == 0) {
+			t.Errorf("IPv6 gateway flags %#x: tentative, or subject to DAD", a.Flags)
+		}
+	}
 	resolv, err := os.ReadFile(filepath.Join(root, "etc", "resolv.conf"))
 	if err != nil || !strings.Contains(string(resolv), "nameserver 172.19.0.1\nnameserver fd19::1\n") {
 		t.Fatalf("resolv.conf names not the network's server: %q %v", resolv, err)
