@@ -91,7 +91,8 @@ func newServer(stateDir string, log *slog.Logger) (*server, error) {
 		}
 		return nil, fmt.Errorf("name server: lock %s: %w", f.Name(), err)
 	}
-	if err := f.Truncate(0); err == nil {
+	err = f.Truncate(0)
+	if err == nil {
 		_, err = f.WriteAt([]byte(strconv.Itoa(os.Getpid())), 0)
 	}
 	if err != nil {
