@@ -16,8 +16,9 @@ type source interface {
 	lookup(name string) ([]netip.Addr, bool)
 	reverse(ip netip.Addr) ([]string, bool)
 	// catchUp applies what changed in the store and is not yet applied:
-	// inotify queues a lease's event before the setup that wrote it
-	// returns, so after catchUp every finished setup's names answer.
+	// inotify queues a lease's event before the setup (or teardown) that
+	// wrote it returns, so after catchUp every finished setup's names
+	// answer, and no finished teardown's do.
 	catchUp()
 }
 
@@ -82,9 +83,6 @@ func (h handler) answer(r *dns.Msg, src netip.Addr, tcp bool) *dns.Msg {
 	q := r.Question[0]
 	name, ok := Canonical(q.Name)
 	if ok && q.Qclass == dns.ClassINET {
-		if m := h.local(r, name); m != nil {
-			return m
-		}
 		h.src.catchUp()
 		if m := h.local(r, name); m != nil {
 			return m

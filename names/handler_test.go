@@ -100,7 +100,7 @@ func TestHandlerAnswersTheNetworksNames(t *testing.T) {
 	}
 }
 
-func TestHandlerCatchesUpBeforeCallingANameUnknown(t *testing.T) {
+func TestHandlerCatchesUpBeforeItAnswers(t *testing.T) {
 	h, src, up := newFixture()
 	src.queued = map[string]ipam.Lease{"10.0.0.5": {ID: "new", IP: netip.MustParseAddr("10.0.0.5")}}
 	if m := h.answer(query("new.", dns.TypeA), client, false); len(m.Answer) != 1 || src.caughtUp != 1 {

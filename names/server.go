@@ -49,6 +49,8 @@ type server struct {
 	log           *slog.Logger
 	fwd           *forwarder
 
+	// readMu orders the reads of the watcher (catchUp).
+	readMu sync.Mutex
 	// mu guards what follows. Handlers take it to read; the store's
 	// changes are applied under it.
 	mu   sync.RWMutex
@@ -122,6 +124,7 @@ func (s *server) run(ctx context.Context) error {
 			return err
 		}
 		s.catchUp()
+		s.retry()
 		if s.done() {
 			return nil
 		}
@@ -129,23 +132,50 @@ func (s *server) run(ctx context.Context) error {
 	return nil
 }
 
-// catchUp applies the store's queued changes, and tries again the binds
-// that failed.
+// catchUp applies the changes to the store that the kernel has queued:
+// the run loop calls it when there are some, and every query before it is
+// answered, so that an answer reflects every setup and teardown that
+// returned before the query came. With none queued, it costs one read
+// that does not block.
 func (s *server) catchUp() {
+	// In order: the events of one read are applied before the next read.
+	s.readMu.Lock()
+	defer s.readMu.Unlock()
+	events := s.w.drain()
+	if len(events) == 0 {
+		return
+	}
 	s.mu.Lock()
-	stop := s.apply()
+	stop := s.apply(events)
 	s.mu.Unlock()
-	// Outside the lock: a server's shutdown waits for its handlers, which
-	// may wait for the lock.
-	for _, srv := range stop {
+	shutdown(stop)
+}
+
+// shutdown stops servers outside the lock: a server's shutdown waits for
+// its handlers, which may wait for the lock.
+func shutdown(srvs []*dns.Server) {
+	for _, srv := range srvs {
 		go srv.Shutdown()
 	}
 }
 
-// apply reads the watcher's events and brings the networks up to date;
-// it returns the servers to shut down.
-func (s *server) apply() []*dns.Server {
-	changed, rescan := s.w.read(s)
+// retry tries again the binds that failed.
+func (s *server) retry() {
+	s.mu.Lock()
+	var stop []*dns.Server
+	for _, n := range s.nets {
+		if n.unbound {
+			stop = append(stop, n.refresh()...)
+		}
+	}
+	s.mu.Unlock()
+	shutdown(stop)
+}
+
+// apply brings the networks up to date with the watcher's events; it
+// returns the servers to shut down.
+func (s *server) apply(events []byte) []*dns.Server {
+	changed, rescan := s.w.apply(s, events)
 	if rescan {
 		s.rescan()
 		for _, n := range s.nets {
@@ -156,7 +186,7 @@ func (s *server) apply() []*dns.Server {
 	}
 	var stop []*dns.Server
 	for _, n := range s.nets {
-		if changed[n.dir] || n.unbound || rescan {
+		if changed[n.dir] || rescan {
 			stop = append(stop, n.refresh()...)
 		}
 	}
@@ -190,9 +220,7 @@ func (s *server) add(dir string) {
 		s.nets[dir] = n
 		s.w.store(dir)
 	}
-	for _, srv := range n.refresh() {
-		go srv.Shutdown()
-	}
+	shutdown(n.refresh())
 }
 
 // remove stops serving the store in dir, which is gone.
@@ -201,9 +229,7 @@ func (s *server) remove(dir string) {
 	if !ok {
 		return
 	}
-	for _, srv := range n.unname() {
-		go srv.Shutdown()
-	}
+	shutdown(n.unname())
 	s.w.forget(dir)
 	delete(s.nets, dir)
 }

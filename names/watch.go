@@ -104,27 +104,34 @@ func (w *watcher) wait(timeout time.Duration) error {
 	return nil
 }
 
-// read applies every queued event to s's networks: a lease's change to
-// its table at once, and a store's to the set it returns, to be
-// refreshed; rescan says events were lost.
-func (w *watcher) read(s *server) (changed map[string]bool, rescan bool) {
-	changed = map[string]bool{}
+// drain reads every event queued, without blocking: none, nil.
+func (w *watcher) drain() []byte {
+	var events []byte
 	for {
 		n, err := unix.Read(w.fd, w.buf)
 		if err != nil || n <= 0 {
-			return changed, rescan
+			return events
 		}
-		for off := 0; off+unix.SizeofInotifyEvent <= n; {
-			ev := (*unix.InotifyEvent)(unsafe.Pointer(&w.buf[off]))
-			name := nameOf(w.buf[off+unix.SizeofInotifyEvent : off+unix.SizeofInotifyEvent+int(ev.Len)])
-			off += unix.SizeofInotifyEvent + int(ev.Len)
-			if ev.Mask&unix.IN_Q_OVERFLOW != 0 {
-				rescan = true
-				continue
-			}
-			w.event(s, ev.Wd, ev.Mask, name, changed)
-		}
+		events = append(events, w.buf[:n]...)
 	}
+}
+
+// apply applies events (of drain) to s's networks: a lease's change to
+// its table at once, and a store's to the set it returns, to be
+// refreshed; rescan says events were lost.
+func (w *watcher) apply(s *server, events []byte) (changed map[string]bool, rescan bool) {
+	changed = map[string]bool{}
+	for off := 0; off+unix.SizeofInotifyEvent <= len(events); {
+		ev := (*unix.InotifyEvent)(unsafe.Pointer(&events[off]))
+		name := nameOf(events[off+unix.SizeofInotifyEvent : off+unix.SizeofInotifyEvent+int(ev.Len)])
+		off += unix.SizeofInotifyEvent + int(ev.Len)
+		if ev.Mask&unix.IN_Q_OVERFLOW != 0 {
+			rescan = true
+			continue
+		}
+		w.event(s, ev.Wd, ev.Mask, name, changed)
+	}
+	return changed, rescan
 }
 
 func (w *watcher) event(s *server, wd int32, mask uint32, name string, changed map[string]bool) {
