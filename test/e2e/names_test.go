@@ -149,6 +149,22 @@ func TestContainersFindEachOtherByName(t *testing.T) {
 			t.Errorf("IPv6 gateway flags %#x: tentative, or subject to DAD", a.Flags)
 		}
 	}
+	// It listens on the gateways, UDP and TCP, and on no wildcard (the
+	// test's upstream aside).
+	ss, err := sb.cmd("ss", "-Hlnut", "sport", "=", "53").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var at []string
+	for _, line := range strings.Split(strings.TrimSpace(string(ss)), "\n") {
+		if f := strings.Fields(line); len(f) >= 5 && !strings.HasPrefix(f[4], upstreamAddr+":") {
+			at = append(at, f[0]+" "+f[4])
+		}
+	}
+	slices.Sort(at)
+	if want := []string{"tcp 172.19.0.1:53", "tcp [fd19::1]:53", "udp 172.19.0.1:53", "udp [fd19::1]:53"}; !slices.Equal(at, want) {
+		t.Errorf("listening on %v, want %v", at, want)
+	}
 	resolv, err := os.ReadFile(filepath.Join(root, "etc", "resolv.conf"))
 	if err != nil || !strings.Contains(string(resolv), "nameserver 172.19.0.1\nnameserver fd19::1\n") {
 		t.Fatalf("resolv.conf names not the network's server: %q %v", resolv, err)
