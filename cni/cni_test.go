@@ -85,7 +85,7 @@ func newVerbs(t *testing.T) *verbs {
 	fails := fake.Fails{}
 	v := &verbs{t: t, out: &bytes.Buffer{}, sys: sys, host: fake.NewHost(sys, fails), fw: fake.NewFirewall(fails),
 		stateDir: t.TempDir(), log: filepath.Join(t.TempDir(), "cni.log")}
-	opts := []hook.Option{hook.WithHost(v.host), hook.WithFirewall(v.fw), hook.WithGuard(fake.NewGuard(fails)), hook.WithTenant(nil), hook.WithStores(&ipam.Memories{}), hook.WithSystem(sys)}
+	opts := []hook.Option{hook.WithHost(v.host), hook.WithFirewall(v.fw), hook.WithGuard(fake.NewGuard(fails)), hook.WithTenant(nil), hook.WithStores(&ipam.Memories{}), hook.WithSystem(sys), hook.WithGeneration((&fake.Gen{}).Get)}
 	v.p = plugin{opts: opts, out: v.out}
 	return v
 }

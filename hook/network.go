@@ -82,6 +82,10 @@ type Network struct {
 	opener ipam.Opener
 	// namer makes sure the name server serves the network (names.Ensure).
 	namer func(stateDir, store string) error
+	// gen reads the nftables generation (nat.Generation); verifiedGen is
+	// the one this command verified the network at (gen.go).
+	gen         func() (uint32, error)
+	verifiedGen uint32
 }
 
 // Option replaces a part of the world a Network drives: the kernel's
@@ -98,6 +102,7 @@ type world struct {
 	opener   ipam.Opener
 	sys      System
 	namer    func(stateDir, store string) error
+	gen      func() (uint32, error)
 	debug    *slog.Logger
 }
 
@@ -153,6 +158,10 @@ func WithNamer(ensure func(stateDir, store string) error) Option {
 	return func(w *world) { w.namer = ensure }
 }
 
+// WithGeneration reads the nftables generation with gen, in place of
+// nat.Generation.
+func WithGeneration(gen func() (uint32, error)) Option { return func(w *world) { w.gen = gen } }
+
 // WithDebug tells debug how long each step took.
 func WithDebug(debug *slog.Logger) Option { return func(w *world) { w.debug = debug } }
 
@@ -165,6 +174,7 @@ func worldOf(opts []Option) world {
 		opener:   ipam.OnDisk{},
 		sys:      procs{},
 		namer:    names.Ensure,
+		gen:      nat.Generation,
 	}
 	for _, o := range opts {
 		o(&w)
@@ -208,6 +218,7 @@ func Open(c Config, opts ...Option) (*Network, error) {
 		sys:    w.sys,
 		opener: w.opener,
 		namer:  w.namer,
+		gen:    w.gen,
 	}, nil
 }
 

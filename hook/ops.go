@@ -576,7 +576,9 @@ func (n *Network) repair(tx ipam.Tx) error {
 	if err := n.installGuard(tx); err != nil {
 		return err
 	}
-	return tx.SetRecord(n.recordOf(br))
+	rec = n.recordOf(br)
+	n.stamp(&rec)
+	return tx.SetRecord(rec)
 }
 
 // subnetList names a network's subnets for a person: "172.19.0.0/16 and

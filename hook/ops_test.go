@@ -96,6 +96,7 @@ func TestRemoveAndRepair(t *testing.T) {
 		t.Errorf("remove of a network in use: %v", err)
 	}
 	delete(w.fw.Installed, "netns0") // a firewall reload
+	w.gen.N++
 	if err := w.store.Do(w.n.repair); err != nil || len(w.fw.Installed) != 1 {
 		t.Errorf("repair: %v, rules %v", err, w.fw.Installed)
 	}

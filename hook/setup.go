@@ -73,6 +73,7 @@ func (n *Network) Setup(req Request) (res Result, err error) {
 		return res, err
 	}
 	tm.step("attach veth")
+	n.leaveFresh(len(req.Ports) > 0)
 
 	// 6. resolv.conf, if the network gives name servers and the face a
 	// root to write it in (a CNI runtime writes it from the result).
@@ -143,29 +144,8 @@ func (n *Network) ensureNetwork(tx ipam.Tx) (br bridge.Bridge, restored bool, un
 	}
 	if known {
 		if found, ok := n.host.Find(n.Bridge); ok && n.trusts(rec, found) {
-			// A check that cannot run counts as rules gone: the install
-			// says what is wrong.
-			rules, _ := n.fw.Verify(n.natNetwork())
-			guard := !n.SpoofCheck
-			if !guard {
-				guard, _ = n.guard.Verify(n.Bridge)
-			}
-			if !rules {
-				// What took the rules may have been firewalld: check
-				// the zone too, on this slow path only.
-				if err := n.joinTenant(); err != nil {
-					return found, true, nil, err
-				}
-				if err := n.installFirewall(tx); err != nil {
-					return found, true, nil, err
-				}
-			}
-			if !guard {
-				if err := n.installGuard(tx); err != nil {
-					return found, true, nil, err
-				}
-			}
-			return found, !rules || !guard, nil, nil
+			restored, err := n.checkWarm(tx, rec)
+			return found, restored, nil, err
 		}
 	}
 	if err := n.checkBridgeFree(); err != nil {
@@ -187,7 +167,53 @@ func (n *Network) ensureNetwork(tx ipam.Tx) (br bridge.Bridge, restored bool, un
 	if err := n.installGuard(tx); err != nil {
 		return br, false, undo, err
 	}
-	return br, false, undo, tx.SetRecord(n.recordOf(br))
+	rec = n.recordOf(br)
+	n.stamp(&rec)
+	return br, false, undo, tx.SetRecord(rec)
+}
+
+// checkWarm checks the rules and the spoof check of a network whose
+// record vouches for its bridge, and installs again what a reload or a
+// flush took. Where the nftables generation is the one recorded, what
+// nftables holds is trusted without a look (gen.go).
+func (n *Network) checkWarm(tx ipam.Tx, rec record) (restored bool, err error) {
+	g, fresh := n.fresh(rec)
+	if fresh && rec.firewall() == "nftables" {
+		n.verifiedGen = g
+		return false, nil
+	}
+	// A check that cannot run counts as rules gone: the install says
+	// what is wrong.
+	rules, _ := n.fw.Verify(n.natNetwork())
+	guard := !n.SpoofCheck || fresh
+	if !guard {
+		guard, _ = n.guard.Verify(n.Bridge)
+	}
+	if !rules {
+		// What took the rules may have been firewalld: check the zone
+		// too, on this slow path only.
+		if err := n.joinTenant(); err != nil {
+			return true, err
+		}
+		if err := n.installFirewall(tx); err != nil {
+			return true, err
+		}
+	}
+	if !guard {
+		if err := n.installGuard(tx); err != nil {
+			return true, err
+		}
+	}
+	if fresh && rules {
+		n.verifiedGen = g
+		return false, nil
+	}
+	old := rec.Gen
+	n.stamp(&rec)
+	if rec.Gen != old {
+		err = tx.SetRecord(rec)
+	}
+	return !rules || !guard, err
 }
 
 // quiet6 sets the IPv6 defaults of a container on an IPv6 network (see
@@ -260,6 +286,16 @@ func (n *Network) attach(br bridge.Bridge, ns netns.NsHandle, l ipam.Lease, mac 
 	return func() error { return n.host.Detach(ep.Host, ep.Alias) }, nil
 }
 
+// leaveFresh records the generation after a setup's own commits, so that
+// the next setup trusts its network with one read (gen.go). The record is
+// a cache: failing to write it costs the next setup a full check, and
+// fails nothing.
+func (n *Network) leaveFresh(ports bool) {
+	if k := n.commits(ports); n.verifiedGen != 0 && k >= 0 {
+		n.store.Do(func(tx ipam.Tx) error { return n.keepFresh(tx, k) })
+	}
+}
+
 // Teardown undoes the setup of container id, found again from its lease.
 // An id with no lease is not an error: poststop also runs after a failed
 // create, and may run twice.
@@ -271,9 +307,14 @@ func (n *Network) Teardown(id string) (res Result, err error) {
 			return hint(err)
 		}
 		tm.step("lookup")
+		rec, _ := readRecord(tx)
+		if g, fresh := n.fresh(rec); fresh {
+			n.verifiedGen = g
+		}
 		if err := n.forget(tx, l); err != nil {
 			return err
 		}
+		n.keepFresh(tx, n.commits(len(l.Ports) > 0)) // a cache: see leaveFresh
 		tm.step("detach, unpublish, release")
 		res = Result{Lease: l, Found: true}
 		return nil

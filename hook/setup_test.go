@@ -266,6 +266,7 @@ func TestSpoofCheck(t *testing.T) {
 	}
 	// A flush of the ruleset: the next setup restores b's too.
 	delete(w.guard.Tables, "netns0")
+	w.gen.N++ // a flush is a commit
 	res, err := w.setup("c", w.container(12), "")
 	if err != nil || !res.RulesRestored {
 		t.Fatalf("setup after a flush: %+v %v", res, err)

@@ -25,6 +25,8 @@ type fakes struct {
 	fail   fake.Fails
 	// served are the stores the name server was asked to serve, in turn.
 	served []string
+	// gen is the nftables generation, which fw and guard move on.
+	gen *fake.Gen
 }
 
 // namer stands for names.Ensure; fail "names" makes it fail.
@@ -49,7 +51,9 @@ func newWorld(t *testing.T, subnets ...string) *fakes {
 	w := &fakes{
 		t: t, fail: f, sys: sys, stores: &ipam.Memories{Fail: f.Check},
 		host: fake.NewHost(sys, f), fw: fake.NewFirewall(f), guard: fake.NewGuard(f), tenant: fake.NewTenant(f),
+		gen: &fake.Gen{N: 100},
 	}
+	w.fw.Gen, w.guard.Gen = w.gen, w.gen
 	n, err := Open(c, w.options()...)
 	if err != nil {
 		t.Fatal(err)
@@ -61,7 +65,7 @@ func newWorld(t *testing.T, subnets ...string) *fakes {
 
 // options put the entry points on w's fakes.
 func (w *fakes) options() []Option {
-	return []Option{WithHost(w.host), WithFirewall(w.fw), WithGuard(w.guard), WithTenant(w.tenant), WithStores(w.stores), WithSystem(w.sys), WithNamer(w.namer)}
+	return []Option{WithHost(w.host), WithFirewall(w.fw), WithGuard(w.guard), WithTenant(w.tenant), WithStores(w.stores), WithSystem(w.sys), WithNamer(w.namer), WithGeneration(w.gen.Get)}
 }
 
 // other adds network bridge/subnet under the same state directory, and

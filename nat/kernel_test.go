@@ -25,6 +25,9 @@ type kernel struct {
 	reads, writes int
 	// failWrite refuses every transaction with this errno.
 	failWrite unix.Errno
+	// tableDeletes counts the tables deleted: each waits for the RCU
+	// grace period in the kernel.
+	tableDeletes int
 }
 
 type ktable struct {
@@ -171,6 +174,7 @@ func (k *kernel) apply(m netlink.Message) unix.Errno {
 			return unix.ENOENT
 		}
 		k.tables = slices.DeleteFunc(k.tables, func(o *ktable) bool { return o == t })
+		k.tableDeletes++
 	case unix.NFT_MSG_NEWCHAIN:
 		t := k.table(family, str(a[unix.NFTA_CHAIN_TABLE]))
 		if t == nil {

@@ -327,14 +327,20 @@ func (f *NFTables) Install(n Network, pubs []Published) error {
 			return err
 		}
 	}
+	t := n.nftTable()
+	// A table that is not there is not deleted first: a delete waits for
+	// the kernel's RCU grace period (13 ms here), the most of a cold setup.
+	have, err := f.c.table(t)
+	if err != nil {
+		return fmt.Errorf("install rules for %s: %w", n.Bridge, err)
+	}
 	c, err := f.c.get()
 	if err != nil {
 		return err
 	}
-	t := n.nftTable()
-	// Adding first makes the delete succeed whether or not it existed.
-	c.AddTable(t)
-	c.DelTable(t)
+	if have != nil {
+		c.DelTable(t)
+	}
 	c.AddTable(t)
 	chains := n.nftChains()
 	for _, name := range []string{nftForward, nftPostrouting, nftPrerouting, nftOutput, nftPorts} {

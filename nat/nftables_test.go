@@ -219,6 +219,9 @@ func TestNFTablesLifecycle(t *testing.T) {
 	if err := fw.Install(n, nil); err != nil {
 		t.Fatal(err)
 	}
+	if k.tableDeletes != 0 {
+		t.Errorf("the first Install deleted %d tables, none there", k.tableDeletes)
+	}
 	if k.rules(unix.NFPROTO_IPV4, "filter", "FORWARD") != 1 {
 		t.Errorf("iptables' FORWARD holds %d rules, want the coexistence rule", k.rules(unix.NFPROTO_IPV4, "filter", "FORWARD"))
 	}
@@ -226,7 +229,7 @@ func TestNFTablesLifecycle(t *testing.T) {
 		t.Fatalf("Verify after Install = %v, %v", ok, err)
 	}
 	// Installing again replaces the table and the coexistence rule.
-	if err := fw.Install(n, nil); err != nil || k.rules(unix.NFPROTO_IPV4, "filter", "FORWARD") != 1 {
+	if err := fw.Install(n, nil); err != nil || k.rules(unix.NFPROTO_IPV4, "filter", "FORWARD") != 1 || k.tableDeletes != 1 {
 		t.Errorf("a second Install: %v, %d coexistence rules", err, k.rules(unix.NFPROTO_IPV4, "filter", "FORWARD"))
 	}
 	web := Published{ID: "web", IP: netip.MustParseAddr("172.19.0.2"), Ports: port.MustParse("8080:80, 127.0.0.1:9000:90")}

@@ -260,9 +260,30 @@ func (h *Host) PeerAddrs(ns netns.NsHandle, iface string, p bridge.Port, subnets
 
 func (h *Host) Close() {}
 
+// Gen is the kernel's nftables generation: each transaction of the fake
+// Firewall and Guard that share it moves it on, as any table's commit
+// does in the kernel.
+type Gen struct {
+	N     uint32
+	Reads int
+}
+
+// Get is nat.Generation.
+func (g *Gen) Get() (uint32, error) {
+	g.Reads++
+	return g.N, nil
+}
+
+func (g *Gen) commit() {
+	if g != nil {
+		g.N++
+	}
+}
+
 // Firewall keeps each network's rules as a flag and its published
 // ports by container address.
 type Firewall struct {
+	Gen *Gen
 	// Verifies lists the networks Verify was asked about; Reloaded marks
 	// those whose rules a reload took.
 	Verifies    []string
@@ -285,6 +306,7 @@ func (f *Firewall) Install(n nat.Network, pubs []nat.Published) error {
 	if err := f.Fail.Check("install"); err != nil {
 		return err
 	}
+	f.Gen.commit()
 	f.Installed[n.Bridge] = n
 	delete(f.Reloaded, n.Bridge)
 	f.Ports[n.Bridge] = map[netip.Addr]nat.Published{}
@@ -299,6 +321,7 @@ func (f *Firewall) Uninstall(n nat.Network) error {
 	if err := f.Fail.Check("uninstall"); err != nil {
 		return err
 	}
+	f.Gen.commit()
 	delete(f.Installed, n.Bridge)
 	delete(f.Ports, n.Bridge)
 	return nil
@@ -309,6 +332,7 @@ func (f *Firewall) Reload(br string) {
 	if f.Reloaded == nil {
 		f.Reloaded = map[string]bool{}
 	}
+	f.Gen.commit()
 	f.Reloaded[br] = true
 	delete(f.Installed, br)
 	delete(f.Ports, br)
@@ -332,6 +356,7 @@ func (f *Firewall) Publish(n nat.Network, p nat.Published) error {
 	if _, ok := f.Installed[n.Bridge]; !ok {
 		return fmt.Errorf("publish on %s: no rules installed", n.Bridge)
 	}
+	f.Gen.commit()
 	f.Ports[n.Bridge][p.IP] = p
 	return nil
 }
@@ -341,6 +366,7 @@ func (f *Firewall) Unpublish(n nat.Network, p nat.Published) error {
 	if err := f.Fail.Check("unpublish"); err != nil {
 		return err
 	}
+	f.Gen.commit()
 	delete(f.Ports[n.Bridge], p.IP)
 	return nil
 }
@@ -383,8 +409,11 @@ func (s *System) PortInUse(proto string, addr netip.Addr, p uint16) (bool, error
 // Guard keeps each network's spoof check: which veths it knows, and
 // what each may send as.
 type Guard struct {
-	Fail   Fails
-	Tables map[string]map[string]nat.Sender // by bridge, by veth
+	Gen *Gen
+	// Verifies counts the checks of a table.
+	Verifies int
+	Fail     Fails
+	Tables   map[string]map[string]nat.Sender // by bridge, by veth
 }
 
 // NewGuard is a kernel with no spoof check.
@@ -396,6 +425,7 @@ func (g *Guard) Install(bridge string, senders []nat.Sender) error {
 	if err := g.Fail.Check("guard"); err != nil {
 		return err
 	}
+	g.Gen.commit()
 	g.Tables[bridge] = map[string]nat.Sender{}
 	for _, s := range senders {
 		g.Tables[bridge][s.Veth] = s
@@ -404,6 +434,7 @@ func (g *Guard) Install(bridge string, senders []nat.Sender) error {
 }
 
 func (g *Guard) Verify(bridge string) (bool, error) {
+	g.Verifies++
 	_, ok := g.Tables[bridge]
 	return ok, nil
 }
@@ -416,6 +447,7 @@ func (g *Guard) Allow(bridge string, s nat.Sender) error {
 	if !ok {
 		return fmt.Errorf("spoof check of %s: no table", bridge)
 	}
+	g.Gen.commit()
 	t[s.Veth] = s
 	return nil
 }
@@ -424,6 +456,7 @@ func (g *Guard) Forbid(bridge string, s nat.Sender) error {
 	if err := g.Fail.Check("forbid"); err != nil {
 		return err
 	}
+	g.Gen.commit()
 	delete(g.Tables[bridge], s.Veth)
 	return nil
 }
@@ -438,6 +471,7 @@ func (g *Guard) Senders(bridge string) ([]string, error) {
 }
 
 func (g *Guard) Drop(bridge string, veths []string) error {
+	g.Gen.commit()
 	for _, v := range veths {
 		delete(g.Tables[bridge], v)
 	}
@@ -448,6 +482,7 @@ func (g *Guard) Uninstall(bridge string) error {
 	if err := g.Fail.Check("unguard"); err != nil {
 		return err
 	}
+	g.Gen.commit()
 	delete(g.Tables, bridge)
 	return nil
 }

@@ -1,0 +1,68 @@
+package hook
+
+import (
+	"slices"
+	"testing"
+)
+
+// checks are the checks of the rules and of the spoof check made so far.
+func (w *fakes) checks() (rules, guard int) { return len(w.fw.Verifies), w.guard.Verifies }
+
+// On nftables, a warm setup that finds the generation it recorded makes no
+// other read; a commit to any other table, or a command's commits beside
+// its own, bring the full check back for one setup.
+func TestWarmSetupsTrustTheRecordedGeneration(t *testing.T) {
+	w := newWorld(t, "10.1.0.0/24")
+	w.n.Firewall = "nftables"
+	w.mustSetup("a", w.container(10), "")
+	w.mustSetup("b", w.container(11), "")
+
+	expect := func(what string, full bool) {
+		t.Helper()
+		rules, guard := w.checks()
+		reads := w.gen.Reads
+		w.mustSetup(what, w.container(20+len(w.served)+int(w.gen.N)), "")
+		r, g := w.checks()
+		switch {
+		case full && (r == rules || g == guard):
+			t.Errorf("%s: no full check (rules %d, spoof check %d)", what, r-rules, g-guard)
+		case !full && (r != rules || g != guard):
+			t.Errorf("%s: checked at the recorded generation (rules %d, spoof check %d)", what, r-rules, g-guard)
+		case !full && w.gen.Reads-reads != 2:
+			t.Errorf("%s: %d reads of the generation, want 2 (the check, and after its own commit)", what, w.gen.Reads-reads)
+		}
+	}
+	expect("c", false)
+	w.gen.N++ // another table's commit (iptables-nft, firewalld, nft -f)
+	expect("d", true)
+	expect("e", false)
+	if _, err := w.n.Teardown("e"); err != nil {
+		t.Fatal(err)
+	}
+	expect("f", false) // a teardown keeps the record fresh too
+	// A setup with ports on nftables commits twice; still fresh after.
+	w.mustSetup("p", w.container(90), "8080:80")
+	expect("g", false)
+	// A reload of the firewall takes the rules: they come back.
+	w.fw.Reload("netns0")
+	res, err := w.setup("h", w.container(91), "")
+	if err != nil || !res.RulesRestored {
+		t.Errorf("after a reload: %+v %v", res, err)
+	}
+}
+
+// On iptables, the rules are checked each time (legacy iptables has no
+// generation); only the spoof check, in nftables, is trusted.
+func TestIPTablesRulesAreAlwaysChecked(t *testing.T) {
+	w := newWorld(t, "10.1.0.0/24")
+	w.mustSetup("a", w.container(10), "")
+	w.mustSetup("b", w.container(11), "")
+	rules, guard := w.checks()
+	w.mustSetup("c", w.container(12), "")
+	if r, g := w.checks(); r != rules+1 || g != guard {
+		t.Errorf("iptables warm setup: %d checks of the rules, %d of the spoof check; want 1 and 0", r-rules, g-guard)
+	}
+	if !slices.Contains(w.fw.Verifies, "netns0") {
+		t.Error("no check of the rules")
+	}
+}
