@@ -58,9 +58,13 @@ func Open(stateDir, bridge string, subnets ...netip.Prefix) (*Disk, error) {
 	if len(rs) > 1 {
 		subs = append(subs, filepath.Join(dir, "leases6"))
 	}
-	for _, d := range subs {
-		if err := os.Mkdir(d, dirMode); err != nil && !errors.Is(err, os.ErrExist) {
+	for i, d := range subs {
+		err := os.Mkdir(d, dirMode)
+		if err != nil && !errors.Is(err, os.ErrExist) {
 			return nil, fmt.Errorf("lease store in %s: %w", stateDir, err)
+		}
+		if i == 0 && err == nil {
+			markIndexed(dir) // new: no lease to index
 		}
 	}
 	return &Disk{dir: dir, bridge: bridge, ranges: rs, lock: flock.New(filepath.Join(dir, "lock"))}, nil
@@ -348,6 +352,11 @@ func (t *diskTx) write(l Lease) error {
 	if err != nil {
 		return err
 	}
+	// The claims first: one a crash leaves names a lease that is not
+	// there, which readers see through.
+	if err := writeClaims(t.s.dir, l); err != nil {
+		return err
+	}
 	if l.IP6.IsValid() {
 		// A plain symlink: the address was found free under the lock,
 		// and creating it is atomic.
@@ -358,6 +367,7 @@ func (t *diskTx) write(l Lease) error {
 	f, err := writeAtomic(t.leasePath(l.IP), b, true)
 	if err != nil {
 		t.unreserve6(l)
+		removeClaims(t.s.dir, l)
 		return fmt.Errorf("write lease %s in %s: %w", l.IP, t.s.dir, err)
 	}
 	if err := symlinkAtomic(l.IP.String(), t.idPath(l.ID)); err != nil {
@@ -409,7 +419,8 @@ func (t *diskTx) Drain(l Lease) error {
 	if err := os.Remove(t.idPath(l.ID)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("release index of %s: %w", l.IP, err)
 	}
-	return nil
+	// A draining lease publishes nothing: its ports were unpublished.
+	return removeClaims(t.s.dir, l)
 }
 
 func (t *diskTx) Draining() ([]Lease, error) {
@@ -480,8 +491,13 @@ func (t *diskTx) remove(l Lease) error {
 	if err := os.Remove(t.idPath(l.ID)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("release index of %s: %w", l.IP, err)
 	}
+	if err := removeClaims(t.s.dir, l); err != nil {
+		return err
+	}
 	return t.unreserve6(l)
 }
+
+func (t *diskTx) Lease(ip netip.Addr) (Lease, bool, error) { return t.read(ip) }
 
 func (t *diskTx) recordPath() string { return filepath.Join(t.s.dir, "network.json") }
 
@@ -570,6 +586,15 @@ func (t *diskTx) Tidy() ([]string, error) {
 		return report, err
 	} else if n > 0 {
 		report = append(report, fmt.Sprintf("fixed %d IPv6 address reservations", n))
+	}
+	ls, _, err := t.List()
+	if err != nil {
+		return report, err
+	}
+	if n, err := t.tidyClaims(ls); err != nil {
+		return report, err
+	} else if n > 0 {
+		report = append(report, fmt.Sprintf("removed %d stale host port claims", n))
 	}
 	return report, nil
 }
@@ -753,6 +778,10 @@ type OnDisk struct{}
 
 func (OnDisk) Open(stateDir, bridge string, subnets ...netip.Prefix) (Store, error) {
 	return Open(stateDir, bridge, subnets...)
+}
+
+func (OnDisk) Claims(stateDir, proto string, p uint16) ([]Claim, error) {
+	return Claims(stateDir, proto, p)
 }
 
 func (OnDisk) Exists(stateDir, bridge string, subnets ...netip.Prefix) bool {

@@ -132,6 +132,8 @@ type Tx interface {
 	Release(id string) (Lease, bool, error)
 	// Remove frees lease l whoever holds it now.
 	Remove(l Lease) error
+	// Lease returns the lease named by its first address ip.
+	Lease(ip netip.Addr) (Lease, bool, error)
 	// List returns every lease, and the names of lease records it could
 	// not read (they still reserve their addresses).
 	List() (leases []Lease, unreadable []string, err error)
@@ -170,4 +172,8 @@ type Opener interface {
 	Exists(stateDir, bridge string, subnets ...netip.Prefix) bool
 	// All lists every network's store.
 	All(stateDir string) ([]Store, error)
+	// Claims lists the leases that claim host port p of proto, on any
+	// host address, in every network (claims.go); a claim may be stale,
+	// and the caller checks the lease behind it.
+	Claims(stateDir, proto string, p uint16) ([]Claim, error)
 }

@@ -5,6 +5,8 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+
+	"github.com/bridgehook/bridgehook/port"
 )
 
 // Memory is a lease store held in memory, with the disk store's rules and
@@ -199,6 +201,11 @@ func (t memTx) Settle(l Lease) error {
 
 func (t memTx) Pending(l Lease) bool { return t.m.pending[l.IP] }
 
+func (t memTx) Lease(ip netip.Addr) (Lease, bool, error) {
+	l, ok := t.m.leases[ip]
+	return l, ok, nil
+}
+
 func (t memTx) Record(v any) (bool, error) {
 	if t.m.record == nil {
 		return false, nil
@@ -274,6 +281,25 @@ func (ms *Memories) Memory(bridge string, subnets ...netip.Prefix) (*Memory, err
 
 func (ms *Memories) Exists(_, bridge string, subnets ...netip.Prefix) bool {
 	return ms.find(bridge, subnets) != nil
+}
+
+// Claims finds the claims in every store's leases: the index is the disk
+// store's way to avoid that.
+func (ms *Memories) Claims(_, proto string, p uint16) ([]Claim, error) {
+	all, _ := ms.All("")
+	var cs []Claim
+	for _, s := range all {
+		m := s.(*Memory)
+		for _, l := range m.leases {
+			for _, q := range l.Ports {
+				if q.Proto == proto && q.HostPort <= p && p <= q.HostEnd {
+					cs = append(cs, Claim{Bridge: m.bridge, Subnets: m.Subnets(), IP: l.IP,
+						Mapping: port.Mapping{Proto: proto, HostIP: q.HostIP, HostPort: p, HostEnd: p}})
+				}
+			}
+		}
+	}
+	return cs, nil
 }
 
 func (ms *Memories) All(string) ([]Store, error) {
