@@ -26,6 +26,7 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/bridgehook/bridgehook/ipam"
+	"github.com/bridgehook/bridgehook/port"
 )
 
 // inNetns runs fn on a thread switched into ns, so that the processes fn
@@ -328,6 +329,10 @@ func TestBenchTable(t *testing.T) {
 	alloc, rel = leaseBench(t, 60000, 200, netip.MustParsePrefix("fd21::/64"))
 	add("IPv6-only lease allocate, 60,000 held (/64)", alloc, false, "flat, as IPv4")
 	add("IPv6-only lease release, 60,000 held (/64)", rel, false, "flat, as IPv4")
+
+	few, many := portsAtScaleBench(t, runs)
+	add("setup with 2 published ports, 10 leases held", few, true, "(compare)")
+	add("setup with 2 published ports, 10,000 leases held", many, true, "= 10 leases' within noise")
 
 	local, forwarded, ready, qps := namesBench(t, runs)
 	add(fmt.Sprintf("name server: local name, one query; 8 clients: %d/s", qps[0]), local, false, "(no target)")
@@ -634,4 +639,59 @@ func namesBench(t *testing.T, runs int) (local, forwarded, ready figures, qps [2
 		qps[i] = int(clients * each / time.Since(start).Seconds())
 	}
 	return local, forwarded, ready, qps
+}
+
+// portsAtScaleBench times setups with 2 published ports under two state
+// directories, in turn: one whose other network holds 10 leases, one
+// whose other network holds 10,000, each lease with a host port of its
+// own.
+func portsAtScaleBench(t *testing.T, runs int) (few, many figures) {
+	sb := newSandbox(t)
+	type world struct {
+		flags []string
+		pids  []int
+		f     *figures
+	}
+	var worlds []world
+	for i, held := range []int{10, 10000} {
+		dir := nftStateDir(t)
+		st, err := ipam.Open(dir, "held0", netip.MustParsePrefix("10.210.0.0/16"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = st.Do(func(tx ipam.Tx) error {
+			for j := range held {
+				ports := port.MustParse(fmt.Sprintf("%d:80", 30000+j))
+				if _, err := tx.Allocate(ipam.Lease{ID: fmt.Sprint("held", j), Ports: ports}); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		st.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		f := &few
+		if i == 1 {
+			f = &many
+		}
+		worlds = append(worlds, world{
+			flags: []string{"--state-dir", dir, "--bridge", fmt.Sprint("scale", i), "--subnet", fmt.Sprintf("10.%d.0.0/16", 81+i)},
+			pids:  sb.containers(runs + 1), f: f,
+		})
+	}
+	inNetns(t, sb.ns, func() {
+		for _, w := range worlds {
+			timeRun(t, setupState("first", w.pids[runs]), binary, w.flags...)
+		}
+		for i := range runs {
+			for _, w := range worlds {
+				state := fmt.Sprintf(`{"id":"p%d","pid":%d,"status":"creating","annotations":{"bridgehook.ports":"%d:80,%d:81/udp"}}`, i, w.pids[i], 10000+i, 20000+i)
+				timeRun(t, setupState("x", 1), binary, "version") // light, as before each
+				*w.f = append(*w.f, timeRun(t, state, binary, w.flags...))
+			}
+		}
+	})
+	return few, many
 }
