@@ -18,7 +18,7 @@ import "github.com/bridgehook/bridgehook/ipam"
 // fresh reports whether rec's generation is the kernel's now, and that
 // generation; it reads it only where it can save a check.
 func (n *Network) fresh(rec record) (uint32, bool) {
-	if rec.Gen == 0 || rec.firewall() != "nftables" && !n.SpoofCheck {
+	if rec.Gen == 0 || !n.fw.Generational() && !n.SpoofCheck {
 		return 0, false
 	}
 	g, err := n.gen()

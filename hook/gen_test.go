@@ -51,18 +51,34 @@ func TestWarmSetupsTrustTheRecordedGeneration(t *testing.T) {
 	}
 }
 
-// On iptables, the rules are checked each time (legacy iptables has no
-// generation); only the spoof check, in nftables, is trusted.
-func TestIPTablesRulesAreAlwaysChecked(t *testing.T) {
+// On legacy iptables, which no generation covers, the rules are checked
+// each time; only the spoof check, in nftables, is trusted.
+func TestLegacyIPTablesRulesAreAlwaysChecked(t *testing.T) {
 	w := newWorld(t, "10.1.0.0/24")
+	w.fw.Legacy = true
 	w.mustSetup("a", w.container(10), "")
 	w.mustSetup("b", w.container(11), "")
 	rules, guard := w.checks()
 	w.mustSetup("c", w.container(12), "")
 	if r, g := w.checks(); r != rules+1 || g != guard {
-		t.Errorf("iptables warm setup: %d checks of the rules, %d of the spoof check; want 1 and 0", r-rules, g-guard)
+		t.Errorf("legacy iptables warm setup: %d checks of the rules, %d of the spoof check; want 1 and 0", r-rules, g-guard)
 	}
 	if !slices.Contains(w.fw.Verifies, "netns0") {
 		t.Error("no check of the rules")
+	}
+}
+
+// iptables on nf_tables is covered by the generation: a warm setup
+// trusts it, and still sees to IP forwarding.
+func TestIPTablesOnNFTablesIsTrustedByGeneration(t *testing.T) {
+	w := newWorld(t, "10.1.0.0/24")
+	w.mustSetup("a", w.container(10), "")
+	w.mustSetup("b", w.container(11), "")
+	rules, guard := w.checks()
+	forwards := w.fw.Forwards
+	w.mustSetup("c", w.container(12), "")
+	if r, g := w.checks(); r != rules || g != guard || w.fw.Forwards != forwards+1 {
+		t.Errorf("warm setup: %d checks of the rules, %d of the spoof check, %d of forwarding; want 0, 0, 1",
+			r-rules, g-guard, w.fw.Forwards-forwards)
 	}
 }

@@ -178,9 +178,9 @@ func (n *Network) ensureNetwork(tx ipam.Tx) (br bridge.Bridge, restored bool, un
 // nftables holds is trusted without a look (gen.go).
 func (n *Network) checkWarm(tx ipam.Tx, rec record) (restored bool, err error) {
 	g, fresh := n.fresh(rec)
-	if fresh && rec.firewall() == "nftables" {
+	if fresh && n.fw.Generational() {
 		n.verifiedGen = g
-		return false, nil
+		return false, n.fw.Forward(n.natNetwork())
 	}
 	// A check that cannot run counts as rules gone: the install says
 	// what is wrong.

@@ -17,6 +17,7 @@ import (
 
 func TestColdThenWarmSetup(t *testing.T) {
 	w := newWorld(t, "10.1.0.0/24")
+	w.fw.Legacy = true // checked at each setup: no generation (gen_test.go)
 	l := w.mustSetup("a", w.container(10), "")
 	if l.IP.String() != "10.1.0.2" || l.Veth != "netnsv0-10" || l.NetnsInode != 1010 || l.Iface != "eth0" {
 		t.Errorf("lease %+v", l)
@@ -67,6 +68,7 @@ func TestColdThenWarmSetup(t *testing.T) {
 // brings the whole network back, the ports of older containers included.
 func TestSetupReinstallsRulesAReloadRemoved(t *testing.T) {
 	w := newWorld(t, "10.1.0.0/24")
+	w.fw.Legacy = true // checked at each setup: no generation (gen_test.go)
 	a := w.mustSetup("a", w.container(10), "8080:80")
 	w.mustSetup("b", w.container(11), "")
 	w.fw.Reload("netns0")

@@ -526,6 +526,10 @@ func (f *IPTables) legacy() bool {
 	return *f.isLegacy
 }
 
+func (f *IPTables) Generational() bool { return !f.legacy() }
+
+func (f *IPTables) Forward(n Network) error { return n.forwarding(f.sysctl) }
+
 // Close lets go of the netlink connection Verify uses.
 func (f *IPTables) Close() { f.nft.close() }
 

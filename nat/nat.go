@@ -50,6 +50,14 @@ type Firewall interface {
 	// turns IP forwarding on if something turned it off. Every setup asks
 	// it, so it is cheap: netlink reads, no process.
 	Verify(n Network) (bool, error)
+	// Generational reports whether the nftables generation (Generation)
+	// moves with every change to the backend's rules: nftables, and
+	// iptables on nf_tables; not legacy iptables.
+	Generational() bool
+	// Forward turns IP forwarding on if something turned it off: what
+	// Verify checks beside the rules, for a setup that trusts the rules
+	// by their generation.
+	Forward(n Network) error
 	// Publish adds p's port rules to an installed network, all or none.
 	Publish(n Network, p Published) error
 	// Unpublish removes p's port rules, and the UDP conntrack entries that

@@ -426,6 +426,10 @@ func (f *NFTables) Verify(n Network) (bool, error) {
 	return true, nil
 }
 
+func (f *NFTables) Generational() bool { return true }
+
+func (f *NFTables) Forward(n Network) error { return n.forwarding(f.sysctl) }
+
 // Uninstall deletes n's table and its rule in iptables' FORWARD.
 func (f *NFTables) Uninstall(n Network) error {
 	var ours []*nftables.Rule

@@ -284,6 +284,10 @@ func (g *Gen) commit() {
 // ports by container address.
 type Firewall struct {
 	Gen *Gen
+	// Legacy makes it legacy iptables, which no generation covers;
+	// Forwards counts the checks of IP forwarding.
+	Legacy   bool
+	Forwards int
 	// Verifies lists the networks Verify was asked about; Reloaded marks
 	// those whose rules a reload took.
 	Verifies    []string
@@ -347,6 +351,14 @@ func (f *Firewall) Verify(n nat.Network) (bool, error) {
 }
 
 func (f *Firewall) Close() {}
+
+// Generational: the fake's rules move Gen.
+func (f *Firewall) Generational() bool { return !f.Legacy }
+
+func (f *Firewall) Forward(n nat.Network) error {
+	f.Forwards++
+	return nil
+}
 
 func (f *Firewall) Publish(n nat.Network, p nat.Published) error {
 	f.Calls = append(f.Calls, "publish "+p.ID)
