@@ -94,7 +94,14 @@ func mountTmpfs(t *testing.T, dir string) {
 	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "mode=0700", "tmpfs", dir).CombinedOutput(); err != nil {
 		t.Fatalf("mount tmpfs: %v %s", err, out)
 	}
-	t.Cleanup(func() { exec.Command("umount", dir).Run() })
+	t.Cleanup(func() {
+		// A name server a setup started holds files here: end it first,
+		// or the tmpfs stays mounted.
+		stopNameServer(dir)
+		if out, err := exec.Command("umount", dir).CombinedOutput(); err != nil {
+			t.Errorf("umount %s: %v %s", dir, err, out)
+		}
+	})
 }
 
 // nftStateDir is a state directory beside a sandbox's, on a tmpfs as

@@ -48,6 +48,15 @@ func TestMain(m *testing.M) {
 	}
 	sweepSandboxes()
 	code := m.Run()
+	// Every test ends what it started: a process of the binary still
+	// running (a name server, say) is a leak.
+	if leaked := processesOf(binary); len(leaked) > 0 {
+		fmt.Fprintf(os.Stderr, "leaked processes of %s: %v\n", binary, leaked)
+		for _, pid := range leaked {
+			unix.Kill(pid, unix.SIGKILL)
+		}
+		code = 1
+	}
 	os.RemoveAll(dir)
 	os.Exit(code)
 }
@@ -118,9 +127,7 @@ func newSandbox(t *testing.T, flags ...string) *sandbox {
 		}
 		s.ns.Close()
 		// A name server a setup started would keep the sandbox alive.
-		if pid, ok := names.Running(stateDir); ok {
-			unix.Kill(pid, unix.SIGKILL)
-		}
+		stopNameServer(stateDir)
 		os.RemoveAll(stateDir)
 		// Everything the hook made lives in the sandbox: bridge, veths and
 		// rules go with it.
@@ -150,6 +157,35 @@ func newSandbox(t *testing.T, flags ...string) *sandbox {
 		}
 	})
 	return s
+}
+
+// processesOf lists the live processes running the executable path.
+func processesOf(path string) []int {
+	ents, _ := os.ReadDir("/proc")
+	var pids []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if exe, err := os.Readlink("/proc/" + e.Name() + "/exe"); err == nil && exe == path && isRunning(pid) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// stopNameServer kills the name server of stateDir, if one runs, and
+// waits until it is gone.
+func stopNameServer(stateDir string) {
+	pid, ok := names.Running(stateDir)
+	if !ok {
+		return
+	}
+	unix.Kill(pid, unix.SIGKILL)
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline) && isRunning(pid); {
+		time.Sleep(time.Millisecond)
+	}
 }
 
 // cmd returns a command that runs inside the sandbox.
