@@ -19,5 +19,6 @@
 //     gets back is setup.go's Result;
 //   - config.go: a network as plain data, checked; record.go: what a
 //     setup trusts on the warm path (and what the name server reads of the
-//     network); dns.go: the container's resolv.conf.
+//     network); gen.go: when a warm setup trusts nftables by its
+//     generation; dns.go: the container's resolv.conf.
 package hook
