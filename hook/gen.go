@@ -56,8 +56,8 @@ func (n *Network) commits(ports bool) int {
 // keepFresh records the generation after the command's own k commits,
 // when they are all that happened since the generation it verified.
 func (n *Network) keepFresh(tx ipam.Tx, k int) error {
-	if n.verifiedGen == 0 || k < 0 {
-		return nil
+	if n.verifiedGen == 0 || k <= 0 {
+		return nil // none made, or none countable
 	}
 	g, err := n.gen()
 	if err != nil || g != n.verifiedGen+uint32(k) {

@@ -114,12 +114,12 @@ func (n *Network) admit(req Request, ns netns.NsHandle, ino uint64, undo *undoSt
 		tm.step("lease " + res.Lease.IP.String())
 
 		// 3. The name server, which finds the lease by itself.
-		err = n.namer(n.StateDir, ipam.StoreDir(n.StateDir, n.Bridge, n.Subnets...))
-		tm.step("name server")
-		return err
+		return n.namer(n.StateDir, ipam.StoreDir(n.StateDir, n.Bridge, n.Subnets...))
 	})
 	res.RulesRestored = restored
-	if err == nil && !n.Names {
+	if n.Names {
+		tm.step("name server")
+	} else {
 		tm.step("lease " + res.Lease.IP.String())
 	}
 	return br, res, err
@@ -291,7 +291,7 @@ func (n *Network) attach(br bridge.Bridge, ns netns.NsHandle, l ipam.Lease, mac 
 // a cache: failing to write it costs the next setup a full check, and
 // fails nothing.
 func (n *Network) leaveFresh(ports bool) {
-	if k := n.commits(ports); n.verifiedGen != 0 && k >= 0 {
+	if k := n.commits(ports); n.verifiedGen != 0 && k > 0 {
 		n.store.Do(func(tx ipam.Tx) error { return n.keepFresh(tx, k) })
 	}
 }
