@@ -2,12 +2,16 @@ package names
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"math/rand/v2"
+	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
-	"github.com/miekg/dns"
+	"golang.org/x/net/dns/dnsmessage"
 	"golang.org/x/sys/unix"
 )
 
@@ -43,7 +47,7 @@ func newForwarder(paths []string) *forwarder {
 	}
 }
 
-func (f *forwarder) forward(r *dns.Msg, tcp bool, first []netip.Addr) *dns.Msg {
+func (f *forwarder) forward(r *dnsmessage.Message, tcp bool, first []netip.Addr) *dnsmessage.Message {
 	select {
 	case f.slots <- struct{}{}:
 		defer func() { <-f.slots }()
@@ -52,30 +56,87 @@ func (f *forwarder) forward(r *dns.Msg, tcp bool, first []netip.Addr) *dns.Msg {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), f.budget)
 	defer cancel()
-	c := &dns.Client{Net: "udp"}
-	if tcp {
-		c.Net = "tcp"
+	q := *r
+	q.ID = uint16(rand.Uint32()) // not the client's: a reply must answer us
+	b, err := q.Pack()
+	if err != nil {
+		return failed(r)
 	}
-	q := r.Copy()
 	for _, up := range append(append([]netip.Addr{}, first...), f.host.get()...) {
 		if ctx.Err() != nil {
 			break
 		}
-		q.Id = dns.Id() // not the client's: a reply must answer us
 		try, cancel := context.WithTimeout(ctx, f.per)
-		m, _, err := c.ExchangeContext(try, q, netip.AddrPortFrom(up, f.port).String())
+		m, err := exchange(try, b, &q, netip.AddrPortFrom(up, f.port), tcp)
 		cancel()
-		if err == nil && m != nil {
-			m.Id = r.Id
+		if err == nil {
+			m.ID = r.ID
 			return m
 		}
 	}
 	return failed(r)
 }
 
+// exchange sends the packed query b (q unpacked) to the resolver at, over
+// TCP or UDP as the client asked, and waits for its answer until ctx ends.
+// A UDP socket connected to the resolver takes datagrams from it alone,
+// and one that is not the reply to q is read past.
+func exchange(ctx context.Context, b []byte, q *dnsmessage.Message, at netip.AddrPort, tcp bool) (*dnsmessage.Message, error) {
+	proto := "udp"
+	if tcp {
+		proto = "tcp"
+	}
+	var d net.Dialer
+	c, err := d.DialContext(ctx, proto, at.String())
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		c.SetDeadline(dl)
+	}
+	if tcp {
+		if err := writeFramed(c, b); err != nil {
+			return nil, err
+		}
+		in, err := readFramed(c)
+		if err != nil {
+			return nil, err
+		}
+		return replyTo(q, in)
+	}
+	if _, err := c.Write(b); err != nil {
+		return nil, err
+	}
+	buf := make([]byte, maxMsg)
+	for {
+		n, err := c.Read(buf)
+		if err != nil {
+			return nil, err
+		}
+		if m, err := replyTo(q, buf[:n]); err == nil {
+			return m, nil
+		}
+	}
+}
+
+// replyTo unpacks b, the answer to q, or says why it is none.
+func replyTo(q *dnsmessage.Message, b []byte) (*dnsmessage.Message, error) {
+	var m dnsmessage.Message
+	if err := m.Unpack(b); err != nil {
+		return nil, err
+	}
+	if !m.Response || m.ID != q.ID || !slices.Equal(m.Questions, q.Questions) {
+		return nil, errNotTheReply
+	}
+	return &m, nil
+}
+
+var errNotTheReply = errors.New("not the reply to the query")
+
 // failed is the answer when no upstream gave one.
-func failed(r *dns.Msg) *dns.Msg {
-	m := reply(r, dns.RcodeServerFailure)
+func failed(r *dnsmessage.Message) *dnsmessage.Message {
+	m := reply(r, dnsmessage.RCodeServerFailure)
 	m.RecursionAvailable = true
 	return m
 }

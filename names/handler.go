@@ -1,12 +1,11 @@
 package names
 
 import (
-	"net"
 	"net/netip"
 	"strconv"
 	"strings"
 
-	"github.com/miekg/dns"
+	"golang.org/x/net/dns/dnsmessage"
 )
 
 // source is one network as its handler sees it, with its lock taken for
@@ -24,7 +23,7 @@ type source interface {
 
 // upstream answers what the network does not know.
 type upstream interface {
-	forward(r *dns.Msg, tcp bool, first []netip.Addr) *dns.Msg
+	forward(r *dnsmessage.Message, tcp bool, first []netip.Addr) *dnsmessage.Message
 }
 
 // handler answers one network's queries.
@@ -33,33 +32,40 @@ type handler struct {
 	fwd upstream
 }
 
-func (h handler) ServeDNS(w dns.ResponseWriter, r *dns.Msg) {
-	src := addrOf(w.RemoteAddr())
-	_, tcp := w.LocalAddr().(*net.TCPAddr)
-	m := h.answer(r, src, tcp)
+// serve answers the packet b from src: the packed reply, or nil for none.
+// What does not parse as a message gets no answer, as it may not be one.
+func (h handler) serve(b []byte, src netip.Addr, tcp bool) []byte {
+	var r dnsmessage.Message
+	if r.Unpack(b) != nil {
+		return nil
+	}
+	m := h.answer(&r, src, tcp)
 	if m == nil {
-		return
+		return nil
 	}
-	if !tcp {
-		size := dns.MinMsgSize
-		if o := r.IsEdns0(); o != nil && int(o.UDPSize()) > size {
-			size = int(o.UDPSize())
-		}
-		m.Truncate(size)
+	out, err := m.Pack()
+	if err != nil {
+		return nil
 	}
-	w.WriteMsg(m)
+	if !tcp && len(out) > udpSize(&r) {
+		// Too long for the client's buffer: it asks again over TCP.
+		m.Truncated = true
+		m.Answers, m.Authorities, m.Additionals = nil, nil, nil
+		out, _ = m.Pack()
+	}
+	return out
 }
 
-func addrOf(a net.Addr) netip.Addr {
-	switch a := a.(type) {
-	case *net.UDPAddr:
-		ip, _ := netip.AddrFromSlice(a.IP)
-		return ip.Unmap()
-	case *net.TCPAddr:
-		ip, _ := netip.AddrFromSlice(a.IP)
-		return ip.Unmap()
+// udpSize is the largest reply r's client takes over UDP: 512 bytes, or
+// what its EDNS record says.
+func udpSize(r *dnsmessage.Message) int {
+	size := 512
+	for _, rr := range r.Additionals {
+		if rr.Header.Type == dnsmessage.TypeOPT && int(rr.Header.Class) > size {
+			size = int(rr.Header.Class)
+		}
 	}
-	return netip.Addr{}
+	return size
 }
 
 // answer is the reply to query r from src: nil for what deserves none.
@@ -67,50 +73,53 @@ func addrOf(a net.Addr) netip.Addr {
 // forwarded, but only for the network's containers (and the host, which
 // queries from the gateway): a network is a boundary, and the server no
 // open resolver.
-func (h handler) answer(r *dns.Msg, src netip.Addr, tcp bool) *dns.Msg {
+func (h handler) answer(r *dnsmessage.Message, src netip.Addr, tcp bool) *dnsmessage.Message {
 	switch {
 	case r.Response:
 		return nil
-	case r.Opcode != dns.OpcodeQuery:
-		return reply(r, dns.RcodeNotImplemented)
-	case len(r.Question) != 1:
-		return reply(r, dns.RcodeFormatError)
+	case r.OpCode != 0: // not a query
+		return reply(r, dnsmessage.RCodeNotImplemented)
+	case len(r.Questions) != 1:
+		return reply(r, dnsmessage.RCodeFormatError)
 	}
 	net := h.src.config()
 	if !net.has(src) {
-		return reply(r, dns.RcodeRefused)
+		return reply(r, dnsmessage.RCodeRefused)
 	}
-	q := r.Question[0]
-	name, ok := Canonical(q.Name)
-	if ok && q.Qclass == dns.ClassINET {
+	q := r.Questions[0]
+	name, ok := Canonical(q.Name.String())
+	if ok && q.Class == dnsmessage.ClassINET {
 		h.src.catchUp()
 		if m := h.local(r, name); m != nil {
 			return m
 		}
 		if ip, ok := parseReverse(name); ok && net.has(ip) {
 			// The network's own addresses are never asked of others.
-			return authoritative(reply(r, dns.RcodeNameError), net)
+			return authoritative(reply(r, dnsmessage.RCodeNameError), net)
 		}
 	}
 	if net.Internal {
-		return authoritative(reply(r, dns.RcodeNameError), net)
+		return authoritative(reply(r, dnsmessage.RCodeNameError), net)
 	}
 	return h.fwd.forward(r, tcp, net.Upstreams)
 }
 
 // local answers r, for canonical name, from the network's table; nil when
 // the name is not the network's.
-func (h handler) local(r *dns.Msg, name string) *dns.Msg {
-	q := r.Question[0]
+func (h handler) local(r *dnsmessage.Message, name string) *dnsmessage.Message {
+	q := r.Questions[0]
+	all := q.Type == dnsmessage.TypeALL
 	if ip, ok := parseReverse(name); ok {
 		names, ok := h.src.reverse(ip)
 		if !ok {
 			return nil
 		}
-		m := authoritative(reply(r, dns.RcodeSuccess), h.src.config())
-		if q.Qtype == dns.TypePTR || q.Qtype == dns.TypeANY {
+		m := authoritative(reply(r, dnsmessage.RCodeSuccess), h.src.config())
+		if q.Type == dnsmessage.TypePTR || all {
 			for _, n := range names {
-				m.Answer = append(m.Answer, &dns.PTR{Hdr: header(q.Name, dns.TypePTR), Ptr: n})
+				if ptr, err := dnsmessage.NewName(n); err == nil {
+					m.Answers = append(m.Answers, answer(q, dnsmessage.TypePTR, &dnsmessage.PTRResource{PTR: ptr}))
+				}
 			}
 		}
 		return m
@@ -119,36 +128,46 @@ func (h handler) local(r *dns.Msg, name string) *dns.Msg {
 	if !ok {
 		return nil
 	}
-	m := authoritative(reply(r, dns.RcodeSuccess), h.src.config())
+	m := authoritative(reply(r, dnsmessage.RCodeSuccess), h.src.config())
 	for _, a := range addrs {
 		switch {
-		case a.Is4() && (q.Qtype == dns.TypeA || q.Qtype == dns.TypeANY):
-			m.Answer = append(m.Answer, &dns.A{Hdr: header(q.Name, dns.TypeA), A: a.AsSlice()})
-		case a.Is6() && (q.Qtype == dns.TypeAAAA || q.Qtype == dns.TypeANY):
-			m.Answer = append(m.Answer, &dns.AAAA{Hdr: header(q.Name, dns.TypeAAAA), AAAA: a.AsSlice()})
+		case a.Is4() && (q.Type == dnsmessage.TypeA || all):
+			m.Answers = append(m.Answers, answer(q, dnsmessage.TypeA, &dnsmessage.AResource{A: a.As4()}))
+		case a.Is6() && (q.Type == dnsmessage.TypeAAAA || all):
+			m.Answers = append(m.Answers, answer(q, dnsmessage.TypeAAAA, &dnsmessage.AAAAResource{AAAA: a.As16()}))
 		}
 	}
 	return m
 }
 
-func reply(r *dns.Msg, rcode int) *dns.Msg {
-	m := new(dns.Msg)
-	m.SetRcode(r, rcode)
+// reply is the answer to r with rcode and r's question, and nothing else
+// yet.
+func reply(r *dnsmessage.Message, rcode dnsmessage.RCode) *dnsmessage.Message {
+	m := &dnsmessage.Message{Header: dnsmessage.Header{
+		ID: r.ID, Response: true, OpCode: r.OpCode, RCode: rcode,
+		RecursionDesired: r.RecursionDesired, CheckingDisabled: r.CheckingDisabled,
+	}}
+	if len(r.Questions) > 0 {
+		m.Questions = r.Questions[:1]
+	}
 	return m
 }
 
 // authoritative marks m as the network's own answer; recursion is
 // available where the network forwards.
-func authoritative(m *dns.Msg, net Network) *dns.Msg {
+func authoritative(m *dnsmessage.Message, net Network) *dnsmessage.Message {
 	m.Authoritative = true
 	m.RecursionAvailable = !net.Internal
 	return m
 }
 
-// header is an answer's: TTL 0, as containers come and go and a name may
-// move to another address at any moment.
-func header(name string, t uint16) dns.RR_Header {
-	return dns.RR_Header{Name: name, Rrtype: t, Class: dns.ClassINET, Ttl: 0}
+// answer is a record for question q, with TTL 0: containers come and go,
+// and a name may move to another address at any moment.
+func answer(q dnsmessage.Question, t dnsmessage.Type, body dnsmessage.ResourceBody) dnsmessage.Resource {
+	return dnsmessage.Resource{
+		Header: dnsmessage.ResourceHeader{Name: q.Name, Type: t, Class: dnsmessage.ClassINET, TTL: 0},
+		Body:   body,
+	}
 }
 
 // parseReverse reads an address back from its canonical reverse name:

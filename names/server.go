@@ -14,7 +14,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/miekg/dns"
 	"golang.org/x/sys/unix"
 
 	"github.com/bridgehook/bridgehook/ipam"
@@ -69,10 +68,9 @@ type network struct {
 	named bool
 	cfg   Network
 	table *table
-	// conns are the sockets it listens on, and srvs their servers;
+	// socks are the sockets it listens on, nil while it is not served;
 	// unbound says a bind failed and is tried again.
-	conns   []interface{ Close() error }
-	srvs    []*dns.Server
+	socks   *sockets
 	unbound bool
 }
 
@@ -146,35 +144,23 @@ func (s *server) catchUp() {
 		return
 	}
 	s.mu.Lock()
-	stop := s.apply(events)
+	s.apply(events)
 	s.mu.Unlock()
-	shutdown(stop)
-}
-
-// shutdown stops servers outside the lock: a server's shutdown waits for
-// its handlers, which may wait for the lock.
-func shutdown(srvs []*dns.Server) {
-	for _, srv := range srvs {
-		go srv.Shutdown()
-	}
 }
 
 // retry tries again the binds that failed.
 func (s *server) retry() {
 	s.mu.Lock()
-	var stop []*dns.Server
+	defer s.mu.Unlock()
 	for _, n := range s.nets {
 		if n.unbound {
-			stop = append(stop, n.refresh()...)
+			n.refresh()
 		}
 	}
-	s.mu.Unlock()
-	shutdown(stop)
 }
 
-// apply brings the networks up to date with the watcher's events; it
-// returns the servers to shut down.
-func (s *server) apply(events []byte) []*dns.Server {
+// apply brings the networks up to date with the watcher's events.
+func (s *server) apply(events []byte) {
 	changed, rescan := s.w.apply(s, events)
 	if rescan {
 		s.rescan()
@@ -184,13 +170,11 @@ func (s *server) apply(events []byte) []*dns.Server {
 			}
 		}
 	}
-	var stop []*dns.Server
 	for _, n := range s.nets {
 		if changed[n.dir] || rescan {
-			stop = append(stop, n.refresh()...)
+			n.refresh()
 		}
 	}
-	return stop
 }
 
 // rescan finds every store under the state directory anew: at start, and
@@ -220,7 +204,7 @@ func (s *server) add(dir string) {
 		s.nets[dir] = n
 		s.w.store(dir)
 	}
-	shutdown(n.refresh())
+	n.refresh()
 }
 
 // remove stops serving the store in dir, which is gone.
@@ -229,24 +213,24 @@ func (s *server) remove(dir string) {
 	if !ok {
 		return
 	}
-	shutdown(n.unname())
+	n.unname()
 	s.w.forget(dir)
 	delete(s.nets, dir)
 }
 
 // refresh reads the network's record again: a network that has names is
 // bound and its leases followed; one that lost them is let go.
-func (n *network) refresh() []*dns.Server {
+func (n *network) refresh() {
 	var rec struct {
 		Names *Network `json:"names"`
 	}
 	ok, _ := ipam.ReadRecord(n.dir, &rec)
 	if !ok || rec.Names == nil {
-		return n.unname()
+		n.unname()
+		return
 	}
-	var stop []*dns.Server
 	if n.named && !slices.Equal(n.cfg.Gateways, rec.Names.Gateways) {
-		stop = n.unbind()
+		n.unbind()
 	}
 	if !n.named {
 		n.named = true
@@ -254,21 +238,20 @@ func (n *network) refresh() []*dns.Server {
 		n.load()
 	}
 	n.cfg = *rec.Names
-	if n.conns == nil {
+	if n.socks == nil {
 		n.bind()
 	}
-	return stop
 }
 
 // unname forgets the network's names and stops serving it.
-func (n *network) unname() []*dns.Server {
+func (n *network) unname() {
 	if !n.named {
-		return nil
+		return
 	}
 	n.named = false
 	n.s.w.unleases(n.dir)
 	n.table = newTable()
-	return n.unbind()
+	n.unbind()
 }
 
 // load reads every lease of the network into its table.
@@ -296,37 +279,33 @@ func (n *network) leaseChanged(name string) {
 // it unbound, to be tried again.
 func (n *network) bind() {
 	h := handler{src: n, fwd: n.s.fwd}
-	var conns []interface{ Close() error }
-	var srvs []*dns.Server
-	fail := func(err error) {
-		for _, c := range conns {
-			c.Close()
-		}
-		if !n.unbound {
-			n.s.log.Warn("cannot listen yet; trying again", "network", filepath.Base(n.dir), "err", err)
-		}
-		n.unbound = true
-	}
+	socks := newSockets()
+	var serve []func()
 	for _, gw := range n.cfg.Gateways {
 		at := netip.AddrPortFrom(gw.Addr(), 53).String()
 		pc, err := net.ListenPacket("udp", at)
+		if err == nil {
+			socks.add(pc)
+			serve = append(serve, func() { serveUDP(pc, h) })
+			var ln net.Listener
+			if ln, err = net.Listen("tcp", at); err == nil {
+				socks.add(ln)
+				serve = append(serve, func() { serveTCP(ln, h, socks) })
+			}
+		}
 		if err != nil {
-			fail(err)
+			socks.close()
+			if !n.unbound {
+				n.s.log.Warn("cannot listen yet; trying again", "network", filepath.Base(n.dir), "err", err)
+			}
+			n.unbound = true
 			return
 		}
-		conns = append(conns, pc)
-		ln, err := net.Listen("tcp", at)
-		if err != nil {
-			fail(err)
-			return
-		}
-		conns = append(conns, ln)
-		srvs = append(srvs, &dns.Server{PacketConn: pc, Handler: h}, &dns.Server{Listener: ln, Handler: h})
 	}
-	for _, srv := range srvs {
-		go srv.ActivateAndServe()
+	for _, f := range serve {
+		go f()
 	}
-	n.conns, n.srvs, n.unbound = conns, srvs, false
+	n.socks, n.unbound = socks, false
 	// The sockets are bound: a query sent from now on is queued for its
 	// server, so the network counts as served.
 	if err := os.WriteFile(n.marker(), []byte(strconv.Itoa(os.Getpid())), 0o600); err != nil {
@@ -335,15 +314,13 @@ func (n *network) bind() {
 	n.s.log.Debug("serving", "network", filepath.Base(n.dir), "at", n.cfg.Servers())
 }
 
-// unbind stops listening, and returns the servers to shut down.
-func (n *network) unbind() []*dns.Server {
+// unbind stops listening, and ends the connections it accepted.
+func (n *network) unbind() {
 	os.Remove(n.marker())
-	for _, c := range n.conns {
-		c.Close()
+	if n.socks != nil {
+		n.socks.close()
 	}
-	srvs := n.srvs
-	n.conns, n.srvs, n.unbound = nil, nil, false
-	return srvs
+	n.socks, n.unbound = nil, false
 }
 
 func (n *network) marker() string { return markerOf(n.s.stateDir, n.dir) }

@@ -7,11 +7,12 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/miekg/dns"
+	"golang.org/x/net/dns/dnsmessage"
 
 	"github.com/bridgehook/bridgehook/ipam"
 )
@@ -60,13 +61,26 @@ func TestServerFollowsTheStore(t *testing.T) {
 		time.Sleep(time.Millisecond)
 	}
 
-	ask := func(name string) (*dns.Msg, error) {
-		q := new(dns.Msg)
-		q.SetQuestion(name, dns.TypeA)
+	ask := func(name string) (*dnsmessage.Message, error) {
+		q := query(name, dnsmessage.TypeA)
+		b, _ := q.Pack()
 		// From an address of the network, as a container asks.
-		c := &dns.Client{Timeout: 2 * time.Second, Dialer: &net.Dialer{LocalAddr: &net.UDPAddr{IP: net.IPv4(127, 88, 0, 9)}}}
-		m, _, err := c.Exchange(q, "127.88.0.1:53")
-		return m, err
+		d := &net.Dialer{LocalAddr: &net.UDPAddr{IP: net.IPv4(127, 88, 0, 9)}}
+		c, err := d.Dial("udp", "127.88.0.1:53")
+		if err != nil {
+			return nil, err
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(2 * time.Second))
+		if _, err := c.Write(b); err != nil {
+			return nil, err
+		}
+		buf := make([]byte, maxMsg)
+		n, err := c.Read(buf)
+		if err != nil {
+			return nil, err
+		}
+		return replyTo(q, buf[:n])
 	}
 	// Clients ask all along for a name that is there throughout.
 	stop := make(chan struct{})
@@ -79,7 +93,7 @@ func TestServerFollowsTheStore(t *testing.T) {
 					return
 				default:
 				}
-				if m, err := ask("first."); err != nil || len(m.Answer) != 1 {
+				if m, err := ask("first."); err != nil || len(m.Answers) != 1 {
 					t.Errorf("first: %v %v", m, err)
 					return
 				}
@@ -95,12 +109,12 @@ func TestServerFollowsTheStore(t *testing.T) {
 			t.Fatal(err)
 		}
 		// Its allocation has returned: the name answers now.
-		if m, err := ask(id + "."); err != nil || len(m.Answer) != 1 || m.Answer[0].(*dns.A).A.String() != l.IP.String() {
+		if m, err := ask(id + "."); err != nil || !slices.Equal(data(m), []string{l.IP.String()}) {
 			t.Fatalf("%s right after its lease: %v %v", id, m, err)
 		}
 		if i%2 == 0 {
 			store.Do(func(tx ipam.Tx) error { _, _, err := tx.Release(id); return err })
-			if m, err := ask(id + "."); err != nil || m.Rcode != dns.RcodeNameError {
+			if m, err := ask(id + "."); err != nil || m.RCode != dnsmessage.RCodeNameError {
 				t.Fatalf("%s right after its release: %v %v", id, m, err)
 			}
 		}
