@@ -3,6 +3,8 @@ package nat
 import (
 	"encoding/binary"
 	"fmt"
+	"syscall"
+	"time"
 
 	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
@@ -16,21 +18,71 @@ import (
 // one round trip.
 //
 // google/nftables has no call for it (v0.3.0); it is one message,
-// NFT_MSG_GETGEN, answered by NFT_MSG_NEWGEN with NFTA_GEN_ID, sent
-// through vishvananda/netlink's request machinery.
+// NFT_MSG_GETGEN, answered by NFT_MSG_NEWGEN with NFTA_GEN_ID, built with
+// vishvananda/netlink's request machinery. It goes over a plain blocking
+// socket, not nl's NetlinkSocket: that one parks the goroutine in the
+// runtime's poller, which cost 0.3-0.7 ms a call in a hook's short life
+// here, against 0.01-0.2 ms for the two system calls.
 func Generation() (uint32, error) {
 	req := nl.NewNetlinkRequest(unix.NFNL_SUBSYS_NFTABLES<<8|unix.NFT_MSG_GETGEN, 0)
 	req.AddData(&nl.Nfgenmsg{NfgenFamily: unix.AF_UNSPEC, Version: unix.NFNETLINK_V0})
-	msgs, err := req.Execute(unix.NETLINK_NETFILTER, unix.NFNL_SUBSYS_NFTABLES<<8|unix.NFT_MSG_NEWGEN)
+	gen, err := ask(req)
 	if err != nil {
 		return 0, fmt.Errorf("nftables generation: %w", err)
 	}
-	for _, m := range msgs {
-		if gen, ok := genOf(m); ok {
-			return gen, nil
+	return gen, nil
+}
+
+func ask(req *nl.NetlinkRequest) (uint32, error) {
+	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_NETFILTER)
+	if err != nil {
+		return 0, err
+	}
+	defer unix.Close(fd)
+	// The kernel answers at once; the timeout only bounds a kernel that
+	// would not.
+	tv := unix.NsecToTimeval(int64(2 * time.Second))
+	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+		return 0, err
+	}
+	if err := unix.Sendto(fd, req.Serialize(), 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		return 0, err
+	}
+	buf := make([]byte, unix.Getpagesize())
+	for {
+		n, _, err := unix.Recvfrom(fd, buf, 0)
+		if err != nil {
+			return 0, err
+		}
+		msgs, err := syscall.ParseNetlinkMessage(buf[:n])
+		if err != nil {
+			return 0, err
+		}
+		for _, m := range msgs {
+			switch {
+			case m.Header.Seq != req.Seq:
+				continue // not ours
+			case m.Header.Type == unix.NLMSG_ERROR:
+				return 0, errorOf(m.Data)
+			case m.Header.Type == unix.NFNL_SUBSYS_NFTABLES<<8|unix.NFT_MSG_NEWGEN:
+				if gen, ok := genOf(m.Data); ok {
+					return gen, nil
+				}
+				return 0, fmt.Errorf("no NFTA_GEN_ID in the kernel's answer")
+			}
 		}
 	}
-	return 0, fmt.Errorf("nftables generation: no NFTA_GEN_ID in the kernel's answer")
+}
+
+// errorOf is the error an NLMSG_ERROR payload carries.
+func errorOf(b []byte) error {
+	if len(b) < 4 {
+		return fmt.Errorf("short netlink error")
+	}
+	if errno := -int32(binary.NativeEndian.Uint32(b)); errno != 0 {
+		return syscall.Errno(errno)
+	}
+	return fmt.Errorf("no answer")
 }
 
 // genOf reads NFTA_GEN_ID (big-endian) from a NEWGEN message's payload:
