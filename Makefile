@@ -11,21 +11,27 @@ GO ?= go
 # systemd for systemd-analyze, which checks the units in systemd/,
 # containernetworking-plugins (bridge, host-local, tuning, bandwidth) for
 # the CNI chain test and bench, containerd for the `ctr run --cni` test,
-# and dbus and firewalld for the firewalld test.
-DEBS := runc crun iptables nftables busybox-static iproute2 util-linux podman systemd containernetworking-plugins containerd dbus firewalld
+# dbus and firewalld for the firewalld test, and man-db for the test
+# that renders the man pages.
+DEBS := runc crun iptables nftables busybox-static iproute2 util-linux podman systemd containernetworking-plugins containerd dbus firewalld man-db
 
-.PHONY: build test lint cover demo bench fuzz stress flaky deps clean
+.PHONY: build man test lint cover demo bench fuzz stress flaky deps clean
 
 # Static: a dynamically linked binary spends ~3 ms in the loader on every
 # container start.
 build:
 	CGO_ENABLED=0 $(GO) build -buildvcs=true -o bridgehook .
 
+# The man pages, bridgehook(8) and one per command, written from the
+# command line's own definitions into man/.
+man:
+	rm -rf man && $(GO) run ./internal/mangen man
+
 # As root, the privileged and end-to-end tests run in sandbox network
 # namespaces and fail if anything they need is missing; as another user
 # only the unit tests run.
 test: lint
-	$(GO) test -count=1 -race ./input ./port ./ipam ./hook ./nat ./oci ./cni ./names
+	$(GO) test -count=1 -race ./input ./port ./ipam ./hook ./nat ./oci ./cni ./names ./cli
 	$(GO) test -count=1 -timeout 30m ./...
 
 # Coverage of the tests that need no root: the packages' own, with hook's
@@ -92,4 +98,4 @@ deps:
 	fi
 
 clean:
-	rm -f bridgehook
+	rm -rf bridgehook man

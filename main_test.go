@@ -1,7 +1,9 @@
 package main
 
 import (
-	"bytes"
+	"os"
+	"regexp"
+
 	"errors"
 	"go/ast"
 	"go/parser"
@@ -12,6 +14,10 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/bridgehook/bridgehook/cli"
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
 	"github.com/bridgehook/bridgehook/cni"
 	"github.com/bridgehook/bridgehook/hook"
 	"github.com/bridgehook/bridgehook/input"
@@ -20,48 +26,6 @@ import (
 	"github.com/bridgehook/bridgehook/oci"
 	"github.com/bridgehook/bridgehook/port"
 )
-
-func TestCLI(t *testing.T) {
-	tests := []struct {
-		args     []string
-		stdin    string
-		code     int
-		out, err string // substrings of stdout and stderr
-	}{
-		{[]string{"--help"}, "", 0, "", "Commands:"},
-		{[]string{"help", "gc"}, "", 0, "bridgehook [flags] gc [--all]", ""},
-		{[]string{"gc", "--help"}, "", 0, "", "Brings the lease store and the kernel"},
-		{[]string{"help", "nope"}, "", 2, `no help for "nope"`, ""},
-		{[]string{"version"}, "", 0, "bridgehook ", ""},
-		{[]string{"bogus"}, "", 2, "", `unknown command "bogus"`},
-		{[]string{"inspect"}, "", 2, "", "inspect wants one container id"},
-		{[]string{"network", "up"}, "", 2, "", `want "network rm"`},
-		{[]string{"ls", "extra"}, "", 2, "", `unexpected argument "extra"`},
-		{[]string{"--subnet", "10.0.0.1/24", "ls"}, "", 2, "", "did you mean 10.0.0.0/24"},
-		{[]string{"--bridge", "much-too-long-name"}, "", 2, "", "--bridge"},
-		{nil, "", 2, "", "state on stdin: empty"},
-		{[]string{"setup"}, `{"id":"c1","status":"creating"}`, 2, "", `missing "pid"`},
-		{[]string{"--state-dir", "/nonexistent-bridgehook", "ls"}, "", 0, "", "no networks under /nonexistent-bridgehook"},
-		{[]string{"--non-masquerade-cidr", "10.0.0.0/33", "ls"}, "", 2, "", `invalid value "10.0.0.0/33" for flag --non-masquerade-cidr: want a network such as 10.244.0.0/16`},
-		{[]string{"--mtu", "big", "ls"}, "", 2, "", `invalid value "big" for flag --mtu`},
-		{[]string{"--no-such-flag"}, "", 2, "", "flag provided but not defined: --no-such-flag"},
-		{[]string{"ls", "--subnet"}, "", 2, "", "flag needs an argument: --subnet"},
-		{[]string{"--dns", "1.1.1.1,x", "ls"}, "", 2, "", `--dns: "x" is not an IP address`},
-	}
-	for _, tt := range tests {
-		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
-			var stdout, stderr bytes.Buffer
-			code := run(tt.args, strings.NewReader(tt.stdin), &stdout, &stderr)
-			if code != tt.code || !strings.Contains(stdout.String(), tt.out) || !strings.Contains(stderr.String(), tt.err) {
-				t.Errorf("exit %d, stdout %q, stderr %q; want exit %d, %q, %q",
-					code, stdout.String(), stderr.String(), tt.code, tt.out, tt.err)
-			}
-			if code == 2 && strings.Count(stderr.String(), "\n") > 1 {
-				t.Errorf("error spans lines: %q", stderr.String())
-			}
-		})
-	}
-}
 
 // Long functions hide their steps: none in the code (tests aside) is over
 // 80 lines.
@@ -201,5 +165,52 @@ func refusalsOfTheCore(t *testing.T) []error {
 		join(nft, "other", 15, nil),
 		join(dual, "dual", 16, nil),
 		join(c, "nopid", -1, nil),
+	}
+}
+
+// The README's flag table is --help's flags: every flag of every command
+// has its row, no row names a flag that is gone, and a default the table
+// gives in code spelling is the one --help gives.
+func TestTheFlagTableIsTheHelp(t *testing.T) {
+	readme, err := os.ReadFile("README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	table := map[string]string{} // flag -> its default as the table gives it
+	name := regexp.MustCompile("`--([a-z-]+)`")
+	for _, line := range strings.Split(string(readme), "\n") {
+		cols := strings.Split(line, "|")
+		if !strings.HasPrefix(line, "| `--") || len(cols) < 4 {
+			continue
+		}
+		for _, m := range name.FindAllStringSubmatch(cols[1], -1) {
+			table[m[1]] = strings.TrimSpace(cols[2])
+		}
+	}
+	help := map[string]*pflag.Flag{}
+	var visit func(c *cobra.Command)
+	visit = func(c *cobra.Command) {
+		c.LocalFlags().VisitAll(func(f *pflag.Flag) { help[f.Name] = f })
+		for _, sub := range c.Commands() {
+			if sub.Name() != "completion" {
+				visit(sub)
+			}
+		}
+	}
+	visit(cli.Root())
+	delete(help, "help")
+	for n, f := range help {
+		def, ok := table[n]
+		switch {
+		case !ok:
+			t.Errorf("--%s is not in the README's flag table", n)
+		case strings.HasPrefix(def, "`") && f.DefValue != "" && def != "`"+f.DefValue+"`":
+			t.Errorf("--%s: the table's default is %s, --help's %q", n, def, f.DefValue)
+		}
+	}
+	for n := range table {
+		if help[n] == nil {
+			t.Errorf("the README's flag table has --%s, which no command takes", n)
+		}
 	}
 }
