@@ -20,7 +20,12 @@ DEBS := runc crun iptables nftables busybox-static iproute2 util-linux podman sy
 # Static: a dynamically linked binary spends ~3 ms in the loader on every
 # container start.
 build:
-	CGO_ENABLED=0 $(GO) build -buildvcs=true -o bridgehook .
+	CGO_ENABLED=0 $(GO) build -buildvcs=true -ldflags "-X github.com/bridgehook/bridgehook/cli.version=$(VERSION)" -o bridgehook .
+
+# The version, from git describe, spelt so that Debian takes it as is:
+# v0.1.0 is 0.1.0, three commits on 0.1.0+3.gabc1234, with no tag in
+# reach 0~gitabc1234; .dirty for a tree with changes.
+VERSION ?= $(shell v=$$(git describe --tags --match 'v[0-9]*' --dirty=.dirty 2>/dev/null) && echo "$$v" | sed -e 's/^v//' -e 's/-\([0-9]*\)-g/+\1.g/' || echo "0~git$$(git describe --always --dirty=.dirty)")
 
 # The man pages, bridgehook(8) and one per command, written from the
 # command line's own definitions into man/.

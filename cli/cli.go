@@ -46,13 +46,20 @@ type env struct {
 // Run runs the command line args (without the program's name) and returns
 // the exit code.
 func Run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
-	e := &env{cfg: hook.Defaults(), stdin: stdin, stdout: stdout, stderr: stderr}
-	root := e.Command()
-	root.SetArgs(longFlags(root, args))
-	root.SetIn(stdin)
-	root.SetOut(stdout)
-	root.SetErr(stderr)
-	err := root.Execute()
+	newEnv := func() *env {
+		return &env{cfg: hook.Defaults(), stdin: stdin, stdout: stdout, stderr: stderr}
+	}
+	e := newEnv()
+	ok, err := e.hook(args)
+	if !ok {
+		e = newEnv()
+		root := e.Command()
+		root.SetArgs(longFlags(root.PersistentFlags(), args))
+		root.SetIn(stdin)
+		root.SetOut(stdout)
+		root.SetErr(stderr)
+		err = root.Execute()
+	}
 	if err == nil {
 		return 0
 	}
@@ -65,6 +72,25 @@ func Run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return exitInput
 	}
 	return exitFail
+}
+
+// hook runs the hook face, the path every container start takes, with its
+// flags parsed by pflag alone: cobra's tree of commands, their help and
+// its dispatch cost a start-up a tenth of a millisecond, and are built
+// only for the rest (ok false: anything but flags, and setup or
+// teardown).
+func (e *env) hook(args []string) (ok bool, err error) {
+	fs := pflag.NewFlagSet("bridgehook", pflag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	e.networkFlags(fs)
+	if fs.Parse(longFlags(fs, args)) != nil || fs.NArg() > 1 {
+		return false, nil
+	}
+	name := fs.Arg(0)
+	if name != "" && name != "setup" && name != "teardown" {
+		return false, nil
+	}
+	return true, e.run(name, true, runHook, nil)
 }
 
 // Command is the whole command line: the hook as the root, and the
@@ -122,40 +148,48 @@ func unknownCommand(_ *cobra.Command, args []string) error {
 	return nil
 }
 
-// action is what a command runs: the network the flags define checked,
-// then run. asRoot says the command changes the host, so needs root.
+// action is what command c runs: see run.
 func (e *env) action(asRoot bool, run func(e *env, args []string) error) func(*cobra.Command, []string) error {
 	return func(c *cobra.Command, args []string) error {
+		name := ""
 		if c.HasParent() {
-			e.cmd = c.Name()
+			name = c.Name()
 		}
-		if len(e.subnets) > 0 {
-			if err := e.cfg.ParseSubnets(e.subnets); err != nil {
-				return err
-			}
-		}
-		if err := e.cfg.Check(); err != nil {
+		return e.run(name, asRoot, run, args)
+	}
+}
+
+// run checks the network the flags define, then runs command name (""
+// for the hook deciding by the state). asRoot says the command changes
+// the host, so needs root.
+func (e *env) run(name string, asRoot bool, run func(e *env, args []string) error, args []string) error {
+	e.cmd = name
+	if len(e.subnets) > 0 {
+		if err := e.cfg.ParseSubnets(e.subnets); err != nil {
 			return err
 		}
-		if asRoot && os.Geteuid() != 0 {
-			return input.Errorf("", "must run as root: it changes interfaces, firewall rules and leases (run it from the runtime's hooks, or with sudo)")
-		}
-		var closeLog func()
-		e.log, closeLog = newLogs(e.logFile, e.stderr)
-		defer closeLog()
-		if e.debug {
-			e.opts = append(e.opts, hook.WithDebug(slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))))
-		}
-		return run(e, args)
 	}
+	if err := e.cfg.Check(); err != nil {
+		return err
+	}
+	if asRoot && os.Geteuid() != 0 {
+		return input.Errorf("", "must run as root: it changes interfaces, firewall rules and leases (run it from the runtime's hooks, or with sudo)")
+	}
+	var closeLog func()
+	e.log, closeLog = newLogs(e.logFile, e.stderr)
+	defer closeLog()
+	if e.debug {
+		e.opts = append(e.opts, hook.WithDebug(slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))))
+	}
+	return run(e, args)
 }
 
 // longFlags respells the single-dash long flags of configurations written
 // for the flag package (-bridge, -state-dir=/x) with two dashes, as pflag
 // wants them: a hook's config.json outlives the binary it names.
-func longFlags(root *cobra.Command, args []string) []string {
+func longFlags(fs *pflag.FlagSet, args []string) []string {
 	known := map[string]bool{"json": true, "all": true, "help": true}
-	root.PersistentFlags().VisitAll(func(f *pflag.Flag) { known[f.Name] = true })
+	fs.VisitAll(func(f *pflag.Flag) { known[f.Name] = true })
 	out := make([]string, 0, len(args))
 	for i, a := range args {
 		if a == "--" {

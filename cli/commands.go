@@ -226,13 +226,21 @@ func runVersion(e *env, args []string) error {
 	return nil
 }
 
+// version is the release, as `make build` has it from git describe, in
+// the spelling of the Debian package's version (see the Makefile); empty
+// from a plain go build, which has the module's version instead.
+var version string
+
 // Version is what the Go toolchain stamped into the binary.
 func Version() string {
 	bi, ok := debug.ReadBuildInfo()
 	if !ok {
-		return "bridgehook (no build info)"
+		return "bridgehook " + version + " (no build info)"
 	}
 	v := "bridgehook " + bi.Main.Version
+	if version != "" {
+		v = "bridgehook " + version
+	}
 	settings := map[string]string{}
 	for _, s := range bi.Settings {
 		settings[s.Key] = s.Value
