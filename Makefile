@@ -11,16 +11,16 @@ GO ?= go
 # systemd for systemd-analyze, which checks the units in systemd/,
 # containernetworking-plugins (bridge, host-local, tuning, bandwidth) for
 # the CNI chain test and bench, containerd for the `ctr run --cni` test,
-# dbus and firewalld for the firewalld test, and man-db for the test
-# that renders the man pages.
-DEBS := runc crun iptables nftables busybox-static iproute2 util-linux podman systemd containernetworking-plugins containerd dbus firewalld man-db
+# dbus and firewalld for the firewalld test, man-db for the test that
+# renders the man pages, and lintian for the Debian package's test.
+DEBS := runc crun iptables nftables busybox-static iproute2 util-linux podman systemd containernetworking-plugins containerd dbus firewalld man-db lintian
 
-.PHONY: build man test lint cover demo bench fuzz stress flaky deps clean
+.PHONY: build man install uninstall deb test lint cover demo bench fuzz stress flaky deps clean
 
 # Static: a dynamically linked binary spends ~3 ms in the loader on every
 # container start.
 build:
-	CGO_ENABLED=0 $(GO) build -buildvcs=true -ldflags "-X github.com/bridgehook/bridgehook/cli.version=$(VERSION)" -o bridgehook .
+	CGO_ENABLED=0 $(GO) build -buildvcs=true -ldflags "-X github.com/bridgehook/bridgehook/cli.version=$(VERSION) $(LDFLAGS)" -o bridgehook .
 
 # The version, from git describe, spelt so that Debian takes it as is:
 # v0.1.0 is 0.1.0, three commits on 0.1.0+3.gabc1234, with no tag in
@@ -31,6 +31,78 @@ VERSION ?= $(shell v=$$(git describe --tags --match 'v[0-9]*' --dirty=.dirty 2>/
 # command line's own definitions into man/.
 man:
 	rm -rf man && $(GO) run ./internal/mangen man
+
+# Where `make install` puts things, with netavark's and the OCI hook
+# projects' names. DESTDIR stages an install (nothing goes outside it).
+# Debian's layout (make deb): PREFIX=/usr CNIDIR=/usr/lib/cni
+# SYSTEMDDIR=/lib/systemd/system. LIBEXECDIR is taken for the convention;
+# bridgehook has no helper that is not its command line, so nothing goes
+# there.
+PREFIX ?= /usr/local
+BINDIR ?= $(PREFIX)/bin
+LIBEXECDIR ?= $(PREFIX)/libexec
+SYSTEMDDIR ?= $(PREFIX)/lib/systemd/system
+HOOKSDIR ?= $(PREFIX)/share/containers/oci/hooks.d
+CNIDIR ?= /opt/cni/bin
+MANDIR ?= $(PREFIX)/share/man
+DOCDIR ?= $(PREFIX)/share/doc/bridgehook
+DATADIR ?= $(PREFIX)/share
+UNITS := $(notdir $(wildcard systemd/*.service))
+# What install puts there, for uninstall to remove exactly that.
+INSTALLED = $(BINDIR)/bridgehook $(CNIDIR)/bridgehook $(HOOKSDIR)/bridgehook.json \
+	$(addprefix $(SYSTEMDDIR)/,$(UNITS)) \
+	$(DATADIR)/bash-completion/completions/bridgehook $(DATADIR)/zsh/vendor-completions/_bridgehook \
+	$(DATADIR)/fish/vendor_completions.d/bridgehook.fish $(DOCDIR)/README.md
+
+# The static binary, the CNI plugin under its type name (a link), the
+# hooks.d file and the systemd units naming the installed binary (the
+# units are not enabled), the man pages, completions and docs.
+install: build man
+	mkdir -p .gen
+	install -D -m 0755 bridgehook $(DESTDIR)$(BINDIR)/bridgehook
+	install -d -m 0755 $(DESTDIR)$(CNIDIR)
+	# Relative within one top-level directory, absolute across (Debian
+	# policy 10.5).
+	to=$(BINDIR)/bridgehook; [ "$$(echo $(CNIDIR) | cut -d/ -f2)" != "$$(echo $(BINDIR) | cut -d/ -f2)" ] || \
+		to=$$(realpath -m --relative-to=$(CNIDIR) $(BINDIR)/bridgehook); ln -sfn $$to $(DESTDIR)$(CNIDIR)/bridgehook
+	sed 's|/usr/local/bin/bridgehook|$(BINDIR)/bridgehook|g' hooks.d/bridgehook.json > .gen/hook.json
+	install -D -m 0644 .gen/hook.json $(DESTDIR)$(HOOKSDIR)/bridgehook.json
+	for u in $(UNITS); do \
+		sed 's|/usr/local/bin/bridgehook|$(BINDIR)/bridgehook|g' systemd/$$u > .gen/$$u && \
+		install -D -m 0644 .gen/$$u $(DESTDIR)$(SYSTEMDDIR)/$$u || exit 1; \
+	done
+	for p in man/*.8; do install -D -m 0644 $$p $(DESTDIR)$(MANDIR)/man8/$${p#man/} || exit 1; done
+	./bridgehook completion bash > .gen/bash && install -D -m 0644 .gen/bash $(DESTDIR)$(DATADIR)/bash-completion/completions/bridgehook
+	./bridgehook completion zsh > .gen/zsh && install -D -m 0644 .gen/zsh $(DESTDIR)$(DATADIR)/zsh/vendor-completions/_bridgehook
+	./bridgehook completion fish > .gen/fish && install -D -m 0644 .gen/fish $(DESTDIR)$(DATADIR)/fish/vendor_completions.d/bridgehook.fish
+	install -D -m 0644 README.md $(DESTDIR)$(DOCDIR)/README.md
+
+uninstall: man
+	rm -f $(addprefix $(DESTDIR),$(INSTALLED))
+	for p in man/*.8; do rm -f $(DESTDIR)$(MANDIR)/man8/$${p#man/}; done
+	-rmdir $(DESTDIR)$(DOCDIR)
+
+# bridgehook_VERSION_ARCH.deb, with dpkg-deb (a native package, stripped): the install above in
+# Debian's layout; the hooks.d file a conffile in /etc, linked from
+# /usr/share/containers/oci/hooks.d, where podman looks unless hooks_dir
+# says otherwise; no maintainer scripts, so nothing is started or
+# enabled.
+ARCH ?= $(shell dpkg --print-architecture)
+DEB := bridgehook_$(VERSION)_$(ARCH).deb
+deb:
+	rm -f bridgehook_*.deb
+	rm -rf .deb && $(MAKE) install LDFLAGS="-s -w" DESTDIR=$(CURDIR)/.deb PREFIX=/usr CNIDIR=/usr/lib/cni \
+		SYSTEMDDIR=/lib/systemd/system HOOKSDIR=/etc/containers/oci/hooks.d
+	install -d .deb/usr/share/containers/oci/hooks.d .deb/DEBIAN
+	ln -s /etc/containers/oci/hooks.d/bridgehook.json .deb/usr/share/containers/oci/hooks.d/bridgehook.json
+	gzip -9n .deb/usr/share/man/man8/*.8
+	install -m 0644 debian/copyright .deb/usr/share/doc/bridgehook/copyright
+	sed -e 's/@VERSION@/$(VERSION)/' -e "s/@DATE@/$$(date -R -d @$$(git log -1 --format=%ct))/" debian/changelog.in | gzip -9n > .deb/usr/share/doc/bridgehook/changelog.gz
+	install -D -m 0644 debian/lintian-overrides .deb/usr/share/lintian/overrides/bridgehook
+	sed -e 's/@VERSION@/$(VERSION)/' -e 's/@ARCH@/$(ARCH)/' debian/control.in > .deb/DEBIAN/control
+	echo /etc/containers/oci/hooks.d/bridgehook.json > .deb/DEBIAN/conffiles
+	cd .deb && find . -path ./DEBIAN -prune -o -type f -printf '%P\0' | sort -z | xargs -0 md5sum > DEBIAN/md5sums
+	dpkg-deb --root-owner-group -Zxz --build .deb $(DEB)
 
 # As root, the privileged and end-to-end tests run in sandbox network
 # namespaces and fail if anything they need is missing; as another user
@@ -103,4 +175,4 @@ deps:
 	fi
 
 clean:
-	rm -rf bridgehook man
+	rm -rf bridgehook man .gen .deb bridgehook_*.deb

@@ -66,10 +66,19 @@ func newPodman(t *testing.T, sb *sandbox, extra ...string) func(args ...string) 
 	if err := os.WriteFile(filepath.Join(hooks, "bridgehook.json"), b, 0o644); err != nil {
 		t.Fatal(err)
 	}
+	return podmanIn(t, sb, dir, hooks)
+}
+
+// podmanIn is podman with its store in dir and the hooks.d files of
+// hooks; "" is podman's own hooks directory.
+func podmanIn(t *testing.T, sb *sandbox, dir, hooks string) func(args ...string) (string, error) {
+	t.Helper()
 	podman := func(args ...string) (string, error) {
 		base := []string{"podman", "--root", filepath.Join(dir, "storage"), "--runroot", filepath.Join(dir, "run"),
-			"--storage-driver", "vfs", "--runtime", "runc", "--cgroup-manager", "cgroupfs",
-			"--hooks-dir", hooks, "--events-backend", "file"}
+			"--storage-driver", "vfs", "--runtime", "runc", "--cgroup-manager", "cgroupfs", "--events-backend", "file"}
+		if hooks != "" {
+			base = append(base, "--hooks-dir", hooks)
+		}
 		out, err := sb.cmd(append(base, args...)...).CombinedOutput()
 		return string(out), err
 	}
