@@ -22,9 +22,12 @@ import (
 )
 
 // ociImage writes an OCI image layout tarball of rootfs named name, for
-// `ctr images import`.
-func ociImage(t *testing.T, rootfs, name, path string) {
+// `ctr images import`; it runs sh unless told cmd.
+func ociImage(t *testing.T, rootfs, name, path string, cmd ...string) {
 	t.Helper()
+	if len(cmd) == 0 {
+		cmd = []string{"sh"}
+	}
 	var layer bytes.Buffer
 	tw := tar.NewWriter(&layer)
 	err := filepath.WalkDir(rootfs, func(p string, d fs.DirEntry, err error) error {
@@ -70,7 +73,7 @@ func ociImage(t *testing.T, rootfs, name, path string) {
 	layerDigest, layerSize := blob(layer.Bytes())
 	config, _ := json.Marshal(map[string]any{
 		"architecture": "amd64", "os": "linux",
-		"config": map[string]any{"Cmd": []string{"sh"}, "Env": []string{"PATH=/bin"}},
+		"config": map[string]any{"Cmd": cmd, "Env": []string{"PATH=/bin"}},
 		"rootfs": map[string]any{"type": "layers", "diff_ids": []string{layerDigest}},
 	})
 	configDigest, configSize := blob(config)
