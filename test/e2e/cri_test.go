@@ -344,4 +344,3 @@ func (c *cri) checkLs(addrs ...netip.Addr) {
 func gatewayOf(subnet string) netip.Addr {
 	return netip.MustParsePrefix(subnet).Masked().Addr().Next()
 }
-
