@@ -34,6 +34,8 @@ man:
 
 # Where `make install` puts things, with netavark's and the OCI hook
 # projects' names. DESTDIR stages an install (nothing goes outside it).
+# HOOKSDIR and CNIDIR are where podman 4.3 and CNI runtimes look, whatever
+# the PREFIX.
 # Debian's layout (make deb): PREFIX=/usr CNIDIR=/usr/lib/cni
 # SYSTEMDDIR=/lib/systemd/system. LIBEXECDIR is taken for the convention;
 # bridgehook has no helper that is not its command line, so nothing goes
@@ -42,7 +44,7 @@ PREFIX ?= /usr/local
 BINDIR ?= $(PREFIX)/bin
 LIBEXECDIR ?= $(PREFIX)/libexec
 SYSTEMDDIR ?= $(PREFIX)/lib/systemd/system
-HOOKSDIR ?= $(PREFIX)/share/containers/oci/hooks.d
+HOOKSDIR ?= /usr/share/containers/oci/hooks.d
 CNIDIR ?= /opt/cni/bin
 MANDIR ?= $(PREFIX)/share/man
 DOCDIR ?= $(PREFIX)/share/doc/bridgehook
@@ -76,11 +78,13 @@ install: build man
 	./bridgehook completion zsh > .gen/zsh && install -D -m 0644 .gen/zsh $(DESTDIR)$(DATADIR)/zsh/vendor-completions/_bridgehook
 	./bridgehook completion fish > .gen/fish && install -D -m 0644 .gen/fish $(DESTDIR)$(DATADIR)/fish/vendor_completions.d/bridgehook.fish
 	install -D -m 0644 README.md $(DESTDIR)$(DOCDIR)/README.md
+	for d in docs/*.md; do install -D -m 0644 $$d $(DESTDIR)$(DOCDIR)/$$d || exit 1; done
 
 uninstall: man
 	rm -f $(addprefix $(DESTDIR),$(INSTALLED))
 	for p in man/*.8; do rm -f $(DESTDIR)$(MANDIR)/man8/$${p#man/}; done
-	-rmdir $(DESTDIR)$(DOCDIR)
+	for d in docs/*.md; do rm -f $(DESTDIR)$(DOCDIR)/$$d; done
+	-rmdir $(DESTDIR)$(DOCDIR)/docs $(DESTDIR)$(DOCDIR)
 
 # bridgehook_VERSION_ARCH.deb, with dpkg-deb (a native package, stripped): the install above in
 # Debian's layout; the hooks.d file a conffile in /etc, linked from

@@ -1,8 +1,10 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"regexp"
+	"slices"
 
 	"errors"
 	"go/ast"
@@ -168,11 +170,11 @@ func refusalsOfTheCore(t *testing.T) []error {
 	}
 }
 
-// The README's flag table is --help's flags: every flag of every command
+// The hook page's flag table is --help's flags: every flag of every command
 // has its row, no row names a flag that is gone, and a default the table
 // gives in code spelling is the one --help gives.
 func TestTheFlagTableIsTheHelp(t *testing.T) {
-	readme, err := os.ReadFile("README.md")
+	readme, err := os.ReadFile("docs/hook.md")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -203,14 +205,42 @@ func TestTheFlagTableIsTheHelp(t *testing.T) {
 		def, ok := table[n]
 		switch {
 		case !ok:
-			t.Errorf("--%s is not in the README's flag table", n)
+			t.Errorf("--%s is not in docs/hook.md's flag table", n)
 		case strings.HasPrefix(def, "`") && f.DefValue != "" && def != "`"+f.DefValue+"`":
 			t.Errorf("--%s: the table's default is %s, --help's %q", n, def, f.DefValue)
 		}
 	}
 	for n := range table {
 		if help[n] == nil {
-			t.Errorf("the README's flag table has --%s, which no command takes", n)
+			t.Errorf("docs/hook.md's flag table has --%s, which no command takes", n)
 		}
+	}
+}
+
+// The CNI page's table of flag, key and annotation is the faces' own
+// spelling of each setting (oci.Spell, cni.Spell): row for row.
+func TestTheCNITableIsTheCode(t *testing.T) {
+	page, err := os.ReadFile("docs/cni.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cell := func(s string) string {
+		if s == "" {
+			return "—"
+		}
+		return "`" + s + "`"
+	}
+	var want []string
+	for _, f := range input.Fields {
+		want = append(want, fmt.Sprintf("| %s | %s |", cell(oci.Spell(f)), cell(cni.Spell(f))))
+	}
+	var got []string
+	for _, line := range strings.Split(string(page), "\n") {
+		if strings.HasPrefix(line, "| `") || strings.HasPrefix(line, "| —") {
+			got = append(got, line)
+		}
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("docs/cni.md's table is\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }

@@ -44,6 +44,8 @@ func Spell(f input.Field) string {
 		return "annotation " + AnnotationIP
 	case input.IP6:
 		return "annotation " + AnnotationIP6
+	case input.Aliases:
+		return "annotation " + AnnotationAliases
 	case input.ID:
 		return "container id"
 	case input.Netns, input.MAC:

@@ -30,7 +30,7 @@ func exists(path string) bool {
 // it.
 func TestMakeInstall(t *testing.T) {
 	requireRoot(t, "make")
-	outside := []string{"/usr/local/bin/bridgehook", "/opt/cni/bin/bridgehook", "/usr/local/share/containers/oci/hooks.d/bridgehook.json"}
+	outside := []string{"/usr/local/bin/bridgehook", "/opt/cni/bin/bridgehook", "/usr/share/containers/oci/hooks.d/bridgehook.json"}
 	for _, p := range outside {
 		if exists(p) {
 			t.Fatalf("%s exists on this machine: the test cannot tell an install outside DESTDIR from it", p)
@@ -41,7 +41,7 @@ func TestMakeInstall(t *testing.T) {
 	in := func(p string) string { return filepath.Join(dest, p) }
 	for p, mode := range map[string]os.FileMode{
 		"usr/local/bin/bridgehook":                                  0o755,
-		"usr/local/share/containers/oci/hooks.d/bridgehook.json":    0o644,
+		"usr/share/containers/oci/hooks.d/bridgehook.json":          0o644,
 		"usr/local/lib/systemd/system/bridgehook-dns.service":       0o644,
 		"usr/local/lib/systemd/system/bridgehook-repair.service":    0o644,
 		"usr/local/lib/systemd/system/bridgehook-firewalld.service": 0o644,
@@ -51,6 +51,7 @@ func TestMakeInstall(t *testing.T) {
 		"usr/local/share/zsh/vendor-completions/_bridgehook":        0o644,
 		"usr/local/share/fish/vendor_completions.d/bridgehook.fish": 0o644,
 		"usr/local/share/doc/bridgehook/README.md":                  0o644,
+		"usr/local/share/doc/bridgehook/docs/performance.md":        0o644,
 	} {
 		st, err := os.Stat(in(p))
 		if err != nil || st.Mode() != mode {
@@ -63,7 +64,7 @@ func TestMakeInstall(t *testing.T) {
 	var hookCfg struct {
 		Hook struct{ Path string } `json:"hook"`
 	}
-	if b, err := os.ReadFile(in("usr/local/share/containers/oci/hooks.d/bridgehook.json")); err != nil || json.Unmarshal(b, &hookCfg) != nil || hookCfg.Hook.Path != "/usr/local/bin/bridgehook" {
+	if b, err := os.ReadFile(in("usr/share/containers/oci/hooks.d/bridgehook.json")); err != nil || json.Unmarshal(b, &hookCfg) != nil || hookCfg.Hook.Path != "/usr/local/bin/bridgehook" {
 		t.Errorf("the hooks.d file names %q (%v)", hookCfg.Hook.Path, err)
 	}
 	if b, _ := os.ReadFile(in("usr/local/lib/systemd/system/bridgehook-dns.service")); !strings.Contains(string(b), "ExecStart=/usr/local/bin/bridgehook dns") {
