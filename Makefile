@@ -12,8 +12,9 @@ GO ?= go
 # containernetworking-plugins (bridge, host-local, tuning, bandwidth) for
 # the CNI chain test and bench, containerd for the `ctr run --cni` test,
 # dbus and firewalld for the firewalld test, man-db for the test that
-# renders the man pages, and lintian for the Debian package's test.
-DEBS := runc crun iptables nftables busybox-static iproute2 util-linux podman systemd containernetworking-plugins containerd dbus firewalld man-db lintian
+# renders the man pages, lintian for the Debian package's test, and
+# netavark for the bench's podman rows.
+DEBS := runc crun iptables nftables busybox-static iproute2 util-linux podman systemd containernetworking-plugins containerd dbus firewalld man-db lintian netavark
 
 .PHONY: build man install uninstall deb test lint cover demo bench fuzz stress flaky deps clean
 

@@ -351,6 +351,12 @@ func TestBenchTable(t *testing.T) {
 	add("CNI ADD: Debian's bridge + host-local (warm)", deb, false, "")
 	rows[len(rows)-2].name += fmt.Sprintf(" = %.2fx Debian's", float64(bh.pct(0.5))/float64(deb.pct(0.5)))
 
+	viaHook, viaCNI, viaNetavark := podmanBench(t, 10)
+	cost := func(f [2]figures) float64 { return float64(f[0].pct(0.5)-f[1].pct(0.5)) / 1e6 }
+	add(fmt.Sprintf("podman run --rm true, bridgehook (hooks.d): network +%.1f ms", cost(viaHook)), viaHook[0], false, "")
+	add(fmt.Sprintf("podman run --rm true, CNI bridge: network +%.1f ms = %.1fx", cost(viaCNI), cost(viaCNI)/cost(viaHook)), viaCNI[0], false, "")
+	add(fmt.Sprintf("podman run --rm true, netavark: network +%.1f ms = %.1fx", cost(viaNetavark), cost(viaNetavark)/cost(viaHook)), viaNetavark[0], false, ">= 20x, the cheaper peer")
+
 	with, without := runcBench(t, 15)
 	add("runc run busybox true, without the hook", without, false, "")
 	add(fmt.Sprintf("runc run busybox true, with the hook (%+.1f%%)", 100*(float64(with.pct(0.5))/float64(without.pct(0.5))-1)), with, false, "<= 10 % slower")
@@ -701,4 +707,62 @@ func portsAtScaleBench(t *testing.T, runs int) (few, many figures) {
 		}
 	})
 	return few, many
+}
+
+// podmanBench times `podman run --rm ... true` runs entirely in a sandbox,
+// in turn: bridgehook through the hooks.d file, and podman's default
+// network through its CNI backend (Debian's bridge plugin) and through
+// netavark, each against the same podman with --network none. The peers
+// run in a mount namespace of their own per call, with the test's
+// directories over /var/lib/cni and /run/containers, where their IPAM
+// keeps its state, so that nothing of theirs lands on the host.
+func podmanBench(t *testing.T, runs int) (hook, cni, netavark [2]figures) {
+	requireRoot(t, "podman", "/usr/lib/podman/netavark")
+	sb := newSandbox(t)
+	withHook := newPodman(t, sb)
+	backend := func(name string) func(args ...string) (string, error) {
+		dir, err := os.MkdirTemp("", "podman-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.RemoveAll(dir) })
+		for _, d := range []string{"cni", "containers", "networks"} {
+			os.Mkdir(filepath.Join(dir, d), 0o700)
+		}
+		script := `set -e
+mount --make-rprivate /
+mkdir -p /var/lib/cni /run/containers
+mount --bind "$D/cni" /var/lib/cni
+mount --bind "$D/containers" /run/containers
+exec "$@"`
+		isolated := func(args ...string) *exec.Cmd {
+			c := sb.cmd(append([]string{"unshare", "-m", "sh", "-c", script, "sh"}, args...)...)
+			c.Env = append(os.Environ(), "D="+dir)
+			return c
+		}
+		return podmanWith(t, isolated, dir, filepath.Join(dir, "no-hooks"), "--network-backend", name, "--network-config-dir", filepath.Join(dir, "networks"))
+	}
+	viaCNI, viaNetavark := backend("cni"), backend("netavark")
+	run := []string{"run", "--rm", "--ulimit", "nofile=20000:20000", "--ulimit", "nproc=1024:1024"}
+	time1 := func(podman func(...string) (string, error), args ...string) time.Duration {
+		start := time.Now()
+		if out, err := podman(append(append(slices.Clone(run), args...), "localhost/bridgehook-test", "true")...); err != nil {
+			t.Fatalf("podman %v: %v\n%s", args, err, out)
+		}
+		return time.Since(start)
+	}
+	for i := -1; i < runs; i++ { // the first round warms every path up
+		round := [][2]time.Duration{
+			{time1(withHook, "--network", "none", "--annotation", "bridgehook.enable=true"), time1(withHook, "--network", "none")},
+			{time1(viaCNI), time1(viaCNI, "--network", "none")},
+			{time1(viaNetavark), time1(viaNetavark, "--network", "none")},
+		}
+		if i < 0 {
+			continue
+		}
+		for j, f := range []*[2]figures{&hook, &cni, &netavark} {
+			f[0], f[1] = append(f[0], round[j][0]), append(f[1], round[j][1])
+		}
+	}
+	return hook, cni, netavark
 }

@@ -69,9 +69,16 @@ func newPodman(t *testing.T, sb *sandbox, extra ...string) func(args ...string) 
 	return podmanIn(t, sb, dir, hooks)
 }
 
-// podmanIn is podman with its store in dir and the hooks.d files of
-// hooks; "" is podman's own hooks directory.
-func podmanIn(t *testing.T, sb *sandbox, dir, hooks string) func(args ...string) (string, error) {
+// podmanIn is podman in the sandbox with its store in dir and the
+// hooks.d files of hooks ("" is podman's own hooks directory), and global
+// flags.
+func podmanIn(t *testing.T, sb *sandbox, dir, hooks string, global ...string) func(args ...string) (string, error) {
+	t.Helper()
+	return podmanWith(t, sb.cmd, dir, hooks, global...)
+}
+
+// podmanWith is podmanIn with the command line run by cmd.
+func podmanWith(t *testing.T, cmd func(args ...string) *exec.Cmd, dir, hooks string, global ...string) func(args ...string) (string, error) {
 	t.Helper()
 	podman := func(args ...string) (string, error) {
 		base := []string{"podman", "--root", filepath.Join(dir, "storage"), "--runroot", filepath.Join(dir, "run"),
@@ -79,7 +86,8 @@ func podmanIn(t *testing.T, sb *sandbox, dir, hooks string) func(args ...string)
 		if hooks != "" {
 			base = append(base, "--hooks-dir", hooks)
 		}
-		out, err := sb.cmd(append(base, args...)...).CombinedOutput()
+		base = append(base, global...)
+		out, err := cmd(append(base, args...)...).CombinedOutput()
 		return string(out), err
 	}
 	tar := filepath.Join(dir, "rootfs.tar")
