@@ -35,10 +35,19 @@ const (
 	iface      = "org.fedoraproject.FirewallD1"
 )
 
+// systemBus is where the system bus listens unless DBUS_SYSTEM_BUS_ADDRESS
+// says otherwise.
+var systemBus = []string{"/run/dbus/system_bus_socket", "/var/run/dbus/system_bus_socket"}
+
 // Running reports whether a process named firewalld runs on the host:
 // without one, no D-Bus connection is worth making. (Dial then asks the
-// bus who owns firewalld's name.)
+// bus who owns firewalld's name.) firewalld lives on the system bus, so
+// without one there is none, and /proc is not read: that read is a file
+// per process, 3 ms of a cold setup here.
 func Running() bool {
+	if !busExists(os.Getenv("DBUS_SYSTEM_BUS_ADDRESS"), systemBus) {
+		return false
+	}
 	ents, err := os.ReadDir("/proc")
 	if err != nil {
 		return false
@@ -48,6 +57,20 @@ func Running() bool {
 			continue
 		}
 		if comm, err := os.ReadFile("/proc/" + e.Name() + "/comm"); err == nil && strings.TrimSpace(string(comm)) == "firewalld" {
+			return true
+		}
+	}
+	return false
+}
+
+// busExists reports whether a system bus may be there: one named by
+// address, or a socket at one of the usual paths.
+func busExists(address string, paths []string) bool {
+	if address != "" {
+		return true
+	}
+	for _, p := range paths {
+		if st, err := os.Stat(p); err == nil && st.Mode()&os.ModeSocket != 0 {
 			return true
 		}
 	}
