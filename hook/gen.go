@@ -1,7 +1,8 @@
 package hook
 
 // The nftables generation (nat.Generation) changes with every commit to
-// any table. The record keeps the generation at which the network's
+// any table. The store's stamp, beside the network's record, keeps the
+// generation at which the network's
 // nftables state (its table, when nftables holds its rules, and its spoof
 // check) was last verified: a warm setup that reads the same generation
 // knows nothing has changed since, and trusts it with that one read. Any
@@ -15,24 +16,32 @@ package hook
 
 import "github.com/bridgehook/bridgehook/ipam"
 
-// fresh reports whether rec's generation is the kernel's now, and that
-// generation; it reads it only where it can save a check.
-func (n *Network) fresh(rec record) (uint32, bool) {
-	if rec.Gen == 0 || !n.fw.Generational() && !n.SpoofCheck {
+// fresh reports whether the generation stamped in tx is the kernel's
+// now, and that generation; it reads it only where it can save a check.
+func (n *Network) fresh(tx ipam.Tx) (uint32, bool) {
+	if !n.fw.Generational() && !n.SpoofCheck {
+		return 0, false
+	}
+	st := tx.Stamp()
+	if st == 0 {
 		return 0, false
 	}
 	g, err := n.gen()
-	return g, err == nil && g == rec.Gen
+	return g, err == nil && g == st
 }
 
-// stamp records in rec the kernel's generation now, which the caller has
+// stamp records in tx the kernel's generation now, which the caller has
 // just verified (or made), and remembers it for keepFresh.
-func (n *Network) stamp(rec *record) {
+func (n *Network) stamp(tx ipam.Tx) error {
 	g, err := n.gen()
 	if err != nil {
 		g = 0 // unknown: the next setup checks in full
 	}
-	rec.Gen, n.verifiedGen = g, g
+	n.verifiedGen = g
+	if tx.Stamp() == g {
+		return nil
+	}
+	return tx.SetStamp(g)
 }
 
 // commits is how many nftables commits a setup or teardown of a lease
@@ -63,10 +72,8 @@ func (n *Network) keepFresh(tx ipam.Tx, k int) error {
 	if err != nil || g != n.verifiedGen+uint32(k) {
 		return nil
 	}
-	rec, ok := readRecord(tx)
-	if !ok || rec.Gen != n.verifiedGen {
-		return nil // another command recorded since
+	if tx.Stamp() != n.verifiedGen {
+		return nil // another command stamped since
 	}
-	rec.Gen = g
-	return tx.SetRecord(rec)
+	return tx.SetStamp(g)
 }

@@ -576,9 +576,10 @@ func (n *Network) repair(tx ipam.Tx) error {
 	if err := n.installGuard(tx); err != nil {
 		return err
 	}
-	rec = n.recordOf(br)
-	n.stamp(&rec)
-	return tx.SetRecord(rec)
+	if err := tx.SetRecord(n.recordOf(br)); err != nil {
+		return err
+	}
+	return n.stamp(tx)
 }
 
 // subnetList names a network's subnets for a person: "172.19.0.0/16 and

@@ -30,9 +30,6 @@ type record struct {
 	// Names is what the name server serves of the network (it reads it
 	// from here); none for a network without names.
 	Names *names.Network `json:"names,omitempty"`
-	// Gen is the nftables generation at which the network's nftables
-	// state was last verified (gen.go); 0: none.
-	Gen uint32 `json:"nft_gen,omitempty"`
 	// The backend that holds them; records older than the choice have
 	// none, and theirs is iptables.
 	Firewall string `json:"firewall,omitempty"`

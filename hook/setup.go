@@ -144,7 +144,7 @@ func (n *Network) ensureNetwork(tx ipam.Tx) (br bridge.Bridge, restored bool, un
 	}
 	if known {
 		if found, ok := n.host.Find(n.Bridge); ok && n.trusts(rec, found) {
-			restored, err := n.checkWarm(tx, rec)
+			restored, err := n.checkWarm(tx)
 			return found, restored, nil, err
 		}
 	}
@@ -167,17 +167,18 @@ func (n *Network) ensureNetwork(tx ipam.Tx) (br bridge.Bridge, restored bool, un
 	if err := n.installGuard(tx); err != nil {
 		return br, false, undo, err
 	}
-	rec = n.recordOf(br)
-	n.stamp(&rec)
-	return br, false, undo, tx.SetRecord(rec)
+	if err := tx.SetRecord(n.recordOf(br)); err != nil {
+		return br, false, undo, err
+	}
+	return br, false, undo, n.stamp(tx)
 }
 
 // checkWarm checks the rules and the spoof check of a network whose
 // record vouches for its bridge, and installs again what a reload or a
 // flush took. Where the nftables generation is the one recorded, what
 // nftables holds is trusted without a look (gen.go).
-func (n *Network) checkWarm(tx ipam.Tx, rec record) (restored bool, err error) {
-	g, fresh := n.fresh(rec)
+func (n *Network) checkWarm(tx ipam.Tx) (restored bool, err error) {
+	g, fresh := n.fresh(tx)
 	if fresh && n.fw.Generational() {
 		n.verifiedGen = g
 		return false, n.fw.Forward(n.natNetwork())
@@ -208,12 +209,7 @@ func (n *Network) checkWarm(tx ipam.Tx, rec record) (restored bool, err error) {
 		n.verifiedGen = g
 		return false, nil
 	}
-	old := rec.Gen
-	n.stamp(&rec)
-	if rec.Gen != old {
-		err = tx.SetRecord(rec)
-	}
-	return !rules || !guard, err
+	return !rules || !guard, n.stamp(tx)
 }
 
 // quiet6 sets the IPv6 defaults of a container on an IPv6 network (see
@@ -307,8 +303,7 @@ func (n *Network) Teardown(id string) (res Result, err error) {
 			return hint(err)
 		}
 		tm.step("lookup")
-		rec, _ := readRecord(tx)
-		if g, fresh := n.fresh(rec); fresh {
+		if g, fresh := n.fresh(tx); fresh {
 			n.verifiedGen = g
 		}
 		if err := n.forget(tx, l); err != nil {

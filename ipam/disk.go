@@ -16,6 +16,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	"github.com/gofrs/flock"
@@ -526,8 +527,31 @@ func (t *diskTx) SetRecord(v any) error {
 }
 
 func (t *diskTx) ClearRecord() error {
-	if err := os.Remove(t.recordPath()); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("clear network record: %w", err)
+	for _, p := range []string{t.recordPath(), t.stampPath()} {
+		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("clear network record: %w", err)
+		}
+	}
+	return nil
+}
+
+func (t *diskTx) stampPath() string { return filepath.Join(t.s.dir, "stamp") }
+
+func (t *diskTx) Stamp() uint32 {
+	b, err := os.ReadFile(t.stampPath())
+	if err != nil {
+		return 0
+	}
+	n, err := strconv.ParseUint(string(b), 10, 32)
+	if err != nil {
+		return 0
+	}
+	return uint32(n)
+}
+
+func (t *diskTx) SetStamp(n uint32) error {
+	if _, err := writeAtomic(t.stampPath(), strconv.AppendUint(nil, uint64(n), 10), false); err != nil {
+		return fmt.Errorf("write network stamp: %w", err)
 	}
 	return nil
 }

@@ -157,6 +157,12 @@ type Tx interface {
 	SetRecord(v any) error
 	ClearRecord() error
 
+	// Stamp is a number kept beside the record, cheaper to read and
+	// write than it (a warm setup and a teardown read and write it): 0
+	// when there is none or it does not read. ClearRecord clears it too.
+	Stamp() uint32
+	SetStamp(n uint32) error
+
 	// Tidy repairs what crashes leave behind: it removes the unreadable
 	// lease records List names and the files of interrupted writes, and
 	// mends the index. It says what it did, a line per kind of repair.

@@ -26,6 +26,7 @@ type Memory struct {
 	v6     map[netip.Addr]bool
 	last   [2]netip.Addr
 	record []byte
+	stamp  uint32
 	// gone is set by Destroy: Memories then makes the network afresh.
 	gone bool
 	// Unreadable are addresses whose records List reports as unreadable;
@@ -226,7 +227,17 @@ func (t memTx) ClearRecord() error {
 	if err := t.fail("clear record"); err != nil {
 		return err
 	}
-	t.m.record = nil
+	t.m.record, t.m.stamp = nil, 0
+	return nil
+}
+
+func (t memTx) Stamp() uint32 { return t.m.stamp }
+
+func (t memTx) SetStamp(n uint32) error {
+	if err := t.fail("set stamp"); err != nil {
+		return err
+	}
+	t.m.stamp = n
 	return nil
 }
 
