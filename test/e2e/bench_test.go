@@ -98,7 +98,16 @@ func mountTmpfs(t *testing.T, dir string) {
 		// A name server a setup started holds files here: end it first,
 		// or the tmpfs stays mounted.
 		stopNameServer(dir)
-		if out, err := exec.Command("umount", dir).CombinedOutput(); err != nil {
+		// A server that let go of its lock as it ended may still be
+		// exiting, its files open: the tmpfs is busy until it is gone.
+		var out []byte
+		var err error
+		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+			if out, err = exec.Command("umount", dir).CombinedOutput(); err == nil || time.Now().After(deadline) {
+				break
+			}
+		}
+		if err != nil {
 			t.Errorf("umount %s: %v %s", dir, err, out)
 		}
 	})
