@@ -2,9 +2,8 @@ package hook
 
 // The nftables generation (nat.Generation) changes with every commit to
 // any table. The store's stamp, beside the network's record, keeps the
-// generation at which the network's
-// nftables state (its table, when nftables holds its rules, and its spoof
-// check) was last verified: a warm setup that reads the same generation
+// generation at which the network's nftables state (its table, when
+// nftables holds its rules, and its spoof check) was last verified: a warm setup that reads the same generation
 // knows nothing has changed since, and trusts it with that one read. Any
 // other generation runs the full check, which records the new one.
 //

@@ -82,3 +82,18 @@ func TestIPTablesOnNFTablesIsTrustedByGeneration(t *testing.T) {
 			r-rules, g-guard, w.fw.Forwards-forwards)
 	}
 }
+
+// A teardown that commits nothing countable (no spoof check, no ports)
+// has no generation to keep, and reads none.
+func TestATeardownWithNothingToKeepReadsNoGeneration(t *testing.T) {
+	w := newWorld(t, "10.1.0.0/24")
+	w.n.SpoofCheck = false
+	w.mustSetup("a", w.container(10), "")
+	reads := w.gen.Reads
+	if _, err := w.n.Teardown("a"); err != nil {
+		t.Fatal(err)
+	}
+	if w.gen.Reads != reads {
+		t.Errorf("%d reads of the generation", w.gen.Reads-reads)
+	}
+}

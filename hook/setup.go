@@ -303,13 +303,18 @@ func (n *Network) Teardown(id string) (res Result, err error) {
 			return hint(err)
 		}
 		tm.step("lookup")
-		if g, fresh := n.fresh(tx); fresh {
-			n.verifiedGen = g
+		// Where the teardown's own commits cannot be counted, or it makes
+		// none, there is no generation to keep: it reads none.
+		k := n.commits(len(l.Ports) > 0)
+		if k > 0 {
+			if g, fresh := n.fresh(tx); fresh {
+				n.verifiedGen = g
+			}
 		}
 		if err := n.forget(tx, l); err != nil {
 			return err
 		}
-		n.keepFresh(tx, n.commits(len(l.Ports) > 0)) // a cache: see leaveFresh
+		n.keepFresh(tx, k) // a cache: see leaveFresh
 		tm.step("detach, unpublish, release")
 		res = Result{Lease: l, Found: true}
 		return nil
