@@ -139,7 +139,7 @@ demo: deps
 # RUNS=N runs each case N times (30).
 bench: deps
 	$(if $(BASE),bash .ci/build-rev $(BASE) $(CURDIR)/bridgehook-base &&) \
-	BRIDGEHOOK_BENCH=1 BRIDGEHOOK_BENCH_RUNS=$(RUNS) $(if $(BASE),BRIDGEHOOK_BENCH_BASE=$(CURDIR)/bridgehook-base) $(GO) test -count=1 -run '^TestBenchTable$$' -v ./test/e2e | grep -v -e '^=== RUN' -e '^--- PASS' -e '^PASS' -e '^ok '
+	BRIDGEHOOK_BENCH=1 BRIDGEHOOK_BENCH_RUNS=$(RUNS) $(if $(BASE),BRIDGEHOOK_BENCH_BASE=$(CURDIR)/bridgehook-base BRIDGEHOOK_BENCH_BASE_LIBS=$(CURDIR)/bridgehook-base-libs) $(GO) test -count=1 -run '^TestBenchTable$$' -v ./test/e2e | grep -v -e '^=== RUN' -e '^--- PASS' -e '^PASS' -e '^ok '
 	$(GO) test -run '^$$' -bench . -benchtime 2000x ./ipam ./oci ./port
 
 # Each fuzz target for a bounded time (FUZZTIME), from the seeds in testdata/.

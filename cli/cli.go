@@ -76,9 +76,11 @@ func Run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 
 // hook runs the hook face, the path every container start takes, with its
 // flags parsed by pflag alone: cobra's tree of commands, their help and
-// its dispatch cost a start-up a tenth of a millisecond, and are built
-// only for the rest (ok false: anything but flags, and setup or
-// teardown).
+// its dispatch cost a start-up a tenth of a millisecond or more, and are
+// built only for the rest (ok false: anything but flags, and setup,
+// teardown or version). version is here because it is what a start-up
+// costs when nothing is done: scripts and packaging run it, and make
+// bench measures the hook's start-up by it.
 func (e *env) hook(args []string) (ok bool, err error) {
 	fs := pflag.NewFlagSet("bridgehook", pflag.ContinueOnError)
 	fs.SetOutput(io.Discard)
@@ -86,11 +88,13 @@ func (e *env) hook(args []string) (ok bool, err error) {
 	if fs.Parse(longFlags(fs, args)) != nil || fs.NArg() > 1 {
 		return false, nil
 	}
-	name := fs.Arg(0)
-	if name != "" && name != "setup" && name != "teardown" {
-		return false, nil
+	switch name := fs.Arg(0); name {
+	case "", "setup", "teardown":
+		return true, e.run(name, true, runHook, nil)
+	case "version":
+		return true, e.run(name, false, runVersion, nil)
 	}
-	return true, e.run(name, true, runHook, nil)
+	return false, nil
 }
 
 // Command is the whole command line: the hook as the root, and the

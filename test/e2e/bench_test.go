@@ -147,6 +147,14 @@ func TestBenchTable(t *testing.T) {
 	add := func(name string, f figures, above bool, target string) {
 		rows = append(rows, row{name, f, above, target})
 	}
+	// The libraries' start-up: programs that link and initialise every
+	// library package this revision's binary (and the base's) links, and do
+	// nothing. What any binary with those libraries pays, whatever its code.
+	libs := filepath.Join(t.TempDir(), "libs")
+	if out, err := exec.Command("bash", "../../.ci/build-libs", "../..", libs).CombinedOutput(); err != nil {
+		t.Fatalf("build the libraries' program: %v %s", err, out)
+	}
+	baseLibs := os.Getenv("BRIDGEHOOK_BENCH_BASE_LIBS")
 
 	// Warm setup and teardown, alternating with the empty program so that
 	// both see the same machine.
@@ -187,8 +195,8 @@ func TestBenchTable(t *testing.T) {
 			basePids = sb.containers(runs)
 		}
 		var emptyF, startup, warm, down, downLive, ports, portsDown figures
-		var nftWarm, nftPorts, nftPortsDown, dualWarm, uncheckedWarm, namedWarm figures
-		var baseStartup, baseWarm, baseDown figures
+		var nftWarm, nftPorts, nftPortsDown, dualWarm, uncheckedWarm, uncheckedDown, namedWarm figures
+		var baseStartup, baseWarm, baseDown, libsStartup, baseLibsStartup figures
 		portsState := func(id string, pid, i int) string {
 			return fmt.Sprintf(`{"id":"%s","pid":%d,"status":"creating","annotations":{"bridgehook.ports":"%d:80,%d:81/udp"}}`, id, pid, 10000+i, 20000+i)
 		}
@@ -215,6 +223,12 @@ func TestBenchTable(t *testing.T) {
 			for i := range runs {
 				emptyF = append(emptyF, timeRun(t, setupState("x", 1), empty))
 				startup = append(startup, timeRun(t, setupState("x", 1), binary, "version"))
+				if name == "" {
+					libsStartup = append(libsStartup, timeRun(t, setupState("x", 1), libs))
+				}
+				if name == "" && baseLibs != "" {
+					baseLibsStartup = append(baseLibsStartup, timeRun(t, setupState("x", 1), baseLibs))
+				}
 				// Each warm setup follows a light run, each with ports a
 				// heavy one: a process's cost depends on the one before.
 				warm = append(warm, hook(setupState(fmt.Sprint("c", i), pids[i])))
@@ -247,6 +261,10 @@ func TestBenchTable(t *testing.T) {
 					exited(basePids[i])
 					baseDown = append(baseDown, timeRun(t, stopState(fmt.Sprint("b", i)), baseBin, sb.flags...))
 				}
+				if uncheckedPids != nil {
+					exited(uncheckedPids[i])
+					uncheckedDown = append(uncheckedDown, hook(stopState(fmt.Sprint("c", i)), unchecked...))
+				}
 				exited(ported[i])
 				portsDown = append(portsDown, hook(stopState(fmt.Sprint("p", i))))
 				if nftPids != nil {
@@ -263,12 +281,14 @@ func TestBenchTable(t *testing.T) {
 		if name == "" {
 			add("empty Go program", emptyF, false, "(baseline)")
 			add("bridgehook version: start-up, no work", startup, true, "(the libraries' start-up)")
+			add("its libraries alone: linked, initialised, no code", libsStartup, true, "(floor of version)")
 			add("warm setup", warm, true, "<= 3 ms above")
 			add("warm setup, spoof check off", uncheckedWarm, true, "(check on <= 1.05x this)")
 			add("dual-stack (IPv4 + IPv6 /64): warm setup", dualWarm, true, "<= 0.5 ms above IPv4's")
 			add(fmt.Sprintf("warm setup, network with names (%+.1f%%)", 100*(float64(namedWarm.pct(0.5)-emptyF.pct(0.5))/float64(warm.pct(0.5)-emptyF.pct(0.5))-1)),
 				namedWarm, true, "<= 5 % above warm setup")
 			add("teardown (container exited, as at poststop)", down, true, "<= 3 ms above")
+			add("teardown, spoof check off", uncheckedDown, true, "(compare)")
 			add("teardown (namespace alive: veth deleted)", downLive, true, "(no target)")
 			add("setup with 2 published ports", ports, true, "<= 15 ms above")
 			add("teardown with 2 published ports (container exited)", portsDown, true, "(no target)")
@@ -279,6 +299,9 @@ func TestBenchTable(t *testing.T) {
 				add("  base binary: bridgehook version", baseStartup, true, "(compare)")
 				add("  base binary: warm setup", baseWarm, true, "(compare)")
 				add("  base binary: teardown (container exited)", baseDown, true, "(compare)")
+			}
+			if baseLibs != "" {
+				add("  base binary's libraries alone", baseLibsStartup, true, "(compare)")
 			}
 		} else {
 			add(name, warm, true, "(for comparison)")
@@ -383,6 +406,41 @@ func TestBenchTable(t *testing.T) {
 		fmt.Printf("%-56s %5d %8s %8s %8s %8s %8s  %s\n", r.name, len(r.f), ms(r.f.pct(0)), ms(r.f.pct(0.5)), ms(r.f.pct(0.99)), ms(r.f.pct(1)), above, r.target)
 	}
 	fmt.Println("\nThe lease store is on a tmpfs, as /run is on a systemd host, except in the ext4 row.")
+	if os.Getenv("BRIDGEHOOK_BENCH_BASE") != "" {
+		budgets(rows, base)
+	}
+}
+
+// budgets prints the ratios of rows that the speed budgets compare with
+// the base revision's, all above the empty program, and each one's floor:
+// the base's figure plus what this revision's libraries cost to start
+// beyond the base's libraries, which no code of ours can take back (and,
+// for setups, the spoof check's transaction, a feature on by default).
+func budgets(rows []row, empty time.Duration) {
+	at := map[string]float64{}
+	for _, r := range rows {
+		if r.above && len(r.f) > 0 {
+			at[strings.TrimSpace(r.name)] = float64(r.f.pct(0.5)-empty) / float64(time.Millisecond)
+		}
+	}
+	libs := at["its libraries alone: linked, initialised, no code"] - at["base binary's libraries alone"]
+	check := at["warm setup"] - at["warm setup, spoof check off"]
+	checkDown := at["teardown (container exited, as at poststop)"] - at["teardown, spoof check off"]
+	fmt.Printf("\nAgainst the base (ms above the empty program): the libraries' start-up costs %.2f more; the spoof check %.2f at setup, %.2f at teardown.\n", libs, check, checkDown)
+	fmt.Printf("%-40s %8s %8s %8s %8s %8s\n", "budget row", "this", "base", "ratio", "floor", "floor x")
+	for _, b := range []struct {
+		this, base string
+		extra      float64
+	}{
+		{"bridgehook version: start-up, no work", "base binary: bridgehook version", 0},
+		{"warm setup", "base binary: warm setup", check},
+		{"teardown (container exited, as at poststop)", "base binary: teardown (container exited)", checkDown},
+	} {
+		floor := at[b.base] + libs + b.extra
+		fmt.Printf("%-40.40s %8.2f %8.2f %8.2f %8.2f %8.2f\n", b.this, at[b.this], at[b.base], at[b.this]/at[b.base], floor, floor/at[b.base])
+	}
+	fmt.Printf("%-40s %8.2f %8.2f %8.2f\n", "dual-stack warm / IPv4 warm", at["dual-stack (IPv4 + IPv6 /64): warm setup"], at["warm setup"],
+		at["dual-stack (IPv4 + IPv6 /64): warm setup"]/at["warm setup"])
 }
 
 func isRunning(pid int) bool {
