@@ -13,34 +13,94 @@ package hook
 // committed meanwhile, and the next setup checks in full. Legacy iptables
 // has no generation; a network whose rules are there keeps its check.
 
-import "github.com/bridgehook/bridgehook/ipam"
+import (
+	"fmt"
+	"strconv"
+	"strings"
 
-// fresh reports whether the generation stamped in tx is the kernel's
-// now, and that generation; it reads it only where it can save a check.
-func (n *Network) fresh(tx ipam.Tx) (uint32, bool) {
+	"github.com/bridgehook/bridgehook/bridge"
+	"github.com/bridgehook/bridgehook/ipam"
+)
+
+// stamp is the line the store keeps beside the network's record: the
+// generation at which the network's nftables state was last verified (0:
+// unknown), and the backend and warmKey of the configuration and bridge
+// the record vouched for then. A warm setup whose configuration and
+// bridge give the same key trusts the bridge on the stamp alone, without
+// decoding the record: the store clears the stamp with every new record.
+type stamp struct {
+	gen      uint32
+	firewall string
+	key      string
+}
+
+// readStamp reads tx's stamp; one that does not read (none, or one of an
+// older version) is the zero stamp, which vouches for nothing.
+func readStamp(tx ipam.Tx) stamp {
+	f := strings.SplitN(tx.Stamp(), " ", 3)
+	if len(f) != 3 {
+		return stamp{}
+	}
+	g, err := strconv.ParseUint(f[0], 10, 32)
+	if err != nil {
+		return stamp{}
+	}
+	return stamp{uint32(g), f[1], f[2]}
+}
+
+func (s stamp) String() string { return fmt.Sprintf("%d %s %s", s.gen, s.firewall, s.key) }
+
+// warmKey is what trusts compares of a record, for n's configuration on
+// the bridge of the given index.
+func (n *Network) warmKey(index int) string {
+	return fmt.Sprintf("bridge=%d icc=%t internal=%t spoof-check=%t non-masquerade=%v names=%v",
+		index, n.ICC, n.Internal, n.SpoofCheck, n.NonMasquerade, n.namesNetwork())
+}
+
+// vouches reports whether st was written for n's configuration on br, in
+// the backend n was told to use, if any.
+func (n *Network) vouches(st stamp, br bridge.Bridge) bool {
+	return st.key != "" && (n.Firewall == "" || n.Firewall == st.firewall) && st.key == n.warmKey(br.Index)
+}
+
+// fresh reports whether the generation of st is the kernel's now, and
+// that generation; it reads it only where it can save a check.
+func (n *Network) fresh(st stamp) (uint32, bool) {
 	if !n.fw.Generational() && !n.SpoofCheck {
 		return 0, false
 	}
-	st := tx.Stamp()
-	if st == 0 {
+	if st.gen == 0 {
 		return 0, false
 	}
 	g, err := n.gen()
-	return g, err == nil && g == st
+	return g, err == nil && g == st.gen
 }
 
 // stamp records in tx the kernel's generation now, which the caller has
-// just verified (or made), and remembers it for keepFresh.
-func (n *Network) stamp(tx ipam.Tx) error {
+// just verified (or made) for n on the bridge of the given index, and
+// remembers it for keepFresh.
+func (n *Network) stamp(tx ipam.Tx, index int) error {
 	g, err := n.gen()
 	if err != nil {
 		g = 0 // unknown: the next setup checks in full
 	}
 	n.verifiedGen = g
-	if tx.Stamp() == g {
+	st := stamp{g, n.Firewall, n.warmKey(index)}.String()
+	if tx.Stamp() == st {
 		return nil
 	}
-	return tx.SetStamp(g)
+	return tx.SetStamp(st)
+}
+
+// claimStamp makes a fresh stamp st, written for a record that the
+// record itself has just been found to vouch for, vouch for n too, so the
+// next warm setup needs no record.
+func (n *Network) claimStamp(tx ipam.Tx, st stamp, index int) error {
+	own := stamp{st.gen, n.Firewall, n.warmKey(index)}
+	if st == own {
+		return nil
+	}
+	return tx.SetStamp(own.String())
 }
 
 // commits is how many nftables commits a setup or teardown of a lease
@@ -71,8 +131,10 @@ func (n *Network) keepFresh(tx ipam.Tx, k int) error {
 	if err != nil || g != n.verifiedGen+uint32(k) {
 		return nil
 	}
-	if tx.Stamp() != n.verifiedGen {
+	st := readStamp(tx)
+	if st.gen != n.verifiedGen {
 		return nil // another command stamped since
 	}
-	return tx.SetStamp(g)
+	st.gen = g
+	return tx.SetStamp(st.String())
 }

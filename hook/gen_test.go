@@ -2,7 +2,10 @@ package hook
 
 import (
 	"slices"
+	"strings"
 	"testing"
+
+	"github.com/bridgehook/bridgehook/ipam"
 )
 
 // checks are the checks of the rules and of the spoof check made so far.
@@ -95,5 +98,69 @@ func TestATeardownWithNothingToKeepReadsNoGeneration(t *testing.T) {
 	}
 	if w.gen.Reads != reads {
 		t.Errorf("%d reads of the generation", w.gen.Reads-reads)
+	}
+}
+
+// A warm setup trusts the bridge on the stamp the last check left,
+// without the record; a stamp written for other options, or for another
+// bridge, vouches for nothing, and the record decides as before.
+func TestAWarmSetupTrustsTheStampWithoutTheRecord(t *testing.T) {
+	w := newWorld(t, "10.1.0.0/24")
+	w.n.Firewall = "nftables"
+	w.mustSetup("a", w.container(10), "")
+	w.mustSetup("b", w.container(11), "")
+	reads := w.store.RecordReads
+	rules, guard := w.checks()
+	w.mustSetup("c", w.container(12), "")
+	if r, g := w.checks(); w.store.RecordReads != reads || r != rules || g != guard {
+		t.Errorf("warm setup: %d reads of the record, %d checks of the rules, %d of the spoof check; want none",
+			w.store.RecordReads-reads, r-rules, g-guard)
+	}
+
+	// Told no backend, it takes the stamp's, as it would the record's.
+	w.n.Firewall = ""
+	w.mustSetup("d", w.container(13), "")
+	if w.n.Firewall != "nftables" || w.store.RecordReads != reads {
+		t.Errorf("without --firewall: backend %q, %d reads of the record", w.n.Firewall, w.store.RecordReads-reads)
+	}
+
+	// Told another backend: the record decides, and says what is wrong.
+	w.n.Firewall = "iptables"
+	if _, err := w.setup("e", w.container(14), ""); err == nil {
+		t.Error("a setup with another --firewall than the network's succeeded")
+	}
+	w.n.Firewall = "nftables"
+
+	// A stamp of another bridge (the bridge was made again) vouches
+	// for nothing: the record is read, and the full check runs.
+	if err := w.store.Do(func(tx ipam.Tx) error {
+		st := readStamp(tx)
+		st.key = strings.Replace(st.key, "bridge=", "bridge=9", 1)
+		return tx.SetStamp(st.String())
+	}); err != nil {
+		t.Fatal(err)
+	}
+	reads = w.store.RecordReads
+	w.mustSetup("f", w.container(15), "")
+	if w.store.RecordReads == reads {
+		t.Error("a stamp of another bridge was trusted")
+	}
+	// That setup claimed the stamp again: the next one needs no record.
+	reads = w.store.RecordReads
+	w.mustSetup("g", w.container(16), "")
+	if w.store.RecordReads != reads {
+		t.Errorf("after the record vouched again: %d reads of the record", w.store.RecordReads-reads)
+	}
+}
+
+func TestAStampThatDoesNotReadVouchesForNothing(t *testing.T) {
+	w := newWorld(t, "10.1.0.0/24")
+	for _, junk := range []string{"", "12", "12 nftables", "x nftables k", "-1 nftables k"} {
+		w.store.Do(func(tx ipam.Tx) error { return tx.SetStamp(junk) })
+		var st stamp
+		w.store.Do(func(tx ipam.Tx) error { st = readStamp(tx); return nil })
+		if st != (stamp{}) {
+			t.Errorf("stamp %q read as %+v", junk, st)
+		}
 	}
 }

@@ -138,15 +138,19 @@ func (n *Network) admit(req Request, ns netns.NsHandle, ino uint64, undo *undoSt
 // network again if this call created the bridge and no container has
 // joined it meanwhile.
 func (n *Network) ensureNetwork(tx ipam.Tx) (br bridge.Bridge, restored bool, undo func() error, err error) {
+	found, exists := n.host.Find(n.Bridge)
+	if st := readStamp(tx); exists && n.vouches(st, found) {
+		n.useFirewall(st.firewall)
+		restored, err := n.checkWarm(tx, st, found.Index)
+		return found, restored, nil, err
+	}
 	rec, known := readRecord(tx)
 	if err := n.pickFirewall(rec, known); err != nil {
 		return br, false, nil, err
 	}
-	if known {
-		if found, ok := n.host.Find(n.Bridge); ok && n.trusts(rec, found) {
-			restored, err := n.checkWarm(tx)
-			return found, restored, nil, err
-		}
+	if known && exists && n.trusts(rec, found) {
+		restored, err := n.checkWarm(tx, readStamp(tx), found.Index)
+		return found, restored, nil, err
 	}
 	if err := n.checkBridgeFree(); err != nil {
 		return br, false, nil, err
@@ -170,18 +174,21 @@ func (n *Network) ensureNetwork(tx ipam.Tx) (br bridge.Bridge, restored bool, un
 	if err := tx.SetRecord(n.recordOf(br)); err != nil {
 		return br, false, undo, err
 	}
-	return br, false, undo, n.stamp(tx)
+	return br, false, undo, n.stamp(tx, br.Index)
 }
 
 // checkWarm checks the rules and the spoof check of a network whose
 // record vouches for its bridge, and installs again what a reload or a
 // flush took. Where the nftables generation is the one recorded, what
 // nftables holds is trusted without a look (gen.go).
-func (n *Network) checkWarm(tx ipam.Tx) (restored bool, err error) {
-	g, fresh := n.fresh(tx)
+func (n *Network) checkWarm(tx ipam.Tx, st stamp, index int) (restored bool, err error) {
+	g, fresh := n.fresh(st)
 	if fresh && n.fw.Generational() {
 		n.verifiedGen = g
-		return false, n.fw.Forward(n.natNetwork())
+		if err := n.fw.Forward(n.natNetwork()); err != nil {
+			return false, err
+		}
+		return false, n.claimStamp(tx, st, index)
 	}
 	// A check that cannot run counts as rules gone: the install says
 	// what is wrong.
@@ -207,9 +214,9 @@ func (n *Network) checkWarm(tx ipam.Tx) (restored bool, err error) {
 	}
 	if fresh && rules {
 		n.verifiedGen = g
-		return false, nil
+		return false, n.claimStamp(tx, st, index)
 	}
-	return !rules || !guard, n.stamp(tx)
+	return !rules || !guard, n.stamp(tx, index)
 }
 
 // quiet6 sets the IPv6 defaults of a container on an IPv6 network (see
@@ -307,7 +314,7 @@ func (n *Network) Teardown(id string) (res Result, err error) {
 		// none, there is no generation to keep: it reads none.
 		k := n.commits(len(l.Ports) > 0)
 		if k > 0 {
-			if g, fresh := n.fresh(tx); fresh {
+			if g, fresh := n.fresh(readStamp(tx)); fresh {
 				n.verifiedGen = g
 			}
 		}

@@ -16,7 +16,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 
 	"github.com/gofrs/flock"
@@ -520,6 +519,9 @@ func (t *diskTx) SetRecord(v any) error {
 	if err != nil {
 		return err
 	}
+	if err := os.Remove(t.stampPath()); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("clear network stamp: %w", err)
+	}
 	if _, err := writeAtomic(t.recordPath(), b, false); err != nil {
 		return fmt.Errorf("write network record: %w", err)
 	}
@@ -537,20 +539,16 @@ func (t *diskTx) ClearRecord() error {
 
 func (t *diskTx) stampPath() string { return filepath.Join(t.s.dir, "stamp") }
 
-func (t *diskTx) Stamp() uint32 {
+func (t *diskTx) Stamp() string {
 	b, err := os.ReadFile(t.stampPath())
 	if err != nil {
-		return 0
+		return ""
 	}
-	n, err := strconv.ParseUint(string(b), 10, 32)
-	if err != nil {
-		return 0
-	}
-	return uint32(n)
+	return string(b)
 }
 
-func (t *diskTx) SetStamp(n uint32) error {
-	if _, err := writeAtomic(t.stampPath(), strconv.AppendUint(nil, uint64(n), 10), false); err != nil {
+func (t *diskTx) SetStamp(s string) error {
+	if _, err := writeAtomic(t.stampPath(), []byte(s), false); err != nil {
 		return fmt.Errorf("write network stamp: %w", err)
 	}
 	return nil

@@ -488,46 +488,39 @@ func TestDoOnADestroyedStore(t *testing.T) {
 	}
 }
 
-// The stamp is kept beside the record, and goes with it.
+// The stamp is kept beside the record, and goes with it: a new record
+// or none clears it.
 func TestStampGoesWithTheRecord(t *testing.T) {
 	both(t, "10.0.0.0/24", func(t *testing.T, s Store) {
-		stamp := func() (n uint32) {
-			s.Do(func(tx Tx) error { n = tx.Stamp(); return nil })
-			return n
+		stamp := func() (st string) {
+			s.Do(func(tx Tx) error { st = tx.Stamp(); return nil })
+			return st
 		}
-		if n := stamp(); n != 0 {
-			t.Errorf("a new store's stamp: %d", n)
-		}
-		if err := s.Do(func(tx Tx) error {
-			if err := tx.SetRecord(map[string]int{"mtu": 1500}); err != nil {
-				return err
+		set := func() {
+			if err := s.Do(func(tx Tx) error { return tx.SetStamp("4000000001 iptables k") }); err != nil {
+				t.Fatal(err)
 			}
-			return tx.SetStamp(4000000001)
-		}); err != nil {
+		}
+		if st := stamp(); st != "" {
+			t.Errorf("a new store's stamp: %q", st)
+		}
+		if err := s.Do(func(tx Tx) error { return tx.SetRecord(map[string]int{"mtu": 1500}) }); err != nil {
 			t.Fatal(err)
 		}
-		if n := stamp(); n != 4000000001 {
-			t.Errorf("stamp %d, want 4000000001", n)
+		set()
+		if st := stamp(); st != "4000000001 iptables k" {
+			t.Errorf("stamp %q, want what was set", st)
 		}
+		if err := s.Do(func(tx Tx) error { return tx.SetRecord(map[string]int{"mtu": 9000}) }); err != nil {
+			t.Fatal(err)
+		}
+		if st := stamp(); st != "" {
+			t.Errorf("stamp %q after a new record", st)
+		}
+		set()
 		s.Do(func(tx Tx) error { return tx.ClearRecord() })
-		if n := stamp(); n != 0 {
-			t.Errorf("stamp %d after the record was cleared", n)
+		if st := stamp(); st != "" {
+			t.Errorf("stamp %q after the record was cleared", st)
 		}
 	})
-}
-
-// A stamp that does not read is none: the caller checks in full.
-func TestAStampThatDoesNotReadIsNone(t *testing.T) {
-	dir := t.TempDir()
-	s := open(t, dir, "10.0.0.0/24")
-	for _, junk := range []string{"", "12x", "-1", "99999999999"} {
-		if err := os.WriteFile(filepath.Join(s.dir, "stamp"), []byte(junk), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		var n uint32
-		s.Do(func(tx Tx) error { n = tx.Stamp(); return nil })
-		if n != 0 {
-			t.Errorf("stamp %q read as %d", junk, n)
-		}
-	}
 }

@@ -157,11 +157,12 @@ type Tx interface {
 	SetRecord(v any) error
 	ClearRecord() error
 
-	// Stamp is a number kept beside the record, cheaper to read and
-	// write than it (a warm setup and a teardown read and write it): 0
-	// when there is none or it does not read. ClearRecord clears it too.
-	Stamp() uint32
-	SetStamp(n uint32) error
+	// Stamp is a line kept beside the record, cheaper to read and write
+	// than it (a warm setup and a teardown read and write it): "" when
+	// there is none. SetRecord and ClearRecord clear it, so a stamp
+	// always speaks of the record that is there.
+	Stamp() string
+	SetStamp(s string) error
 
 	// Tidy repairs what crashes leave behind: it removes the unreadable
 	// lease records List names and the files of interrupted writes, and

@@ -26,7 +26,9 @@ type Memory struct {
 	v6     map[netip.Addr]bool
 	last   [2]netip.Addr
 	record []byte
-	stamp  uint32
+	stamp  string
+	// RecordReads counts the reads of the record (Record).
+	RecordReads int
 	// gone is set by Destroy: Memories then makes the network afresh.
 	gone bool
 	// Unreadable are addresses whose records List reports as unreadable;
@@ -208,6 +210,7 @@ func (t memTx) Lease(ip netip.Addr) (Lease, bool, error) {
 }
 
 func (t memTx) Record(v any) (bool, error) {
+	t.m.RecordReads++
 	if t.m.record == nil {
 		return false, nil
 	}
@@ -219,7 +222,7 @@ func (t memTx) SetRecord(v any) error {
 		return err
 	}
 	b, err := json.Marshal(v)
-	t.m.record = b
+	t.m.record, t.m.stamp = b, ""
 	return err
 }
 
@@ -227,17 +230,17 @@ func (t memTx) ClearRecord() error {
 	if err := t.fail("clear record"); err != nil {
 		return err
 	}
-	t.m.record, t.m.stamp = nil, 0
+	t.m.record, t.m.stamp = nil, ""
 	return nil
 }
 
-func (t memTx) Stamp() uint32 { return t.m.stamp }
+func (t memTx) Stamp() string { return t.m.stamp }
 
-func (t memTx) SetStamp(n uint32) error {
+func (t memTx) SetStamp(s string) error {
 	if err := t.fail("set stamp"); err != nil {
 		return err
 	}
-	t.m.stamp = n
+	t.m.stamp = s
 	return nil
 }
 
