@@ -153,10 +153,7 @@ func runGC(e *env, args []string) error {
 		return err
 	}
 	report, err := hook.GC(e.cfg, e.all, e.opts...)
-	for _, line := range report {
-		fmt.Fprintln(e.stdout, line)
-		e.log.file.Info("gc", "action", line)
-	}
+	e.report(report, "gc", "action")
 	if err == nil && len(report) == 0 {
 		fmt.Fprintln(e.stdout, "nothing to do")
 	}
@@ -168,14 +165,20 @@ func runRepair(e *env, args []string) error {
 		return err
 	}
 	report, err := hook.Repair(e.cfg, e.all, e.opts...)
-	for _, line := range report {
-		fmt.Fprintln(e.stdout, line)
-		e.log.file.Info("repaired", "network", line)
-	}
+	e.report(report, "repaired", "network")
 	if err != nil {
 		return fmt.Errorf("repair: %w", err)
 	}
 	return nil
+}
+
+// report prints what a command did, a line each, and logs each line as
+// msg, under key.
+func (e *env) report(lines []string, msg, key string) {
+	for _, line := range lines {
+		fmt.Fprintln(e.stdout, line)
+		e.log.file.Info(msg, key, line)
+	}
 }
 
 func runNetwork(e *env, args []string) error {

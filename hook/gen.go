@@ -85,22 +85,18 @@ func (n *Network) stamp(tx ipam.Tx, index int) error {
 		g = 0 // unknown: the next setup checks in full
 	}
 	n.verifiedGen = g
-	st := stamp{g, n.Firewall, n.warmKey(index)}.String()
-	if tx.Stamp() == st {
-		return nil
-	}
-	return tx.SetStamp(st)
+	return n.restamp(tx, readStamp(tx), g, index)
 }
 
-// claimStamp makes a fresh stamp st, written for a record that the
-// record itself has just been found to vouch for, vouch for n too, so the
-// next warm setup needs no record.
-func (n *Network) claimStamp(tx ipam.Tx, st stamp, index int) error {
-	own := stamp{st.gen, n.Firewall, n.warmKey(index)}
-	if st == own {
+// restamp writes the stamp of generation g for n on the bridge of the
+// given index, unless old says just that already. A setup that trusted
+// the record restamps a fresh stamp too, so the next one needs no record.
+func (n *Network) restamp(tx ipam.Tx, old stamp, g uint32, index int) error {
+	st := stamp{g, n.Firewall, n.warmKey(index)}
+	if st == old {
 		return nil
 	}
-	return tx.SetStamp(own.String())
+	return tx.SetStamp(st.String())
 }
 
 // commits is how many nftables commits a setup or teardown of a lease

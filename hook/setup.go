@@ -139,7 +139,8 @@ func (n *Network) admit(req Request, ns netns.NsHandle, ino uint64, undo *undoSt
 // joined it meanwhile.
 func (n *Network) ensureNetwork(tx ipam.Tx) (br bridge.Bridge, restored bool, undo func() error, err error) {
 	found, exists := n.host.Find(n.Bridge)
-	if st := readStamp(tx); exists && n.vouches(st, found) {
+	st := readStamp(tx)
+	if exists && n.vouches(st, found) {
 		n.useFirewall(st.firewall)
 		restored, err := n.checkWarm(tx, st, found.Index)
 		return found, restored, nil, err
@@ -149,7 +150,7 @@ func (n *Network) ensureNetwork(tx ipam.Tx) (br bridge.Bridge, restored bool, un
 		return br, false, nil, err
 	}
 	if known && exists && n.trusts(rec, found) {
-		restored, err := n.checkWarm(tx, readStamp(tx), found.Index)
+		restored, err := n.checkWarm(tx, st, found.Index)
 		return found, restored, nil, err
 	}
 	if err := n.checkBridgeFree(); err != nil {
@@ -188,7 +189,7 @@ func (n *Network) checkWarm(tx ipam.Tx, st stamp, index int) (restored bool, err
 		if err := n.fw.Forward(n.natNetwork()); err != nil {
 			return false, err
 		}
-		return false, n.claimStamp(tx, st, index)
+		return false, n.restamp(tx, st, g, index)
 	}
 	// A check that cannot run counts as rules gone: the install says
 	// what is wrong.
@@ -214,7 +215,7 @@ func (n *Network) checkWarm(tx ipam.Tx, st stamp, index int) (restored bool, err
 	}
 	if fresh && rules {
 		n.verifiedGen = g
-		return false, n.claimStamp(tx, st, index)
+		return false, n.restamp(tx, st, g, index)
 	}
 	return !rules || !guard, n.stamp(tx, index)
 }

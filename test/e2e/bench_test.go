@@ -280,15 +280,15 @@ func TestBenchTable(t *testing.T) {
 		})
 		if name == "" {
 			add("empty Go program", emptyF, false, "(baseline)")
-			add("bridgehook version: start-up, no work", startup, true, "(the libraries' start-up)")
-			add("its libraries alone: linked, initialised, no code", libsStartup, true, "(floor of version)")
-			add("warm setup", warm, true, "<= 3 ms above")
-			add("warm setup, spoof check off", uncheckedWarm, true, "(check on <= 1.05x this)")
-			add("dual-stack (IPv4 + IPv6 /64): warm setup", dualWarm, true, "<= 0.5 ms above IPv4's")
+			add(rowVersion, startup, true, "(the libraries' start-up)")
+			add(rowLibs, libsStartup, true, "(floor of version)")
+			add(rowWarm, warm, true, "<= 3 ms above")
+			add(rowWarmUnchecked, uncheckedWarm, true, "(check on <= 1.05x this)")
+			add(rowDual, dualWarm, true, "<= 0.5 ms above IPv4's")
 			add(fmt.Sprintf("warm setup, network with names (%+.1f%%)", 100*(float64(namedWarm.pct(0.5)-emptyF.pct(0.5))/float64(warm.pct(0.5)-emptyF.pct(0.5))-1)),
 				namedWarm, true, "<= 5 % above warm setup")
-			add("teardown (container exited, as at poststop)", down, true, "<= 3 ms above")
-			add("teardown, spoof check off", uncheckedDown, true, "(compare)")
+			add(rowDown, down, true, "<= 3 ms above")
+			add(rowDownUnchecked, uncheckedDown, true, "(compare)")
 			add("teardown (namespace alive: veth deleted)", downLive, true, "(no target)")
 			add("setup with 2 published ports", ports, true, "<= 15 ms above")
 			add("teardown with 2 published ports (container exited)", portsDown, true, "(no target)")
@@ -296,12 +296,12 @@ func TestBenchTable(t *testing.T) {
 			add("nftables: setup with 2 published ports", nftPorts, true, "<= 0.5 ms above its warm")
 			add("nftables: teardown with 2 ports (container exited)", nftPortsDown, true, "(no target)")
 			if baseBin != "" {
-				add("  base binary: bridgehook version", baseStartup, true, "(compare)")
-				add("  base binary: warm setup", baseWarm, true, "(compare)")
-				add("  base binary: teardown (container exited)", baseDown, true, "(compare)")
+				add(rowBaseVersion, baseStartup, true, "(compare)")
+				add(rowBaseWarm, baseWarm, true, "(compare)")
+				add(rowBaseDown, baseDown, true, "(compare)")
 			}
 			if baseLibs != "" {
-				add("  base binary's libraries alone", baseLibsStartup, true, "(compare)")
+				add(rowBaseLibs, baseLibsStartup, true, "(compare)")
 			}
 		} else {
 			add(name, warm, true, "(for comparison)")
@@ -406,41 +406,64 @@ func TestBenchTable(t *testing.T) {
 		fmt.Printf("%-56s %5d %8s %8s %8s %8s %8s  %s\n", r.name, len(r.f), ms(r.f.pct(0)), ms(r.f.pct(0.5)), ms(r.f.pct(0.99)), ms(r.f.pct(1)), above, r.target)
 	}
 	fmt.Println("\nThe lease store is on a tmpfs, as /run is on a systemd host, except in the ext4 row.")
-	if os.Getenv("BRIDGEHOOK_BENCH_BASE") != "" {
-		budgets(rows, base)
+	if os.Getenv("BRIDGEHOOK_BENCH_BASE") != "" && baseLibs != "" {
+		budgets(t, rows, base)
 	}
 }
+
+// The rows the budgets compare, named once for the table and for budgets.
+const (
+	rowVersion       = "bridgehook version: start-up, no work"
+	rowLibs          = "its libraries alone: linked, initialised, no code"
+	rowWarm          = "warm setup"
+	rowWarmUnchecked = "warm setup, spoof check off"
+	rowDual          = "dual-stack (IPv4 + IPv6 /64): warm setup"
+	rowDown          = "teardown (container exited, as at poststop)"
+	rowDownUnchecked = "teardown, spoof check off"
+	rowBaseVersion   = "  base binary: bridgehook version"
+	rowBaseWarm      = "  base binary: warm setup"
+	rowBaseDown      = "  base binary: teardown (container exited)"
+	rowBaseLibs      = "  base binary's libraries alone"
+)
 
 // budgets prints the ratios of rows that the speed budgets compare with
 // the base revision's, all above the empty program, and each one's floor:
 // the base's figure plus what this revision's libraries cost to start
 // beyond the base's libraries, which no code of ours can take back (and,
-// for setups, the spoof check's transaction, a feature on by default).
-func budgets(rows []row, empty time.Duration) {
-	at := map[string]float64{}
+// for setups and teardowns, the spoof check's transaction, a feature on
+// by default).
+func budgets(t *testing.T, rows []row, empty time.Duration) {
+	above := map[string]float64{}
 	for _, r := range rows {
 		if r.above && len(r.f) > 0 {
-			at[strings.TrimSpace(r.name)] = float64(r.f.pct(0.5)-empty) / float64(time.Millisecond)
+			above[r.name] = float64(r.f.pct(0.5)-empty) / float64(time.Millisecond)
 		}
 	}
-	libs := at["its libraries alone: linked, initialised, no code"] - at["base binary's libraries alone"]
-	check := at["warm setup"] - at["warm setup, spoof check off"]
-	checkDown := at["teardown (container exited, as at poststop)"] - at["teardown, spoof check off"]
+	at := func(name string) float64 {
+		v, ok := above[name]
+		if !ok {
+			t.Errorf("budgets: no row %q", name)
+		}
+		return v
+	}
+	libs := at(rowLibs) - at(rowBaseLibs)
+	check := at(rowWarm) - at(rowWarmUnchecked)
+	checkDown := at(rowDown) - at(rowDownUnchecked)
 	fmt.Printf("\nAgainst the base (ms above the empty program): the libraries' start-up costs %.2f more; the spoof check %.2f at setup, %.2f at teardown.\n", libs, check, checkDown)
 	fmt.Printf("%-40s %8s %8s %8s %8s %8s\n", "budget row", "this", "base", "ratio", "floor", "floor x")
 	for _, b := range []struct {
 		this, base string
 		extra      float64
 	}{
-		{"bridgehook version: start-up, no work", "base binary: bridgehook version", 0},
-		{"warm setup", "base binary: warm setup", check},
-		{"teardown (container exited, as at poststop)", "base binary: teardown (container exited)", checkDown},
+		{rowVersion, rowBaseVersion, 0},
+		{rowWarm, rowBaseWarm, check},
+		{rowDown, rowBaseDown, checkDown},
 	} {
-		floor := at[b.base] + libs + b.extra
-		fmt.Printf("%-40.40s %8.2f %8.2f %8.2f %8.2f %8.2f\n", b.this, at[b.this], at[b.base], at[b.this]/at[b.base], floor, floor/at[b.base])
+		this, base := at(b.this), at(b.base)
+		floor := base + libs + b.extra
+		fmt.Printf("%-40.40s %8.2f %8.2f %8.2f %8.2f %8.2f\n", b.this, this, base, this/base, floor, floor/base)
 	}
-	fmt.Printf("%-40s %8.2f %8.2f %8.2f\n", "dual-stack warm / IPv4 warm", at["dual-stack (IPv4 + IPv6 /64): warm setup"], at["warm setup"],
-		at["dual-stack (IPv4 + IPv6 /64): warm setup"]/at["warm setup"])
+	fmt.Printf("%-40s %8.2f %8.2f %8.2f\n", "dual-stack warm / IPv4 warm", at(rowDual), at(rowWarm), at(rowDual)/at(rowWarm))
 }
 
 func isRunning(pid int) bool {
