@@ -10,7 +10,6 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
-	"sync"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -289,6 +288,9 @@ type Endpoint struct {
 	Hairpin bool
 	// Isolated ports cannot talk to each other, only to the bridge.
 	Isolated bool
+	// Quiet6 turns off, in the container, what IPv6 does on its own (see
+	// quiet6): for a container on an IPv6 network.
+	Quiet6 bool
 }
 
 func (ep Endpoint) mac() net.HardwareAddr {
@@ -348,11 +350,17 @@ func (h *Host) Attach(br Bridge, ns netns.NsHandle, ep Endpoint) (err error) {
 }
 
 // configure sets up the container's side through a netlink handle bound to
-// its namespace, so this thread never leaves the host's namespace.
+// its namespace: this thread never leaves the host's namespace, and the
+// one that makes the handle (enter) enters the container's only once.
 func configure(ns netns.NsHandle, ep Endpoint) error {
-	c, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
+	c, err := enter(ns, func() error {
+		if ep.Quiet6 {
+			return quiet6(ep.Iface)
+		}
+		return nil
+	})
 	if err != nil {
-		return fmt.Errorf("enter container netns: %w", err)
+		return err
 	}
 	defer c.Close()
 	link, err := c.LinkByName(ep.Iface)
@@ -388,38 +396,54 @@ func configure(ns netns.NsHandle, ep Endpoint) error {
 	return nil
 }
 
-// Quiet6 starts turning off, in the container's namespace ns, what IPv6
-// would do on its own on the interfaces made there next (the container's
-// end of the veth): accepting router advertisements, which another
-// container could send to reroute this one, and duplicate address
-// detection, which holds even the link-local address "tentative" for a
-// second. The switches are the namespace's defaults, which a new
-// interface copies, so this can run while the setup does other work; the
-// returned wait says when it is done, as often as it is called. They live in the namespace's
-// /proc/sys/net, which only a thread inside it sees: that thread is left
-// locked, so Go ends it rather than run anything else in there.
-func (h *Host) Quiet6(ns netns.NsHandle) (wait func() error) {
-	done := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		if err := netns.Set(ns); err != nil {
-			done <- fmt.Errorf("enter container netns: %w", err)
-			return
+// enter runs fn inside the network namespace ns and returns a netlink
+// handle bound there: one trip into the namespace for both, made as
+// netlink.NewHandleAt makes its own, on this thread, locked meanwhile. If
+// the way back fails, the process ends there rather than run anything
+// else in the container's namespace; a setup cut short is cleaned up as
+// one killed (a lease with no veth is reclaimed).
+func enter(ns netns.NsHandle, fn func() error) (*netlink.Handle, error) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	home, err := netns.Get()
+	if err != nil {
+		return nil, fmt.Errorf("open own netns: %w", err)
+	}
+	defer home.Close()
+	if err := netns.Set(ns); err != nil {
+		return nil, fmt.Errorf("enter container netns: %w", err)
+	}
+	defer func() {
+		if err := netns.Set(home); err != nil {
+			panic(fmt.Sprintf("bridgehook: cannot leave the container's netns: %v", err))
 		}
+	}()
+	if err := fn(); err != nil {
+		return nil, err
+	}
+	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+	if err != nil {
+		return nil, fmt.Errorf("netlink in container netns: %w", err)
+	}
+	return h, nil
+}
+
+// quiet6 turns off, for the container's interface iface and those made
+// there after it, what IPv6 does on its own: accepting router
+// advertisements, which another container could send to reroute this one,
+// and duplicate address detection, which holds even the link-local
+// address "tentative" for a second. iface is still down, so neither has
+// begun. The switches live in the namespace's /proc/sys/net, which only a
+// thread inside it sees.
+func quiet6(iface string) error {
+	for _, dev := range []string{"default", iface} {
 		for _, key := range []string{"accept_ra", "accept_dad"} {
-			if err := sysctl("default", key, "0"); err != nil {
-				done <- err
-				return
+			if err := sysctl(dev, key, "0"); err != nil {
+				return err
 			}
 		}
-		done <- nil
-	}()
-	var once sync.Once
-	var err error
-	return func() error {
-		once.Do(func() { err = <-done })
-		return err
 	}
+	return nil
 }
 
 // Present reports whether the container's namespace ns already has iface

@@ -33,7 +33,6 @@ type Host interface {
 	Find(name string) (bridge.Bridge, bool)
 	Remove(name string) error
 	Attach(br bridge.Bridge, ns netns.NsHandle, ep bridge.Endpoint) error
-	Quiet6(ns netns.NsHandle) (wait func() error)
 	Detach(host, alias string) error
 	State(host, alias string) (bridge.VethState, error)
 	Ports(bridge string) ([]bridge.Port, error)

@@ -40,10 +40,6 @@ func (n *Network) Setup(req Request) (res Result, err error) {
 	}
 	defer ns.Close()
 	tm.step("open netns")
-	// The container's IPv6 defaults are set while the steps below run;
-	// the veth waits for them (attach), and ns stays open until then.
-	quiet := n.quiet6(ns)
-	defer quiet()
 
 	var undo undoStack
 	defer func() { err = undo.onError(err) }()
@@ -64,9 +60,6 @@ func (n *Network) Setup(req Request) (res Result, err error) {
 	tm.step("spoof check")
 
 	// 5. The veth pair, and the container's side of it.
-	if err := quiet(); err != nil {
-		return res, err
-	}
 	u, err = n.attach(br, ns, res.Lease, req.MAC, len(req.Ports) > 0)
 	undo.push(u)
 	if err != nil {
@@ -220,15 +213,6 @@ func (n *Network) checkWarm(tx ipam.Tx, st stamp, index int) (restored bool, err
 	return !rules || !guard, n.stamp(tx, index)
 }
 
-// quiet6 sets the IPv6 defaults of a container on an IPv6 network (see
-// Host.Quiet6); what it returns waits for that.
-func (n *Network) quiet6(ns netns.NsHandle) (wait func() error) {
-	if !n.has(true) {
-		return func() error { return nil }
-	}
-	return n.host.Quiet6(ns)
-}
-
 // allow tells the spoof check what lease l's container may send as. Its
 // undo takes that back.
 func (n *Network) allow(l ipam.Lease) (undo func() error, err error) {
@@ -261,6 +245,7 @@ func (n *Network) attach(br bridge.Bridge, ns netns.NsHandle, l ipam.Lease, mac 
 		MTU:      mtu,
 		Hairpin:  hairpin,
 		Isolated: !n.ICC,
+		Quiet6:   n.has(true),
 	}
 	if n.DefaultRoute {
 		for _, gw := range n.gateways() {

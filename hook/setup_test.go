@@ -232,15 +232,25 @@ func TestTeardown(t *testing.T) {
 }
 
 // A dual-stack setup gives the container both addresses, and the rules
-// both subnets.
+// both subnets; it quiets the container's IPv6, which an IPv4 network
+// leaves alone.
 func TestDualStackSetup(t *testing.T) {
 	w := newWorld(t, "10.1.0.0/24", "fd19::/64")
 	l := w.mustSetup("a", w.container(10), "")
 	if l.IP.String() != "10.1.0.2" || l.IP6.String() != "fd19::2" {
 		t.Fatalf("lease %+v", l)
 	}
-	if v := w.host.Veths["netnsv0-10"]; fmt.Sprint(v.Addrs) != "[10.1.0.2/24 fd19::2/64]" {
+	v := w.host.Veths["netnsv0-10"]
+	if fmt.Sprint(v.Addrs) != "[10.1.0.2/24 fd19::2/64]" {
 		t.Errorf("container addresses %v", v.Addrs)
+	}
+	if !v.Quiet6 {
+		t.Error("the container's IPv6 was not quieted")
+	}
+	w4 := newWorld(t, "10.1.0.0/24")
+	w4.mustSetup("a", w4.container(10), "")
+	if w4.host.Veths["netnsv0-10"].Quiet6 {
+		t.Error("an IPv4 network quieted the container's IPv6")
 	}
 	if n := w.fw.Installed["netns0"]; !slices.Equal(n.Subnets, w.n.Subnets) {
 		t.Errorf("rules installed for %v", n.Subnets)

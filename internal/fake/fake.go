@@ -102,6 +102,7 @@ type Veth struct {
 	Gateways []netip.Addr
 	State    bridge.VethState
 	Index    int
+	Quiet6   bool // the container's IPv6 was told to keep quiet
 }
 
 // Host is the kernel's links.
@@ -111,8 +112,7 @@ type Host struct {
 	Bridges map[string]bridge.Bridge
 	Veths   map[string]*Veth
 	nextIdx int
-	Ensured int   // Ensure calls, to tell warm setups from cold ones
-	Quieted []int // the pids whose namespaces Quiet6 was asked to quiet
+	Ensured int // Ensure calls, to tell warm setups from cold ones
 }
 
 // NewHost is a kernel with no bridge, whose containers are sys's.
@@ -179,13 +179,8 @@ func (h *Host) Attach(br bridge.Bridge, ns netns.NsHandle, ep bridge.Endpoint) e
 		}
 	}
 	h.nextIdx++
-	h.Veths[ep.Host] = &Veth{Alias: ep.Alias, Master: br.Name, PID: pid, Iface: ep.Iface, Addrs: ep.Addrs, Gateways: ep.Gateways, State: bridge.Live, Index: h.nextIdx}
+	h.Veths[ep.Host] = &Veth{Alias: ep.Alias, Master: br.Name, PID: pid, Iface: ep.Iface, Addrs: ep.Addrs, Gateways: ep.Gateways, State: bridge.Live, Index: h.nextIdx, Quiet6: ep.Quiet6}
 	return nil
-}
-
-func (h *Host) Quiet6(ns netns.NsHandle) func() error {
-	h.Quieted = append(h.Quieted, h.Sys.fds[ns])
-	return func() error { return h.Fail.Check("quiet6") }
 }
 
 func (h *Host) Detach(host, alias string) error {

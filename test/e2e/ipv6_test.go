@@ -130,9 +130,12 @@ func testIPv6Network(t *testing.T, fw string, net ipv6Net) {
 		}
 		in.Close()
 		nsPath := fmt.Sprintf("/proc/%d/ns/net", pid)
-		for _, key := range []string{"accept_ra", "accept_dad"} {
-			if v := sb.sysctl(nsPath, "/proc/sys/net/ipv6/conf/eth0/"+key); v != "0" {
-				t.Errorf("%s: eth0 %s %s, want 0", id, key, v)
+		// The container's interface, and those it makes later.
+		for _, dev := range []string{"eth0", "default"} {
+			for _, key := range []string{"accept_ra", "accept_dad"} {
+				if v := sb.sysctl(nsPath, "/proc/sys/net/ipv6/conf/"+dev+"/"+key); v != "0" {
+					t.Errorf("%s: %s %s %s, want 0", id, dev, key, v)
+				}
 			}
 		}
 	}
