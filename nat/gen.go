@@ -34,41 +34,62 @@ func Generation() (uint32, error) {
 }
 
 func ask(req *nl.NetlinkRequest) (uint32, error) {
+	var gen uint32
+	found := false
+	err := exchange(req, func(m syscall.NetlinkMessage) (bool, error) {
+		if m.Header.Type != unix.NFNL_SUBSYS_NFTABLES<<8|unix.NFT_MSG_NEWGEN {
+			return false, nil
+		}
+		gen, found = genOf(m.Data)
+		return true, nil
+	})
+	if err == nil && !found {
+		err = fmt.Errorf("no NFTA_GEN_ID in the kernel's answer")
+	}
+	return gen, err
+}
+
+// exchange sends req over a socket of its own and hands each message of
+// the answer to each until it says it is done, or the kernel does: an
+// error, or the end of a dump.
+func exchange(req *nl.NetlinkRequest, each func(syscall.NetlinkMessage) (done bool, err error)) error {
 	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_NETFILTER)
 	if err != nil {
-		return 0, err
+		return err
 	}
 	defer unix.Close(fd)
 	// The kernel answers at once; the timeout only bounds a kernel that
 	// would not.
 	tv := unix.NsecToTimeval(int64(2 * time.Second))
 	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
-		return 0, err
+		return err
 	}
 	if err := unix.Sendto(fd, req.Serialize(), 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
-		return 0, err
+		return err
 	}
-	buf := make([]byte, unix.Getpagesize())
+	// A dump comes in parts of up to a page each (or 8 KiB, whichever
+	// is larger): a buffer that size takes any of them whole.
+	buf := make([]byte, max(unix.Getpagesize(), 8192))
 	for {
 		n, _, err := unix.Recvfrom(fd, buf, 0)
 		if err != nil {
-			return 0, err
+			return err
 		}
 		msgs, err := syscall.ParseNetlinkMessage(buf[:n])
 		if err != nil {
-			return 0, err
+			return err
 		}
 		for _, m := range msgs {
 			switch {
 			case m.Header.Seq != req.Seq:
 				continue // not ours
 			case m.Header.Type == unix.NLMSG_ERROR:
-				return 0, errorOf(m.Data)
-			case m.Header.Type == unix.NFNL_SUBSYS_NFTABLES<<8|unix.NFT_MSG_NEWGEN:
-				if gen, ok := genOf(m.Data); ok {
-					return gen, nil
-				}
-				return 0, fmt.Errorf("no NFTA_GEN_ID in the kernel's answer")
+				return errorOf(m.Data)
+			case m.Header.Type == unix.NLMSG_DONE:
+				return nil
+			}
+			if done, err := each(m); done || err != nil {
+				return err
 			}
 		}
 	}

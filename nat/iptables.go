@@ -23,7 +23,8 @@ type IPTables struct {
 	lock string
 	// sysctl turns a /proc/sys switch on.
 	sysctl func(path string) error
-	// nft reads our chains where iptables runs on nf_tables.
+	// nft asks whether an empty chain of ours exists, where iptables
+	// runs on nf_tables (Verify counts the others' rules: ruleCount).
 	nft      conn
 	isLegacy *bool
 }
@@ -442,10 +443,11 @@ func quote(spec []string) string {
 }
 
 // Verify reports whether n's chains hold n's rules. Where iptables runs
-// on nf_tables, that is two netlink reads of our chains: the flush of a
-// reload (iptables -F, -X, an iptables-restore, nft flush ruleset) empties
-// or deletes them, and takes the jumps with it. Legacy iptables has no
-// such read: there it is one iptables-save, a process.
+// on nf_tables, that is a count of each of our chains' rules, one netlink
+// read each (ruleCount): the flush of a reload (iptables -F, -X, an
+// iptables-restore, nft flush ruleset) empties or deletes them, and takes
+// the jumps with it. Legacy iptables has no such read: there it is one
+// iptables-save, a process.
 func (f *IPTables) Verify(n Network) (bool, error) {
 	if err := n.forwarding(f.sysctl); err != nil {
 		return false, err
@@ -480,8 +482,8 @@ func (f *IPTables) verify(n Network, fam Family) bool {
 			}
 			continue
 		}
-		rules, err := f.nft.rules(t, ch.chain)
-		if err != nil || len(rules) != want[ch.chain] {
+		have, err := ruleCount(fam, ch.table, ch.chain)
+		if err != nil || have != want[ch.chain] {
 			return false
 		}
 	}
