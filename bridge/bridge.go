@@ -8,7 +8,6 @@ import (
 	"math"
 	"net"
 	"net/netip"
-	"os"
 	"runtime"
 
 	"github.com/vishvananda/netlink"
@@ -232,10 +231,18 @@ func family(ip netip.Addr) int {
 }
 
 // sysctl sets an IPv6 switch of interface iface in the calling thread's
-// network namespace.
+// network namespace. Three system calls: an os.File would add the
+// poller's registration and its undoing to each.
 func sysctl(iface, key, value string) error {
 	path := "/proc/sys/net/ipv6/conf/" + iface + "/" + key
-	if err := os.WriteFile(path, []byte(value+"\n"), 0o644); err != nil {
+	fd, err := unix.Open(path, unix.O_WRONLY|unix.O_CLOEXEC, 0)
+	if err == nil {
+		_, err = unix.Write(fd, []byte(value+"\n"))
+		if cerr := unix.Close(fd); err == nil {
+			err = cerr
+		}
+	}
+	if err != nil {
 		return fmt.Errorf("set %s: %w", path, err)
 	}
 	return nil
@@ -305,6 +312,19 @@ func (ep Endpoint) mac() net.HardwareAddr {
 // end: address, up, lo up, default route. If any step fails the pair is
 // deleted again, which takes both ends with it.
 func (h *Host) Attach(br Bridge, ns netns.NsHandle, ep Endpoint) (err error) {
+	// Into the container's namespace once, before its end exists: for a
+	// netlink handle there, and the IPv6 defaults the end copies when the
+	// kernel makes it.
+	c, err := enter(ns, func() error {
+		if ep.Quiet6 {
+			return quiet6()
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
 	attrs := netlink.NewLinkAttrs()
 	attrs.Name = ep.Host
 	attrs.MTU = ep.MTU
@@ -346,23 +366,12 @@ func (h *Host) Attach(br Bridge, ns netns.NsHandle, ep Endpoint) (err error) {
 			return fmt.Errorf("isolate %s: %w", ep.Host, err)
 		}
 	}
-	return configure(ns, ep)
+	return configure(c, ep)
 }
 
-// configure sets up the container's side through a netlink handle bound to
-// its namespace: this thread never leaves the host's namespace, and the
-// one that makes the handle (enter) enters the container's only once.
-func configure(ns netns.NsHandle, ep Endpoint) error {
-	c, err := enter(ns, func() error {
-		if ep.Quiet6 {
-			return quiet6(ep.Iface)
-		}
-		return nil
-	})
-	if err != nil {
-		return err
-	}
-	defer c.Close()
+// configure sets up the container's side through c, a netlink handle
+// bound to its namespace (enter).
+func configure(c *netlink.Handle, ep Endpoint) error {
 	link, err := c.LinkByName(ep.Iface)
 	if err != nil {
 		return fmt.Errorf("find %s in container: %w", ep.Iface, err)
@@ -428,19 +437,17 @@ func enter(ns netns.NsHandle, fn func() error) (*netlink.Handle, error) {
 	return h, nil
 }
 
-// quiet6 turns off, for the container's interface iface and those made
-// there after it, what IPv6 does on its own: accepting router
-// advertisements, which another container could send to reroute this one,
-// and duplicate address detection, which holds even the link-local
-// address "tentative" for a second. iface is still down, so neither has
-// begun. The switches live in the namespace's /proc/sys/net, which only a
-// thread inside it sees.
-func quiet6(iface string) error {
-	for _, dev := range []string{"default", iface} {
-		for _, key := range []string{"accept_ra", "accept_dad"} {
-			if err := sysctl(dev, key, "0"); err != nil {
-				return err
-			}
+// quiet6 turns off, for the interfaces made next in the calling thread's
+// namespace (the container's end of the veth), what IPv6 does on its own:
+// accepting router advertisements, which another container could send to
+// reroute this one, and duplicate address detection, which holds even the
+// link-local address "tentative" for a second. They are the namespace's
+// defaults, which an interface copies when made. They live in its
+// /proc/sys/net, which only a thread inside it sees.
+func quiet6() error {
+	for _, key := range []string{"accept_ra", "accept_dad"} {
+		if err := sysctl("default", key, "0"); err != nil {
+			return err
 		}
 	}
 	return nil
