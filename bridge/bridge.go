@@ -408,25 +408,31 @@ func configure(c *netlink.Handle, ep Endpoint) error {
 // enter runs fn inside the network namespace ns and returns a netlink
 // handle bound there: one trip into the namespace for both, made as
 // netlink.NewHandleAt makes its own, on this thread, locked meanwhile. If
-// the way back fails, the process ends there rather than run anything
-// else in the container's namespace; a setup cut short is cleaned up as
-// one killed (a lease with no veth is reclaimed).
+// the way back fails, the process ends there, its thread still locked,
+// rather than run anything else in the container's namespace; a setup cut
+// short is cleaned up as one killed (a lease with no veth is reclaimed).
 func enter(ns netns.NsHandle, fn func() error) (*netlink.Handle, error) {
 	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
 	home, err := netns.Get()
 	if err != nil {
+		runtime.UnlockOSThread()
 		return nil, fmt.Errorf("open own netns: %w", err)
 	}
 	defer home.Close()
 	if err := netns.Set(ns); err != nil {
+		runtime.UnlockOSThread()
 		return nil, fmt.Errorf("enter container netns: %w", err)
 	}
-	defer func() {
-		if err := netns.Set(home); err != nil {
-			panic(fmt.Sprintf("bridgehook: cannot leave the container's netns: %v", err))
-		}
-	}()
+	h, err := inside(fn)
+	if err := netns.Set(home); err != nil {
+		panic(fmt.Sprintf("bridgehook: cannot leave the container's netns: %v", err))
+	}
+	runtime.UnlockOSThread()
+	return h, err
+}
+
+// inside is what enter does inside the namespace.
+func inside(fn func() error) (*netlink.Handle, error) {
 	if err := fn(); err != nil {
 		return nil, err
 	}
