@@ -78,14 +78,15 @@ func (n *Network) fresh(st stamp) (uint32, bool) {
 
 // stamp records in tx the kernel's generation now, which the caller has
 // just verified (or made) for n on the bridge of the given index, and
-// remembers it for keepFresh.
-func (n *Network) stamp(tx ipam.Tx, index int) error {
+// remembers it for keepFresh. old is the stamp tx holds: the caller has
+// read it, or just wrote a record, which cleared it.
+func (n *Network) stamp(tx ipam.Tx, old stamp, index int) error {
 	g, err := n.gen()
 	if err != nil {
 		g = 0 // unknown: the next setup checks in full
 	}
 	n.verifiedGen = g
-	return n.restamp(tx, readStamp(tx), g, index)
+	return n.restamp(tx, old, g, index)
 }
 
 // restamp writes the stamp of generation g for n on the bridge of the

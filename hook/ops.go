@@ -579,7 +579,7 @@ func (n *Network) repair(tx ipam.Tx) error {
 	if err := tx.SetRecord(n.recordOf(br)); err != nil {
 		return err
 	}
-	return n.stamp(tx, br.Index)
+	return n.stamp(tx, stamp{}, br.Index)
 }
 
 // subnetList names a network's subnets for a person: "172.19.0.0/16 and

@@ -168,7 +168,7 @@ func (n *Network) ensureNetwork(tx ipam.Tx) (br bridge.Bridge, restored bool, un
 	if err := tx.SetRecord(n.recordOf(br)); err != nil {
 		return br, false, undo, err
 	}
-	return br, false, undo, n.stamp(tx, br.Index)
+	return br, false, undo, n.stamp(tx, stamp{}, br.Index)
 }
 
 // checkWarm checks the rules and the spoof check of a network whose
@@ -210,7 +210,7 @@ func (n *Network) checkWarm(tx ipam.Tx, st stamp, index int) (restored bool, err
 		n.verifiedGen = g
 		return false, n.restamp(tx, st, g, index)
 	}
-	return !rules || !guard, n.stamp(tx, index)
+	return !rules || !guard, n.stamp(tx, st, index)
 }
 
 // allow tells the spoof check what lease l's container may send as. Its

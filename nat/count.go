@@ -28,11 +28,11 @@ func ruleCount(fam Family, table, chain string) (int, error) {
 	req.AddData(nl.NewRtAttr(unix.NFTA_RULE_TABLE, nl.ZeroTerminated(table)))
 	req.AddData(nl.NewRtAttr(unix.NFTA_RULE_CHAIN, nl.ZeroTerminated(chain)))
 	n := 0
-	err := exchange(req, func(m syscall.NetlinkMessage) (bool, error) {
+	err := exchange(req, func(m syscall.NetlinkMessage) (done bool) {
 		if m.Header.Type == unix.NFNL_SUBSYS_NFTABLES<<8|unix.NFT_MSG_NEWRULE {
 			n++
 		}
-		return false, nil
+		return false // to the end of the dump
 	})
 	return n, err
 }

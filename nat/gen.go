@@ -26,33 +26,28 @@ import (
 func Generation() (uint32, error) {
 	req := nl.NewNetlinkRequest(unix.NFNL_SUBSYS_NFTABLES<<8|unix.NFT_MSG_GETGEN, 0)
 	req.AddData(&nl.Nfgenmsg{NfgenFamily: unix.AF_UNSPEC, Version: unix.NFNETLINK_V0})
-	gen, err := ask(req)
+	var gen uint32
+	found := false
+	err := exchange(req, func(m syscall.NetlinkMessage) (done bool) {
+		if m.Header.Type != unix.NFNL_SUBSYS_NFTABLES<<8|unix.NFT_MSG_NEWGEN {
+			return false
+		}
+		gen, found = genOf(m.Data)
+		return true
+	})
+	if err == nil && !found {
+		err = fmt.Errorf("no NFTA_GEN_ID in the kernel's answer")
+	}
 	if err != nil {
 		return 0, fmt.Errorf("nftables generation: %w", err)
 	}
 	return gen, nil
 }
 
-func ask(req *nl.NetlinkRequest) (uint32, error) {
-	var gen uint32
-	found := false
-	err := exchange(req, func(m syscall.NetlinkMessage) (bool, error) {
-		if m.Header.Type != unix.NFNL_SUBSYS_NFTABLES<<8|unix.NFT_MSG_NEWGEN {
-			return false, nil
-		}
-		gen, found = genOf(m.Data)
-		return true, nil
-	})
-	if err == nil && !found {
-		err = fmt.Errorf("no NFTA_GEN_ID in the kernel's answer")
-	}
-	return gen, err
-}
-
 // exchange sends req over a socket of its own and hands each message of
 // the answer to each until it says it is done, or the kernel does: an
 // error, or the end of a dump.
-func exchange(req *nl.NetlinkRequest, each func(syscall.NetlinkMessage) (done bool, err error)) error {
+func exchange(req *nl.NetlinkRequest, each func(syscall.NetlinkMessage) (done bool)) error {
 	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_NETFILTER)
 	if err != nil {
 		return err
@@ -88,8 +83,8 @@ func exchange(req *nl.NetlinkRequest, each func(syscall.NetlinkMessage) (done bo
 			case m.Header.Type == unix.NLMSG_DONE:
 				return nil
 			}
-			if done, err := each(m); done || err != nil {
-				return err
+			if each(m) {
+				return nil
 			}
 		}
 	}
